@@ -1,0 +1,3 @@
+from dsmn_host.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything dsmn-host needs on a fresh Debian machine, and nothing twice:
+# the Arm cross toolchain and QEMU (apt), the CPU-only torch wheel, the pinned ML stack,
+# and this package in editable mode. Safe to run before every command.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+apt_pkgs=(gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm cmake)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+stamp="$here/.bootstrap-stamp"
+want="$(cat "$here/requirements.txt" "$here/pyproject.toml" | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && command -v dsmn-host >/dev/null; then
+  exit 0
+fi
+# torch first and alone: the CPU wheel on local disk; anything asking for torch later is satisfied.
+"$PY" -m pip install -q "torch==2.13.0"
+"$PY" -m pip install -q -r "$here/requirements.txt"
+# tf-keras would pull a second TensorFlow; onnx2tf only needs its Python code.
+"$PY" -m pip install -q --no-deps "tf-keras==2.21.0"
+"$PY" -m pip install -q --no-deps -e "$here"
+echo "$want" > "$stamp"

@@ -14,6 +14,8 @@ from dsmn_host.errors import DsmnError
 
 # In pipeline order; `dsmn-host --help` lists subcommands in this order.
 STAGE_MODULES = [
+    "dsmn_host.synth",
+    "dsmn_host.features",
 ]
 
 

@@ -1,0 +1,118 @@
+"""Shared session fixtures: one small synthetic TAU22-layout set and its feature cache, made
+once per test session, for every stage's tests."""
+
+import pytest
+
+SYNTH_CLIPS_PER_CLASS = 9
+SYNTH_SEED = 1234
+
+
+@pytest.fixture(scope="session")
+def synth_data_dir(tmp_path_factory):
+    """90 clips (9 per scene) in the TAU22 layout; train and evaluate splits, devices a..s6."""
+    from dsmn_host.synth import write_synthetic_set
+
+    out = tmp_path_factory.mktemp("synth") / "tau22-synth"
+    write_synthetic_set(out, clips_per_class=SYNTH_CLIPS_PER_CLASS, seed=SYNTH_SEED)
+    return out
+
+
+@pytest.fixture(scope="session")
+def feature_cache_dir(synth_data_dir, tmp_path_factory):
+    """The feature cache of `synth_data_dir` (open it with dsmn_host.features.open_features)."""
+    from dsmn_host.features import build_cache
+
+    out = tmp_path_factory.mktemp("features") / "tau22-synth.features"
+    build_cache(synth_data_dir, out, workers=1, progress=False)
+    return out
+
+
+# --- export / int8 conversion (issue 4): ONE onnx2tf conversion per session, shared with the
+# runtime-codegen and firmware tests.
+
+def _run_dir_for_export(request, tmp_path_factory, feature_cache_dir):
+    """The shared trained run if the training fixture exists, else a short float run of our own."""
+    try:
+        return request.getfixturevalue("trained_run_dir")
+    except pytest.FixtureLookupError:
+        from dsmn_host.train import train
+
+        out = tmp_path_factory.mktemp("export-run") / "run"
+        train(feature_cache_dir, out, "model1", {"epochs": 6, "warmup_epochs": 1}, seed=0, progress=False)
+        return out
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(request, tmp_path_factory, feature_cache_dir):
+    """(path, report) of the float ONNX of the trained model1 run (time × mel input)."""
+    from dsmn_host.export import export_run
+
+    run_dir = _run_dir_for_export(request, tmp_path_factory, feature_cache_dir)
+    out = tmp_path_factory.mktemp("onnx") / "model1.onnx"
+    report = export_run(run_dir, out, data=feature_cache_dir)
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def int8_conversion(exported_onnx, feature_cache_dir, tmp_path_factory):
+    """The one onnx2tf conversion of the session: (tflite path, convert report, onnx2tf work dir)."""
+    from dsmn_host.convert import convert
+    from dsmn_host.modelcard import write_card
+
+    onnx_path, _ = exported_onnx
+    out_dir = tmp_path_factory.mktemp("int8")
+    work = out_dir / "onnx2tf-work"
+    tflite = out_dir / "model1_int8.tflite"
+    report = convert(onnx_path, feature_cache_dir, tflite, keep_work=work)
+    write_card(tflite, onnx_path=onnx_path, conversion=report)
+    return tflite, report, work
+
+
+@pytest.fixture(scope="session")
+def int8_tflite(int8_conversion):
+    """Path of the int8 model1 .tflite (1×44×256×2 int8 in, 1×13 int8 out), card next to it."""
+    return int8_conversion[0]
+
+
+@pytest.fixture(scope="session")
+def int8_model_card(int8_tflite):
+    """The model card (dict) of `int8_tflite`, as read from its X.card.json."""
+    from dsmn_host.modelcard import load_card
+
+    return load_card(int8_tflite)
+
+
+# --- models / training / QAT (issue 3): ONE short real training run per session, shared with
+# the export, conversion and verification tests.
+
+@pytest.fixture(scope="session")
+def learnable_cache_dir(tmp_path_factory):
+    """Feature cache of a small *easy* synthetic set (12 clips per scene: 60 train, 60 evaluate).
+
+    The shared 9-per-class set has only 3 training clips per scene, too few for a held-out
+    accuracy above chance after a short run; this one is just big enough."""
+    from dsmn_host.features import build_cache
+    from dsmn_host.synth import write_synthetic_set
+
+    root = tmp_path_factory.mktemp("learnable")
+    write_synthetic_set(root / "tau22-easy", clips_per_class=12, seed=7, difficulty="easy")
+    build_cache(root / "tau22-easy", root / "tau22-easy.features", workers=1, progress=False)
+    return root / "tau22-easy.features"
+
+
+TRAINED_RUN_RECIPE = {"epochs": 10, "batch_size": 8, "optimizer": "adam", "lr": 3e-3, "mixup_alpha": 0.0}
+
+
+@pytest.fixture(scope="session")
+def trained_run_dir(learnable_cache_dir, tmp_path_factory):
+    """A model1 run directory: short float training (paper recipe, shortened: 10 epochs, Adam,
+    no mixup) plus 2 epochs of QAT. Holds config.json, best.pt, last.pt, metrics.jsonl,
+    curves.png, qat.pt, qat_metrics.json."""
+    from dsmn_host.qat import run_qat
+    from dsmn_host.train import train
+
+    out = tmp_path_factory.mktemp("trained-run") / "model1"
+    # one thread: on a shared or loaded machine two OpenMP threads are many times slower
+    train(learnable_cache_dir, out, "model1", TRAINED_RUN_RECIPE, seed=0, threads=1, progress=False)
+    run_qat(out, epochs=2, threads=1, progress=False)
+    return out

@@ -16,6 +16,9 @@ from dsmn_host.errors import DsmnError
 STAGE_MODULES = [
     "dsmn_host.synth",
     "dsmn_host.features",
+    "dsmn_host.complexity",
+    "dsmn_host.train",
+    "dsmn_host.qat",
 ]
 
 

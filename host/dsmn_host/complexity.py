@@ -1,0 +1,95 @@
+"""Parameter and MAC counts the way the DCASE 2023 Task 1 tools (NeSsi / torchinfo) count them.
+
+The challenge ranks systems by these numbers, so we reproduce the convention exactly rather
+than a "true" op count: a conv layer costs (weights + biases) × output positions, every other
+layer with parameters (linear, BatchNorm, the ECA conv's neighbours) costs its parameter count
+once per clip. Pooling, activations and elementwise products are free. With this convention
+model1 comes to the published 45,164 parameters and 8.646 M MACs.
+"""
+
+import json
+
+# DCASE 2023 Task 1 limits.
+LIMIT_PARAM_BYTES = 128 * 1024
+LIMIT_MACS = 30_000_000
+
+# Mirrors dsmn_host.models.VARIANTS without importing torch at CLI start (a test keeps them equal).
+MODEL_NAMES = ("model1", "model2", "model3", "model4")
+
+
+def count_complexity(model, input_shape=(1, 2, 256, 44)):
+    """Return (params, macs) for one clip, counted with forward hooks on a zero input."""
+    import math
+
+    import torch
+    from torch import nn
+
+    macs = 0
+
+    def hook(module, _inputs, output):
+        nonlocal macs
+        for _name, p in module.named_parameters(recurse=False):
+            if isinstance(module, nn.modules.conv._ConvNd):
+                macs += p.numel() * math.prod(output.shape[2:])
+            else:
+                macs += p.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    return params, macs
+
+
+def complexity_report(name):
+    from dsmn_host.models import MODEL_NOTES, build_model
+
+    params, macs = count_complexity(build_model(name))
+    param_bytes = params  # int8: one byte per parameter
+    return {
+        "model": name,
+        "params": params,
+        "macs": macs,
+        "param_bytes_int8": param_bytes,
+        "limit_param_bytes": LIMIT_PARAM_BYTES,
+        "limit_macs": LIMIT_MACS,
+        "params_ok": param_bytes <= LIMIT_PARAM_BYTES,
+        "macs_ok": macs <= LIMIT_MACS,
+        "within_dcase2023_limits": param_bytes <= LIMIT_PARAM_BYTES and macs <= LIMIT_MACS,
+        "note": MODEL_NOTES.get(name, ""),
+    }
+
+
+def _run(args):
+    rep = complexity_report(args.model)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    ok = lambda b: "ok" if b else "EXCEEDED"  # noqa: E731
+    print(f"model:            {rep['model']}")
+    print(f"parameters:       {rep['params']:,}")
+    print(f"MACs per clip:    {rep['macs']:,} ({rep['macs'] / 1e6:.3f} M)")
+    print(f"param memory int8: {rep['param_bytes_int8']:,} bytes ({rep['param_bytes_int8'] / 1024:.1f} kB)")
+    print(f"DCASE 2023 limits: params <= {LIMIT_PARAM_BYTES // 1024} kB: {ok(rep['params_ok'])}; "
+          f"MACs <= {LIMIT_MACS / 1e6:.0f} M: {ok(rep['macs_ok'])}")
+    print(f"note:             {rep['note']}")
+    return 0
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "complexity",
+        help="parameters, MACs and int8 parameter memory of a model, checked against the DCASE 2023 limits",
+        description="Count parameters and multiply-accumulates per 1 s clip the way the DCASE 2023 "
+                    "Task 1 tools do, and check the challenge limits (<= 128 kB int8 parameters, <= 30 M MACs).",
+    )
+    p.add_argument("--model", default="model1", choices=MODEL_NAMES, help="model variant (default model1)")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    p.set_defaults(func=_run)

@@ -1,0 +1,105 @@
+"""BatchNorm folding, the fake quantizers, and a real QAT pass over the shared trained run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dsmn_host.features import logmel_to_input, open_features
+from dsmn_host.models import QPoint, build_model
+from dsmn_host.qat import (_make_act_quantizer, _make_weight_quantizer, act_quantizers, export_ready_model,
+                           fold_batchnorm, load_qat_model, prepare_qat)
+
+
+def _randomise_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("name", ["model1", "model3"])
+def test_fold_batchnorm_preserves_outputs(name):
+    torch.manual_seed(0)
+    net = _randomise_bn(build_model(name)).eval()
+    folded = fold_batchnorm(net).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 2, 256, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
+    # the folded skeleton of a fresh model accepts the folded state dict
+    fold_batchnorm(build_model(name)).load_state_dict(folded.state_dict())
+
+
+def test_weight_quantizer_is_per_channel_symmetric_int8():
+    w = torch.randn(6, 4, 3, 1) * torch.arange(1, 7).float()[:, None, None, None]
+    q = _make_weight_quantizer()(w)
+    for c in range(6):
+        scale = w[c].abs().max() / 127
+        levels = q[c] / scale
+        torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
+        assert levels.abs().max() <= 127 + 1e-4
+        assert torch.isclose(q[c].abs().max(), w[c].abs().max(), rtol=1e-5)
+    assert (q - w).abs().max() > 0
+
+
+def test_activation_quantizer_asymmetric_grid_with_exact_zero():
+    fq = _make_act_quantizer()
+    fq.train()
+    x = torch.linspace(-0.5, 3.0, 1000)
+    fq(x)  # observe
+    fq.quantize = True
+    y = fq(x)
+    scale = 3.5 / 255
+    assert len(torch.unique(y)) <= 256
+    assert fq(torch.zeros(3)).abs().max() == 0
+    assert (y - x).abs().max() <= scale / 2 + 1e-6
+    # gradients pass inside the range and stop outside it (straight-through estimator)
+    fq.observe = False
+    z = torch.tensor([1.0, 10.0], requires_grad=True)
+    fq(z).sum().backward()
+    assert z.grad.tolist() == [1.0, 0.0]
+
+
+def test_prepare_replaces_every_qpoint():
+    net = prepare_qat(fold_batchnorm(build_model("model2")))
+    assert not any(isinstance(m, QPoint) for m in net.modules())
+    names = set(act_quantizers(net))
+    assert "q_input" in names and "blocks.0.att.q_gate" in names
+
+
+def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
+    report = json.loads((trained_run_dir / "qat_metrics.json").read_text())
+    for key in ("float", "post_training_quant", "qat"):
+        assert 0.0 <= report[key]["acc"] <= 1.0 and np.isfinite(report[key]["loss"])
+    # folding BN changes nothing measurable
+    assert abs(report["float_bn_folded"]["loss"] - report["float"]["loss"]) < 1e-4
+
+    model, info = export_ready_model(trained_run_dir)
+    assert info["qat"] is True and info["model"] == "model1"
+    assert not model.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all("parametrizations" not in k for k in model.state_dict())
+    qmodel, qinfo = load_qat_model(trained_run_dir)
+    assert set(qinfo["act_ranges"]) == set(act_quantizers(qmodel))
+    lo, hi = qinfo["act_ranges"]["q_input"]
+    assert lo < 0 < hi  # the normalised input spans both signs
+
+    # real validation inputs: the quantizers' ranges were observed on inputs like these
+    cache = open_features(learnable_cache_dir, build=False)
+    idx = cache.indices("fold1_evaluate")[:5]
+    x = torch.from_numpy(logmel_to_input(np.asarray(cache.logmel[idx])))
+    with torch.no_grad():
+        float_out = model(x.transpose(2, 3).contiguous())   # time × mel layout
+        fake_out = qmodel(x)                                 # feature layout
+    assert float_out.shape == (5, 13)
+    # quantization is really on (the outputs move) ...
+    assert (fake_out - float_out).abs().max() > 0
+    # ... and QAT keeps the accuracy: at most 6 of the 60 validation clips lost against float
+    assert report["qat"]["acc"] >= report["float"]["acc"] - 0.10, report

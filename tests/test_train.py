@@ -1,0 +1,128 @@
+"""The training recipe: schedule, PCGrad, augmentations, a real short run, exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from dsmn_host.augment import device_response, mixup, spec_augment
+from dsmn_host.errors import DsmnError
+from dsmn_host.train import RECIPE, lr_at, pcgrad_backward, train
+
+
+def test_schedule_paper_defaults():
+    lrs = [lr_at(e, RECIPE) for e in range(RECIPE["epochs"])]
+    assert lrs[0] == pytest.approx(5e-5)
+    assert lrs[5] == pytest.approx(1e-3)
+    assert max(lrs) == pytest.approx(1e-3)
+    assert lrs[-1] == pytest.approx(1e-6)
+    assert all(a < b for a, b in zip(lrs[:5], lrs[1:6]))       # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))       # cosine falls
+
+
+def test_schedule_short_run_reaches_peak():
+    recipe = dict(RECIPE, epochs=3)
+    lrs = [lr_at(e, recipe) for e in range(3)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-6)
+
+
+def test_pcgrad_projects_only_conflicting_gradients():
+    p = torch.nn.Parameter(torch.zeros(2))
+    # gradients (1, 0) and (-1, 1): conflicting (dot = -1)
+    pcgrad_backward([p @ torch.tensor([1.0, 0.0]), p @ torch.tensor([-1.0, 1.0])], [p])
+    g1 = torch.tensor([1.0, 0.0]) - (-1.0 / 2) * torch.tensor([-1.0, 1.0])
+    g2 = torch.tensor([-1.0, 1.0]) - (-1.0 / 1) * torch.tensor([1.0, 0.0])
+    torch.testing.assert_close(p.grad, g1 + g2)
+    # agreeing gradients are simply summed
+    pcgrad_backward([p @ torch.tensor([1.0, 0.0]), p @ torch.tensor([1.0, 1.0])], [p])
+    torch.testing.assert_close(p.grad, torch.tensor([2.0, 1.0]))
+
+
+def test_mixup_whole_and_half_batch():
+    torch.manual_seed(0)
+    x = torch.arange(8.0)[:, None, None].expand(8, 4, 3).clone()
+    y = torch.nn.functional.one_hot(torch.arange(8) % 10, 10).float()
+    yc = torch.nn.functional.one_hot(torch.arange(8) % 3, 3).float()
+    xm, ym, ycm = mixup(x, y, yc, alpha=0.2, fraction=0.5)
+    assert torch.equal(xm[4:], x[4:]) and torch.equal(ym[4:], y[4:])
+    torch.testing.assert_close(ym.sum(1), torch.ones(8))
+    torch.testing.assert_close(ycm.sum(1), torch.ones(8))
+    # a mixed clip is the same convex combination of clips as its label is of labels
+    torch.testing.assert_close(xm[:4, 0, 0], ym[:4, :8] @ torch.arange(8.0))
+    xa, _, _ = mixup(x, y, yc, alpha=0.2, fraction=1.0)
+    assert not torch.equal(xa, x)
+
+
+def test_device_response_shifts_reference_clips_by_a_table_row():
+    table = torch.randn(5, 256)
+    logmel = torch.randn(64, 256, 44)
+    is_ref = torch.arange(64) % 2 == 0
+    torch.manual_seed(3)
+    out = device_response(logmel, is_ref, table, skip_one_in=0)
+    shift = out - logmel
+    assert torch.equal(shift[~is_ref], torch.zeros_like(shift[~is_ref]))
+    for row in shift[is_ref]:
+        assert torch.allclose(row, row[:, :1].expand_as(row), atol=1e-6)   # constant over time
+        assert min((row[:, 0] - t).abs().max() for t in table) < 1e-5      # one of the table rows
+    # skipped one time in 13 on average, per batch
+    skipped = sum(torch.equal(device_response(logmel, is_ref, table, 13), logmel) for _ in range(260))
+    assert 5 <= skipped <= 45
+
+
+def test_spec_augment_stripes():
+    torch.manual_seed(0)
+    x = torch.ones(200, 2, 256, 44)
+    out = spec_augment(x, time_stripes=2, time_width=2, freq_stripes=2, freq_width=2)
+    zero_rows = (out[:, 0].sum(dim=2) == 0).sum(dim=1)   # fully zeroed mel bins per clip
+    zero_cols = (out[:, 0].sum(dim=1) == 0).sum(dim=1)   # fully zeroed frames per clip
+    assert zero_rows.max() <= 4 and zero_cols.max() <= 4 and zero_rows.max() > 0 and zero_cols.max() > 0
+    assert torch.equal(out[:, 0], out[:, 1])            # same stripes on both channels
+
+
+def test_training_learns_and_writes_run_dir(trained_run_dir):
+    from dsmn_host.features import open_features
+    from dsmn_host.models import build_model
+    from dsmn_host.train import evaluate
+
+    lines = [json.loads(s) for s in (trained_run_dir / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((trained_run_dir / "config.json").read_text())
+    assert len(lines) == config["recipe"]["epochs"]
+    for name in ("best.pt", "last.pt", "curves.png"):
+        assert (trained_run_dir / name).stat().st_size > 0
+    last = lines[-1]
+    assert set(last["val_per_class"]) and set(last["val_per_device"]) >= {"a"}
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    # held out: better than the uniform guess ln(10) = 2.303 on unseen recording locations
+    best = min(lines, key=lambda l: l["val_loss"])
+    assert best["val_loss"] < 2.2, [round(l["val_loss"], 3) for l in lines]
+    # the kept checkpoint, in eval mode, classifies its training clips well above chance (0.1)
+    ckpt = torch.load(trained_run_dir / "best.pt", weights_only=False)
+    assert ckpt["epoch"] == best["epoch"]
+    model = build_model("model1")
+    model.load_state_dict(ckpt["model"])
+    cache = open_features(config["cache"])
+    train_acc = evaluate(model, cache, cache.indices("train"), torch.device("cpu"))["acc"]
+    assert train_acc >= 0.3, train_acc
+
+
+def test_resume_equals_uninterrupted(feature_cache_dir, tmp_path):
+    recipe = {"epochs": 2, "batch_size": 16}
+    train(feature_cache_dir, tmp_path / "straight", "model1", recipe, seed=5, threads=1, progress=False)
+    train(feature_cache_dir, tmp_path / "killed", "model1", recipe, seed=5, threads=1, progress=False,
+          stop_after=1)
+    with pytest.raises(DsmnError, match="--resume"):
+        train(feature_cache_dir, tmp_path / "killed", "model1", recipe, progress=False)
+    train(None, tmp_path / "killed", resume=True, threads=1, progress=False)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 1
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    strip = lambda p: [{k: v for k, v in json.loads(s).items() if not k.startswith("train_seconds")  # noqa: E731
+                        and k != "train_clips_per_s"} for s in p.read_text().splitlines()]
+    assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(tmp_path / "killed" / "metrics.jsonl")
+
+
+def test_resume_without_run_is_user_error(tmp_path):
+    with pytest.raises(DsmnError, match="nothing to resume"):
+        train(None, tmp_path / "empty", resume=True, progress=False)

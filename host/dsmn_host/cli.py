@@ -19,6 +19,10 @@ STAGE_MODULES = [
     "dsmn_host.complexity",
     "dsmn_host.train",
     "dsmn_host.qat",
+    "dsmn_host.export",
+    "dsmn_host.convert",
+    "dsmn_host.modelcard",
+    "dsmn_host.verify",
 ]
 
 

@@ -1,0 +1,298 @@
+"""Side-by-side check of every form of the network on the validation split.
+
+Float PyTorch (best.pt), QAT-trained PyTorch (the float graph export starts from), ONNX in
+onnxruntime, int8 TFLite with TFLite's *reference* kernels, and int8 in the TFLM interpreter.
+The reference kernels are the oracle: TFLite's optimized kernels round differently (several
+LSB), whereas TFLM's kernels are meant to match the reference bit for bit, so the TFLM column
+also reports how many int8 outputs differ from it and by how much.
+
+Board fit (TFLM arena vs RAM, model bytes vs flash) and ops TFLM lacks are reported by name
+here, before anyone builds firmware.
+"""
+
+import json
+from pathlib import Path
+
+from dsmn_host.errors import DsmnError
+
+N_SCENES = 10
+VAL_SPLIT = "evaluate"
+
+
+def _metrics(logits, scene, coarse, devices):
+    import numpy as np
+
+    s = logits[:, :N_SCENES].astype(np.float64)
+    s = s - s.max(1, keepdims=True)
+    logp = s - np.log(np.exp(s).sum(1, keepdims=True))
+    pred = logits[:, :N_SCENES].argmax(1)
+    correct = pred == scene
+    return {
+        "acc": float(correct.mean()),
+        "log_loss": float(-logp[np.arange(len(scene)), scene].mean()),
+        "coarse_acc": float((logits[:, N_SCENES:].argmax(1) == coarse).mean()),
+        "per_device": {str(d): float(correct[devices == d].mean()) for d in sorted(set(devices.tolist()))},
+    }
+
+
+def _quantize(x, scale, zero_point):
+    import numpy as np
+
+    return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def _tflite_ref_runner(path):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    i, o = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+
+    def run(q):
+        interp.set_tensor(i, q)
+        interp.invoke()
+        return interp.get_tensor(o).copy()
+    return run
+
+
+def _tflm_runner(path):
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_file(str(path), arena_size=32 << 20)
+
+    def run(q):
+        interp.set_input(q, 0)
+        interp.invoke()
+        return interp.get_output(0).copy()
+    return run
+
+
+def _torch_models(run_dir, model_name):
+    """{column: callable(x NCHW feature layout) -> logits} for the PyTorch forms in a run dir."""
+    import torch
+
+    from dsmn_host.models import build_model
+
+    out = {}
+    run_dir = Path(run_dir)
+    best = run_dir / "best.pt"
+    if best.is_file():
+        ckpt = torch.load(best, map_location="cpu", weights_only=False)
+        net = build_model(ckpt.get("model_name") or model_name)
+        net.load_state_dict(ckpt["model"])
+        net.eval()
+        out["float"] = lambda x, net=net: net(x)
+    try:
+        from dsmn_host import qat
+    except ImportError:
+        qat = None
+    if qat is not None and (run_dir / "qat.pt").is_file():
+        fake = getattr(qat, "load_qat_model", None)
+        if fake is not None:  # the fake-quantized network QAT trained, if qat.py exposes it
+            net_q = fake(run_dir)
+            net_q = net_q[0] if isinstance(net_q, tuple) else net_q
+            net_q.eval()
+            out["qat"] = lambda x, m=net_q: m(x)
+        model, _info = qat.export_ready_model(run_dir)
+        model.eval()
+        out["qat_float"] = lambda x, m=model: m(x.transpose(2, 3))
+    return out
+
+
+def verify(tflite_path, *, onnx_path=None, run_dir=None, data=None, split=VAL_SPLIT, limit=None,
+           board=None, ram_limit=None, flash_limit=None, batch=64):
+    """Run every available form on `split`; returns the report (also written as X.verify.json)."""
+    import numpy as np
+    import torch
+
+    from dsmn_host import modelcard
+    from dsmn_host.features import open_features
+
+    tflite_path = Path(tflite_path)
+    if not tflite_path.is_file():
+        raise DsmnError(f"{tflite_path}: no such .tflite")
+    try:
+        card = modelcard.load_card(tflite_path)
+    except DsmnError:
+        card = modelcard.write_card(tflite_path, onnx_path=onnx_path)
+    if card["sha256"] != modelcard.sha256_file(tflite_path):
+        raise DsmnError(f"{tflite_path}: its model card is stale (sha256 differs); rerun `dsmn-host card`")
+    meta = {}
+    onnx_path = onnx_path or card.get("source", {}).get("onnx")
+    if onnx_path and Path(onnx_path).is_file():
+        from dsmn_host.export import read_metadata
+
+        meta = read_metadata(onnx_path)
+    else:
+        onnx_path = None
+    run_dir = run_dir or meta.get("run_dir") or card.get("source", {}).get("run_dir")
+    data = data or meta.get("data") or card.get("source", {}).get("data")
+    if not data:
+        raise DsmnError(f"{tflite_path}: no validation data given (--data) or recorded in the ONNX metadata")
+    cache = open_features(data)
+    idx = np.asarray(cache.indices(split))
+    if limit:
+        idx = idx[np.linspace(0, len(idx) - 1, min(limit, len(idx))).astype(int)] if len(idx) else idx
+    if len(idx) == 0:
+        raise DsmnError(f"{data}: split {split!r} is empty")
+    idx = np.sort(idx)
+    scene = np.asarray(cache.scene_idx)[idx].astype(int)
+    coarse = np.asarray(cache.coarse_idx)[idx].astype(int)
+    devices = np.asarray(cache.device)[idx]
+
+    runners = {}
+    if run_dir and Path(run_dir).is_dir():
+        runners.update(_torch_models(run_dir, card.get("model") or meta.get("model")))
+    sess = None
+    if onnx_path:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        in_name = sess.get_inputs()[0].name
+    ref = _tflite_ref_runner(tflite_path)
+    tflm = None
+    if not card.get("tflm_missing_ops") and card.get("tflm_arena_bytes"):
+        tflm = _tflm_runner(tflite_path)
+    in_q, out_q = card["input"], card["output"]
+
+    logits = {k: [] for k in list(runners) + (["onnx"] if sess else []) + ["int8_ref"] + (["int8_tflm"] if tflm else [])}
+    raw_ref, raw_tflm = [], []
+    for start in range(0, len(idx), batch):
+        rows = idx[start:start + batch]
+        x = cache.inputs(rows)                                      # (B, 2, mel, time)
+        with torch.no_grad():
+            xt = torch.from_numpy(x)
+            for name, fn in runners.items():
+                logits[name].append(fn(xt).float().numpy())
+        x_tm = np.ascontiguousarray(x.transpose(0, 1, 3, 2))        # (B, 2, time, mel)
+        if sess:
+            logits["onnx"].append(np.concatenate([sess.run(None, {in_name: x_tm[i:i + 1]})[0] for i in range(len(x))]))
+        x_nhwc = np.ascontiguousarray(x.transpose(0, 3, 2, 1))      # (B, time, mel, 2)
+        for i in range(len(x)):
+            q = _quantize(x_nhwc[i:i + 1], in_q["scale"], in_q["zero_point"])
+            raw_ref.append(ref(q))
+            if tflm:
+                raw_tflm.append(tflm(q))
+    raw_ref = np.concatenate(raw_ref).astype(np.int32)
+    logits["int8_ref"] = [(raw_ref - out_q["zero_point"]) * out_q["scale"]]
+    if tflm:
+        raw_tflm = np.concatenate(raw_tflm).astype(np.int32)
+        logits["int8_tflm"] = [(raw_tflm - out_q["zero_point"]) * out_q["scale"]]
+    logits = {k: np.concatenate(v).astype(np.float64) for k, v in logits.items()}
+
+    columns = {k: _metrics(v, scene, coarse, devices) for k, v in logits.items()}
+    names = list(logits)
+    pairs = {}
+    for a_i, a in enumerate(names):
+        for b in names[a_i + 1:]:
+            pairs[f"{a}|{b}"] = {
+                "top1_agreement": float((logits[a][:, :N_SCENES].argmax(1) == logits[b][:, :N_SCENES].argmax(1)).mean()),
+                "max_abs_logit_diff": float(np.abs(logits[a] - logits[b]).max()),
+            }
+    report = {
+        "tflite": str(tflite_path), "onnx": str(onnx_path) if onnx_path else None,
+        "run_dir": str(run_dir) if run_dir else None, "data": str(data), "split": split, "n": int(len(idx)),
+        "columns": columns, "pairs": pairs,
+        "int8_kernels": "TFLite BUILTIN_REF (no XNNPACK) and TFLM",
+    }
+    if tflm:
+        diff = np.abs(raw_ref - raw_tflm)
+        report["tflm_vs_ref"] = {"outputs": int(diff.size), "differing": int((diff > 0).sum()),
+                                 "max_lsb": int(diff.max())}
+    report["board"] = board_check(card, board=board, ram_limit=ram_limit, flash_limit=flash_limit)
+    out = tflite_path.with_suffix("").with_name(tflite_path.with_suffix("").name + ".verify.json")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    report["path"] = str(out)
+    _summarise_into_card(tflite_path, card, report, out)
+    return report
+
+
+def _summarise_into_card(tflite_path, card, report, verify_path):
+    """The card carries the headline numbers; the full table stays in X.verify.json."""
+    from dsmn_host import modelcard
+
+    card = {k: v for k, v in card.items() if k != "paths"}
+    card["verification"] = verify_path.name
+    card["verified"] = {
+        "split": report["split"], "n": report["n"],
+        "acc": {k: round(v["acc"], 4) for k, v in report["columns"].items()},
+        "log_loss": {k: round(v["log_loss"], 4) for k, v in report["columns"].items()},
+        "top1_agreement": {k: round(v["top1_agreement"], 4) for k, v in report["pairs"].items()},
+    }
+    if "tflm_vs_ref" in report:
+        card["verified"]["tflm_vs_ref"] = report["tflm_vs_ref"]
+    paths = modelcard.card_paths(tflite_path)
+    paths["json"].write_text(json.dumps(card, indent=2) + "\n")
+    paths["md"].write_text(modelcard.render_markdown(card))
+
+
+def board_check(card, *, board=None, ram_limit=None, flash_limit=None):
+    """Problems (by name) that would stop the model on a board; empty list when it fits."""
+    problems = []
+    result = {"board": board, "ram_limit": ram_limit, "flash_limit": flash_limit, "problems": problems}
+    if board:
+        from dsmn_host.boards import get_board
+
+        b = get_board(board)
+        ram_limit = ram_limit or b.ram.length
+        flash_limit = flash_limit or b.flash.length
+        result.update(ram_limit=ram_limit, flash_limit=flash_limit)
+    for op in card.get("tflm_missing_ops") or []:
+        problems.append(f"op {op} is not available in TFLite-Micro")
+    if card.get("tflm_error") and not card.get("tflm_missing_ops"):
+        problems.append(f"TFLM could not load the model: {card['tflm_error'].splitlines()[0]}")
+    arena, size = card.get("tflm_arena_bytes"), card["model_bytes"]
+    where = f"board {board}" if board else "the given limit"
+    if ram_limit and arena and arena > ram_limit:
+        problems.append(f"TFLM arena {arena} bytes exceeds the RAM of {where} ({ram_limit} bytes)")
+    if flash_limit and size > flash_limit:
+        problems.append(f"model {size} bytes exceeds the flash of {where} ({flash_limit} bytes)")
+    return result
+
+
+def format_report(report):
+    cols = report["columns"]
+    lines = [f"{report['split']} split, {report['n']} clips ({report['data']})", "",
+             f"{'':<11}{'acc':>8}{'log loss':>10}{'coarse':>8}   per device"]
+    for name, m in cols.items():
+        dev = " ".join(f"{d}:{v:.2f}" for d, v in m["per_device"].items())
+        lines.append(f"{name:<11}{m['acc']:>8.3f}{m['log_loss']:>10.3f}{m['coarse_acc']:>8.3f}   {dev}")
+    lines += ["", f"{'pair':<24}{'top-1 agree':>12}{'max |Δlogit|':>14}"]
+    for pair, p in report["pairs"].items():
+        lines.append(f"{pair.replace('|', ' vs '):<24}{p['top1_agreement']:>12.3f}{p['max_abs_logit_diff']:>14.4g}")
+    if "tflm_vs_ref" in report:
+        t = report["tflm_vs_ref"]
+        lines.append(f"\nTFLM vs TFLite reference kernels: {t['differing']}/{t['outputs']} int8 outputs differ, "
+                     f"max {t['max_lsb']} LSB")
+    problems = report["board"]["problems"]
+    lines.append("board check: " + ("; ".join(problems) if problems else "ok"))
+    return "\n".join(lines)
+
+
+def run_verify(tflite_path, **kwargs):
+    report = verify(tflite_path, **kwargs)
+    print(format_report(report))
+    print(f"wrote {report['path']}")
+    return 1 if report["board"]["problems"] else 0
+
+
+def _cmd_verify(args):
+    return run_verify(args.tflite, onnx_path=args.onnx, run_dir=args.run_dir, data=args.data, split=args.split,
+                      limit=args.limit, board=args.board, ram_limit=args.ram_limit, flash_limit=args.flash_limit)
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "verify", help="compare float / QAT / ONNX / int8 (TFLite reference kernels, TFLM) on the validation split",
+        description="Accuracy and log loss per form and per device, pairwise top-1 agreement and max |Δlogit|, "
+                    "TFLM vs TFLite reference kernels bit for bit, and whether the model fits a board.")
+    p.add_argument("tflite", help="int8 .tflite (with its .card.json next to it)")
+    p.add_argument("--onnx", help="the float ONNX it came from (default: recorded in the card)")
+    p.add_argument("--run-dir", help="training run directory (default: recorded in the ONNX metadata)")
+    p.add_argument("--data", help="feature cache or data dir (default: recorded in the ONNX metadata)")
+    p.add_argument("--split", default=VAL_SPLIT, help=f"split to verify on (default {VAL_SPLIT})")
+    p.add_argument("--limit", type=int, help="use at most this many clips (spread over the split)")
+    p.add_argument("--board", help="board name (dsmn_host.boards) to check RAM and flash against")
+    p.add_argument("--ram-limit", type=int, help="RAM budget in bytes for the TFLM arena")
+    p.add_argument("--flash-limit", type=int, help="flash budget in bytes for the model")
+    p.set_defaults(func=_cmd_verify)

@@ -23,6 +23,7 @@ STAGE_MODULES = [
     "dsmn_host.convert",
     "dsmn_host.modelcard",
     "dsmn_host.verify",
+    "dsmn_host.codegen",
 ]
 
 

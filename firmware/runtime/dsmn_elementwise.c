@@ -1,0 +1,274 @@
+/* ADD/SUB, MUL (with 4-D broadcasting), QUANTIZE (int8 rescale), LOGISTIC, TANH and SOFTMAX. */
+#include "dsmn_kernels.h"
+#include "dsmn_fixedpoint.h"
+
+/* The broadcast walk is written once as a macro so ADD and MUL share it without a function
+ * pointer call per element. */
+#define DSMN_BROADCAST_LOOP(ONE)                                                           \
+    do {                                                                                   \
+        if (!bc) {                                                                         \
+            for (int32_t i = 0; i < count; i++) {                                          \
+                out[i] = ONE(p, in1[i], in2[i]);                                           \
+            }                                                                              \
+            return;                                                                        \
+        }                                                                                  \
+        int32_t k = 0;                                                                     \
+        for (int32_t i0 = 0; i0 < bc->dims[0]; i0++) {                                     \
+            for (int32_t i1 = 0; i1 < bc->dims[1]; i1++) {                                 \
+                for (int32_t i2 = 0; i2 < bc->dims[2]; i2++) {                             \
+                    const int8_t *a = in1 + i0 * bc->stride1[0] + i1 * bc->stride1[1]      \
+                                      + i2 * bc->stride1[2];                               \
+                    const int8_t *b = in2 + i0 * bc->stride2[0] + i1 * bc->stride2[1]      \
+                                      + i2 * bc->stride2[2];                               \
+                    const int32_t s1 = bc->stride1[3], s2 = bc->stride2[3];                \
+                    for (int32_t i3 = 0; i3 < bc->dims[3]; i3++) {                         \
+                        out[k++] = ONE(p, a[i3 * s1], b[i3 * s2]);                         \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    } while (0)
+
+void dsmn_add_s8(const dsmn_add_params *p_arg, const dsmn_broadcast *bc, int32_t count,
+                 const int8_t *in1, const int8_t *in2, int8_t *out)
+{
+    const dsmn_add_params p_local = *p_arg;
+    const dsmn_add_params *p = &p_local;
+    DSMN_BROADCAST_LOOP(dsmn_add_one);
+}
+
+void dsmn_mul_s8(const dsmn_mul_params *p_arg, const dsmn_broadcast *bc, int32_t count,
+                 const int8_t *in1, const int8_t *in2, int8_t *out)
+{
+    const dsmn_mul_params p_local = *p_arg;
+    const dsmn_mul_params *p = &p_local;
+    DSMN_BROADCAST_LOOP(dsmn_mul_one);
+}
+
+void dsmn_requantize_s8(const dsmn_requant_params *p, int32_t count, const int8_t *in,
+                        int8_t *out)
+{
+    for (int32_t i = 0; i < count; i++) {
+        int32_t r = dsmn_mbqm(in[i] - p->input_zero_point, p->multiplier, p->shift)
+                    + p->output_zero_point;
+        out[i] = (int8_t)dsmn_clamp(r, -128, 127);
+    }
+}
+
+/* ---- gemmlowp fixed-point logistic, Q4.27 input -> Q0.31 output ---- */
+
+static inline int32_t fp_mul(int32_t a, int32_t b) { return dsmn_srdhm(a, b); }
+
+static inline int32_t rounding_half_sum(int32_t a, int32_t b)
+{
+    int64_t sum = (int64_t)a + (int64_t)b;
+    int64_t sign = sum >= 0 ? 1 : -1;
+    return (int32_t)((sum + sign) / 2);
+}
+
+/* Saturating multiply by 2^e for a compile-time-like small positive e. */
+static inline int32_t sat_mul_pot(int32_t x, int e)
+{
+    const int32_t threshold = (int32_t)((1u << (31 - e)) - 1);
+    if (x > threshold) {
+        return INT32_MAX;
+    }
+    if (x < -threshold) {
+        return INT32_MIN;
+    }
+    return (int32_t)((uint32_t)x << e);
+}
+
+/* exp(a) for a in [-1/4, 0), Q0.31. */
+static int32_t exp_quarter(int32_t a)
+{
+    const int32_t constant_term = 1895147668;    /* exp(-1/8) */
+    const int32_t constant_1_over_3 = 715827883;
+    const int32_t x = a + (1 << 28);
+    const int32_t x2 = fp_mul(x, x);
+    const int32_t x3 = fp_mul(x2, x);
+    const int32_t x4 = fp_mul(x2, x2);
+    const int32_t x4_over_4 = dsmn_rdbpot(x4, 2);
+    const int32_t poly = dsmn_rdbpot(fp_mul(x4_over_4 + x3, constant_1_over_3) + x2, 1);
+    return constant_term + fp_mul(constant_term, x + poly);
+}
+
+/* exp(a) for a <= 0 given with `int_bits` integer bits (4 or 5: Q4.27 or Q5.26); result
+ * Q0.31. gemmlowp's exp_on_negative_values: exact exp on [-1/4, 0), then one multiplication
+ * per set bit of the remainder (exp(-1/4), exp(-1/2), ... exp(-16)). */
+static int32_t exp_negative(int32_t a, int int_bits)
+{
+    const int frac = 31 - int_bits;
+    const int32_t one_quarter = 1 << (frac - 2);
+    const int32_t mask = one_quarter - 1;
+    const int32_t a_mod = (a & mask) - one_quarter;
+    /* Rescale Q(int_bits) -> Q0: multiply by 2^int_bits with saturation. */
+    int32_t result = exp_quarter(sat_mul_pot(a_mod, int_bits));
+    const int32_t remainder = a_mod - a;
+    static const int32_t mults[] = {1672461947, 1302514674, 790015084, 290630308, 39332535,
+                                    720401, 242};
+    /* Barrel shifter stages for exponents -2 .. int_bits - 1. */
+    for (int e = -2; e < int_bits; e++) {
+        if (remainder & (1 << (frac + e))) {
+            result = fp_mul(result, mults[e + 2]);
+        }
+    }
+    if (a == 0) {
+        result = INT32_MAX;
+    }
+    return result;
+}
+
+static inline int32_t exp_negative_q4(int32_t a) { return exp_negative(a, 4); }
+
+/* Newton-Raphson on the half denominator (1 + a) / 2, a in (0, 1) as Q0.31: returns
+ * x ~ 2 / (1 + a) in Q2.29. */
+static int32_t newton_one_over_one_plus(int32_t a)
+{
+    const int32_t half_denominator = rounding_half_sum(a, INT32_MAX);
+    const int32_t c48_17 = 1515870810;   /* Q2.29 */
+    const int32_t cm32_17 = -1010580540; /* Q2.29 */
+    const int32_t one_q2 = 1 << 29;
+    int32_t x = c48_17 + fp_mul(half_denominator, cm32_17);
+    for (int i = 0; i < 3; i++) {
+        const int32_t hdx = fp_mul(half_denominator, x);
+        const int32_t one_minus = one_q2 - hdx;
+        x = x + sat_mul_pot(fp_mul(x, one_minus), 2);
+    }
+    return x;
+}
+
+/* 1 / (1 + a) for a in (0, 1), Q0.31 in and out. */
+static int32_t one_over_one_plus(int32_t a)
+{
+    /* Halving: ExactMulByPot<-1> keeps the raw value as Q1.30; Rescale<0> shifts left by 1. */
+    return sat_mul_pot(newton_one_over_one_plus(a), 1);
+}
+
+/* (1 - a) / (1 + a) = 2 / (1 + a) - 1 for a in (0, 1), Q0.31 in and out. */
+static int32_t one_minus_over_one_plus(int32_t a)
+{
+    return sat_mul_pot(newton_one_over_one_plus(a) - (1 << 29), 2);
+}
+
+static int32_t logistic_q4(int32_t a)
+{
+    if (a == 0) {
+        return 1 << 30;
+    }
+    const int32_t abs_a = a > 0 ? a : -a;
+    const int32_t pos = one_over_one_plus(exp_negative_q4(-abs_a));
+    return a > 0 ? pos : INT32_MAX - pos;
+}
+
+void dsmn_logistic_s8(const dsmn_logistic_params *p, int32_t count, const int8_t *in,
+                      int8_t *out)
+{
+    for (int32_t i = 0; i < count; i++) {
+        const int32_t x = in[i] - p->input_zero_point;
+        int32_t r;
+        if (x <= -p->input_range_radius) {
+            r = -128;
+        } else if (x >= p->input_range_radius) {
+            r = 127;
+        } else {
+            const int32_t q4 = dsmn_mbqm(x, p->input_multiplier, p->input_left_shift);
+            r = dsmn_rdbpot(logistic_q4(q4), 23) - 128;
+            r = dsmn_clamp(r, -128, 127);
+        }
+        out[i] = (int8_t)r;
+    }
+}
+
+/* ---- TANH: Q4.27 input -> Q0.31 tanh (gemmlowp), output scale 1/128, zero point 0 ---- */
+
+static int32_t tanh_q4(int32_t a)
+{
+    if (a == 0) {
+        return 0;
+    }
+    /* tanh(-|a|) = -(1 - exp(-2|a|)) / (1 + exp(-2|a|)); -2|a| is the same raw value read
+     * as Q5.26. */
+    const int32_t n = a < 0 ? a : -a;
+    const int32_t t = one_minus_over_one_plus(exp_negative(n, 5));
+    return a < 0 ? -t : t;
+}
+
+void dsmn_tanh_s8(const dsmn_logistic_params *p, int32_t count, const int8_t *in, int8_t *out)
+{
+    for (int32_t i = 0; i < count; i++) {
+        const int32_t x = in[i] - p->input_zero_point;
+        int32_t r;
+        if (x <= -p->input_range_radius) {
+            r = -128;
+        } else if (x >= p->input_range_radius) {
+            r = 127;
+        } else {
+            const int32_t q4 = dsmn_mbqm(x, p->input_multiplier, p->input_left_shift);
+            r = dsmn_clamp(dsmn_rdbpot(tanh_q4(q4), 31 - 7), -128, 127);
+        }
+        out[i] = (int8_t)r;
+    }
+}
+
+/* ---- SOFTMAX over the innermost axis: int8 in, int8 out (scale 1/256, zero point -128).
+ * Differences to the row maximum are scaled by beta * input scale into Q5.26, exponentiated
+ * in Q0.31, summed in Q12.19; the reciprocal of the sum is normalised to Q0.31. ---- */
+
+static inline int32_t softmax_exp(const dsmn_softmax_params *p, int32_t diff)
+{
+    const int32_t scaled = dsmn_srdhm((int32_t)((uint32_t)diff << p->input_left_shift),
+                                      p->input_multiplier);
+    return exp_negative(scaled, 5);
+}
+
+static inline int count_leading_zeros(uint32_t x)
+{
+    int n = 0;
+    if (x == 0) {
+        return 32;
+    }
+    while (!(x & 0x80000000u)) {
+        x <<= 1;
+        n++;
+    }
+    return n;
+}
+
+void dsmn_softmax_s8(const dsmn_softmax_params *p, int32_t outer, int32_t depth,
+                     const int8_t *in, int8_t *out)
+{
+    for (int32_t o = 0; o < outer; o++) {
+        const int8_t *row = in + o * depth;
+        int8_t *dst = out + o * depth;
+        int32_t max_v = -128;
+        for (int32_t c = 0; c < depth; c++) {
+            if (row[c] > max_v) {
+                max_v = row[c];
+            }
+        }
+        int32_t sum = 0; /* Q12.19 */
+        for (int32_t c = 0; c < depth; c++) {
+            const int32_t diff = row[c] - max_v;
+            if (diff >= p->diff_min) {
+                sum += dsmn_rdbpot(softmax_exp(p, diff), 12);
+            }
+        }
+        /* Reciprocal of the sum: normalise to (1, 2) as 1 + x with x in Q0.31. */
+        const int headroom = count_leading_zeros((uint32_t)sum);
+        const int bits_over_unit = 12 - headroom;
+        const int32_t shifted_minus_one =
+            (int32_t)(((uint32_t)sum << headroom) - (1u << 31));
+        const int32_t scale = one_over_one_plus(shifted_minus_one);
+        const int exponent = bits_over_unit + 31 - 8;
+        for (int32_t c = 0; c < depth; c++) {
+            const int32_t diff = row[c] - max_v;
+            int32_t r = -128;
+            if (diff >= p->diff_min) {
+                r = dsmn_rdbpot(fp_mul(scale, softmax_exp(p, diff)), exponent) - 128;
+                r = dsmn_clamp(r, -128, 127);
+            }
+            dst[c] = (int8_t)r;
+        }
+    }
+}

@@ -1,0 +1,211 @@
+/*
+ * dsmn runtime: int8 kernels shared by every generated model.
+ *
+ * The code generator (dsmn_host.codegen) fills the parameter structs below as const data, so
+ * nothing here parses a model or allocates memory. Arithmetic follows TFLite's integer
+ * reference kernels exactly (double-rounding requantisation), which is what makes outputs
+ * bit-identical with TFLite-Micro.
+ *
+ * Tensors are NHWC, int8, contiguous unless a struct says otherwise.
+ */
+#ifndef DSMN_KERNELS_H
+#define DSMN_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int32_t n, h, w, c;
+} dsmn_dims;
+
+/* Per-output-channel requantisation, precomputed on the host (TFLite QuantizeMultiplier). */
+typedef struct {
+    const int32_t *multiplier;
+    const int32_t *shift;
+} dsmn_requant;
+
+typedef struct {
+    int32_t input_offset;  /* minus the input zero point */
+    int32_t output_offset; /* output zero point */
+    int32_t stride_h, stride_w;
+    int32_t dilation_h, dilation_w;
+    int32_t pad_h, pad_w;  /* top/left padding; bottom/right is implied by the shapes */
+    int32_t act_min, act_max;
+    int32_t depth_multiplier; /* depthwise only */
+    /* The output dims passed to a kernel may be a window of the full output starting at
+     * (out_y0, out_x0): how a producer writes each part of a SPLIT into its own buffer. */
+    int32_t out_y0, out_x0;
+} dsmn_conv_params;
+
+/* CONV_2D; filter dims are (out_c, kh, kw, in_c / groups): grouped when in_c != filter c. */
+void dsmn_conv2d_s8(const dsmn_conv_params *p, const dsmn_requant *q,
+                    const dsmn_dims *in_dims, const int8_t *in,
+                    const dsmn_dims *filter_dims, const int8_t *filter, const int32_t *bias,
+                    const dsmn_dims *out_dims, int8_t *out);
+
+/* DEPTHWISE_CONV_2D; filter dims are (1, kh, kw, in_c * depth_multiplier). */
+void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p, const dsmn_requant *q,
+                              const dsmn_dims *in_dims, const int8_t *in,
+                              const dsmn_dims *filter_dims, const int8_t *filter,
+                              const int32_t *bias, const dsmn_dims *out_dims, int8_t *out);
+
+typedef struct {
+    int32_t input_offset, output_offset;
+    int32_t batches, accum_depth, out_depth;
+    int32_t act_min, act_max;
+} dsmn_fc_params;
+
+/* FULLY_CONNECTED; filter is (out_depth, accum_depth), per-tensor quantisation repeated
+ * per channel so one kernel serves both. */
+void dsmn_fully_connected_s8(const dsmn_fc_params *p, const dsmn_requant *q, const int8_t *in,
+                             const int8_t *filter, const int32_t *bias, int8_t *out);
+
+/* Four-dimensional broadcast: strides (in elements) of each input per output axis, 0 where
+ * that input is broadcast along the axis. */
+typedef struct {
+    int32_t dims[4];
+    int32_t stride1[4];
+    int32_t stride2[4];
+} dsmn_broadcast;
+
+typedef struct {
+    int32_t input1_offset, input2_offset, output_offset;
+    int32_t left_shift;
+    int32_t input1_multiplier, input1_shift;
+    int32_t input2_multiplier, input2_shift;
+    int32_t output_multiplier, output_shift;
+    int32_t act_min, act_max;
+} dsmn_add_params;
+
+typedef struct {
+    int32_t input1_offset, input2_offset, output_offset;
+    int32_t output_multiplier, output_shift;
+    int32_t act_min, act_max;
+} dsmn_mul_params;
+
+/* ADD / SUB (sub: input2 multiplier negated by the generator). bc == NULL: same shapes,
+ * `count` elements. */
+void dsmn_add_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_t count,
+                 const int8_t *in1, const int8_t *in2, int8_t *out);
+void dsmn_mul_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t count,
+                 const int8_t *in1, const int8_t *in2, int8_t *out);
+
+typedef struct {
+    int32_t input_zero_point, output_zero_point;
+    int32_t multiplier, shift;
+} dsmn_requant_params;
+
+/* QUANTIZE int8 -> int8 (rescale). */
+void dsmn_requantize_s8(const dsmn_requant_params *p, int32_t count, const int8_t *in,
+                        int8_t *out);
+
+typedef struct {
+    int32_t outer, reduce, inner; /* input viewed as (outer, reduce, inner) */
+    int32_t same_quant;           /* 1: plain integer mean (TFLite's path when scales match) */
+    int32_t input_zero_point, output_zero_point;
+    int32_t multiplier, shift;    /* already divided by `reduce` on the host */
+} dsmn_mean_params;
+
+/* MEAN over a contiguous block of axes. `acc` is scratch of outer*inner int32. */
+void dsmn_mean_s8(const dsmn_mean_params *p, const int8_t *in, int32_t *acc, int8_t *out);
+
+typedef struct {
+    int32_t stride_h, stride_w, filter_h, filter_w, pad_h, pad_w;
+    int32_t act_min, act_max;
+    int32_t out_y0, out_x0; /* output window origin, as in dsmn_conv_params */
+} dsmn_pool_params;
+
+void dsmn_avg_pool_s8(const dsmn_pool_params *p, const dsmn_dims *in_dims, const int8_t *in,
+                      const dsmn_dims *out_dims, int8_t *out);
+void dsmn_max_pool_s8(const dsmn_pool_params *p, const dsmn_dims *in_dims, const int8_t *in,
+                      const dsmn_dims *out_dims, int8_t *out);
+
+/* Strided gather: out[i0][i1][i2][i3] = in[offset + sum_k i_k * stride[k]], out contiguous.
+ * STRIDED_SLICE, SPLIT, SPLIT_V and TRANSPOSE are all this with different strides. */
+typedef struct {
+    int32_t dims[4];
+    int32_t stride[4];
+    int32_t offset;
+} dsmn_gather_params;
+
+void dsmn_gather_s8(const dsmn_gather_params *p, const int8_t *in, int8_t *out);
+
+/* CONCATENATION: input k contributes `inner[k]` bytes per outer step. */
+void dsmn_concat_s8(int32_t n_inputs, const int8_t *const *inputs, const int32_t *inner,
+                    int32_t outer, int8_t *out);
+
+typedef struct {
+    int32_t input_zero_point;
+    int32_t input_range_radius;
+    int32_t input_multiplier, input_left_shift;
+} dsmn_logistic_params;
+
+/* LOGISTIC (output scale 1/256, zero point -128), gemmlowp fixed-point as in TFLite. */
+void dsmn_logistic_s8(const dsmn_logistic_params *p, int32_t count, const int8_t *in,
+                      int8_t *out);
+
+/* TANH (output scale 1/128, zero point 0), same parameter meaning as LOGISTIC. */
+void dsmn_tanh_s8(const dsmn_logistic_params *p, int32_t count, const int8_t *in, int8_t *out);
+
+typedef struct {
+    int32_t input_multiplier, input_left_shift; /* beta * input scale, into Q5.26 */
+    int32_t diff_min;                           /* smaller differences to the max give 0 */
+} dsmn_softmax_params;
+
+/* SOFTMAX over the innermost axis (`depth` <= 256) of `outer` rows; output scale 1/256, zero
+ * point -128. */
+void dsmn_softmax_s8(const dsmn_softmax_params *p, int32_t outer, int32_t depth,
+                     const int8_t *in, int8_t *out);
+
+/* PAD / PADV2 (constant mode): out = in placed at `before` inside out dims, rest pad_value. */
+typedef struct {
+    int32_t in_dims[4];
+    int32_t out_dims[4];
+    int32_t before[4];
+    int32_t pad_value;
+} dsmn_pad_params;
+
+void dsmn_pad_s8(const dsmn_pad_params *p, const int8_t *in, int8_t *out);
+
+/* One elementwise step applied after a fused kernel's main result: result (op) constant,
+ * the constant broadcast per channel (or a scalar), in TFLite's ADD/SUB or MUL arithmetic. */
+typedef struct {
+    int32_t is_mul;
+    int32_t const_is_first; /* the constant is the op's first input */
+    int32_t const_per_channel;
+    const int8_t *constant;
+    dsmn_add_params add;
+    dsmn_mul_params mul;
+} dsmn_tail_op;
+
+#define DSMN_MAX_TAIL 4
+
+/* DSMN's "Sparable" unit in one pass: two depthwise convs (depth multiplier 1, stride 1) on
+ * the same input, their ADD, then up to DSMN_MAX_TAIL elementwise ops with constants (the
+ * MUL/ADD pair a folded BatchNorm becomes). Each intermediate is requantised to int8 exactly
+ * as the separate TFLite ops would, but none is stored. */
+typedef struct {
+    dsmn_conv_params dw[2];
+    dsmn_requant q[2];
+    dsmn_dims filter_dims[2];
+    const int8_t *filter[2];
+    const int32_t *bias[2];
+    dsmn_add_params add;
+    int32_t n_tail;
+    dsmn_tail_op tail[DSMN_MAX_TAIL];
+    /* Optional: the whole tail tabulated per channel (256 entries each, indexed by the ADD
+     * result + 128), computed on the host with the same integer arithmetic. */
+    const int8_t *tail_lut;
+} dsmn_sparable_params;
+
+void dsmn_sparable_s8(const dsmn_sparable_params *p, const dsmn_dims *in_dims, const int8_t *in,
+                      const dsmn_dims *out_dims, int8_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DSMN_KERNELS_H */

@@ -1,0 +1,93 @@
+/* MEAN, AVERAGE_POOL_2D, MAX_POOL_2D. */
+#include "dsmn_kernels.h"
+#include "dsmn_fixedpoint.h"
+
+void dsmn_mean_s8(const dsmn_mean_params *p, const int8_t *in, int32_t *acc, int8_t *out)
+{
+    const int32_t inner = p->inner, red = p->reduce;
+    for (int32_t o = 0; o < p->outer; o++) {
+        int32_t *a = acc + o * inner;
+        for (int32_t i = 0; i < inner; i++) {
+            a[i] = 0;
+        }
+        const int8_t *x = in + o * red * inner;
+        for (int32_t r = 0; r < red; r++) {
+            for (int32_t i = 0; i < inner; i++) {
+                a[i] += x[r * inner + i];
+            }
+        }
+        int8_t *y = out + o * inner;
+        for (int32_t i = 0; i < inner; i++) {
+            if (p->same_quant) {
+                y[i] = (int8_t)(a[i] / red); /* truncating, like the reference */
+            } else {
+                int32_t v = dsmn_mbqm(a[i] - p->input_zero_point * red, p->multiplier, p->shift)
+                            + p->output_zero_point;
+                y[i] = (int8_t)dsmn_clamp(v, -128, 127);
+            }
+        }
+    }
+}
+
+void dsmn_avg_pool_s8(const dsmn_pool_params *p_arg, const dsmn_dims *id, const int8_t *in,
+                      const dsmn_dims *od, int8_t *out)
+{
+    const dsmn_pool_params p_local = *p_arg;
+    const dsmn_pool_params *p = &p_local;
+    for (int32_t b = 0; b < od->n; b++) {
+        for (int32_t oy = 0; oy < od->h; oy++) {
+            const int32_t y0 = (oy + p->out_y0) * p->stride_h - p->pad_h;
+            const int32_t ky0 = y0 < 0 ? -y0 : 0;
+            const int32_t ky1 = p->filter_h < id->h - y0 ? p->filter_h : id->h - y0;
+            for (int32_t ox = 0; ox < od->w; ox++) {
+                const int32_t x0 = (ox + p->out_x0) * p->stride_w - p->pad_w;
+                const int32_t kx0 = x0 < 0 ? -x0 : 0;
+                const int32_t kx1 = p->filter_w < id->w - x0 ? p->filter_w : id->w - x0;
+                const int32_t count = (ky1 - ky0) * (kx1 - kx0);
+                for (int32_t c = 0; c < od->c; c++) {
+                    int32_t acc = 0;
+                    for (int32_t ky = ky0; ky < ky1; ky++) {
+                        for (int32_t kx = kx0; kx < kx1; kx++) {
+                            acc += in[((b * id->h + y0 + ky) * id->w + x0 + kx) * id->c + c];
+                        }
+                    }
+                    if (count > 0) {
+                        acc = acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
+                    }
+                    out[((b * od->h + oy) * od->w + ox) * od->c + c] =
+                        (int8_t)dsmn_clamp(acc, p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+}
+
+void dsmn_max_pool_s8(const dsmn_pool_params *p_arg, const dsmn_dims *id, const int8_t *in,
+                      const dsmn_dims *od, int8_t *out)
+{
+    const dsmn_pool_params p_local = *p_arg;
+    const dsmn_pool_params *p = &p_local;
+    for (int32_t b = 0; b < od->n; b++) {
+        for (int32_t oy = 0; oy < od->h; oy++) {
+            const int32_t y0 = (oy + p->out_y0) * p->stride_h - p->pad_h;
+            const int32_t ky0 = y0 < 0 ? -y0 : 0;
+            const int32_t ky1 = p->filter_h < id->h - y0 ? p->filter_h : id->h - y0;
+            for (int32_t ox = 0; ox < od->w; ox++) {
+                const int32_t x0 = (ox + p->out_x0) * p->stride_w - p->pad_w;
+                const int32_t kx0 = x0 < 0 ? -x0 : 0;
+                const int32_t kx1 = p->filter_w < id->w - x0 ? p->filter_w : id->w - x0;
+                for (int32_t c = 0; c < od->c; c++) {
+                    int32_t m = -128;
+                    for (int32_t ky = ky0; ky < ky1; ky++) {
+                        for (int32_t kx = kx0; kx < kx1; kx++) {
+                            int32_t v = in[((b * id->h + y0 + ky) * id->w + x0 + kx) * id->c + c];
+                            m = v > m ? v : m;
+                        }
+                    }
+                    out[((b * od->h + oy) * od->w + ox) * od->c + c] =
+                        (int8_t)dsmn_clamp(m, p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+}

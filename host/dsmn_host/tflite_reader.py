@@ -1,0 +1,125 @@
+"""Read a .tflite flatbuffer into plain Python objects, with the schema tflite-micro ships.
+
+Only what code generation needs: tensors (shape, type, quantisation, constant data) and
+operators (builtin name, inputs, outputs, options object) of the first subgraph.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dsmn_host.errors import DsmnError
+
+_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8,
+          7: np.int16, 6: np.bool_}
+
+
+def _schema():
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+    return schema
+
+
+@dataclass
+class Tensor:
+    index: int
+    name: str
+    shape: tuple
+    dtype: type
+    scale: np.ndarray = None          # float32 array, empty when not quantised
+    zero_point: np.ndarray = None
+    quantized_dimension: int = 0
+    data: np.ndarray = None           # constant data, else None
+
+    @property
+    def nbytes(self):
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def is_const(self):
+        return self.data is not None
+
+
+@dataclass
+class Operator:
+    index: int
+    name: str           # builtin op name, e.g. "CONV_2D"
+    inputs: list        # tensor indices, -1 for an omitted optional input
+    outputs: list
+    options: object = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    tensors: list
+    operators: list
+    inputs: list
+    outputs: list
+
+
+def _builtin_names(schema):
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def read_tflite(path):
+    """Parse `path` into a Graph. Raises DsmnError for files that are not usable models."""
+    path = Path(path)
+    try:
+        buf = path.read_bytes()
+    except OSError as exc:
+        raise DsmnError(f"{path}: cannot read model: {exc}") from exc
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise DsmnError(f"{path}: not a TFLite flatbuffer (missing 'TFL3' identifier)")
+    schema = _schema()
+    try:
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    except Exception as exc:  # the generated parser raises assorted errors on corrupt data
+        raise DsmnError(f"{path}: corrupt TFLite model: {exc}") from exc
+    if not model.subgraphs:
+        raise DsmnError(f"{path}: model has no subgraph")
+    if len(model.subgraphs) > 1:
+        raise DsmnError(f"{path}: model has {len(model.subgraphs)} subgraphs; only single-subgraph "
+                        "models (no control flow) can be compiled")
+    names = _builtin_names(schema)
+    sg = model.subgraphs[0]
+
+    tensors = []
+    for i, t in enumerate(sg.tensors):
+        dtype = _TYPES.get(t.type)
+        if dtype is None:
+            raise DsmnError(f"{path}: tensor {i} ({_s(t.name)}) has unsupported type code {t.type}")
+        shape = tuple(int(d) for d in (t.shape if t.shape is not None else []))
+        q = t.quantization
+        scale = np.asarray(q.scale if q is not None and q.scale is not None else [], np.float32)
+        zp = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [], np.int64)
+        qdim = int(q.quantizedDimension) if q is not None else 0
+        data = None
+        b = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
+        if b is not None:
+            raw = None
+            if b.data is not None and len(b.data):
+                raw = np.asarray(b.data, dtype=np.uint8).tobytes()
+            elif getattr(b, "offset", 0) and b.offset > 1:
+                raw = buf[b.offset:b.offset + b.size]
+            if raw is not None:
+                data = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+        tensors.append(Tensor(i, _s(t.name), shape, dtype, scale, zp, qdim, data))
+
+    ops = []
+    for i, op in enumerate(sg.operators):
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+        name = names.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            name = f"CUSTOM({_s(code.customCode)})"
+        ins = [int(x) for x in (op.inputs if op.inputs is not None else [])]
+        outs = [int(x) for x in (op.outputs if op.outputs is not None else [])]
+        ops.append(Operator(i, name, ins, outs, op.builtinOptions))
+    return Graph(tensors, ops, [int(x) for x in sg.inputs], [int(x) for x in sg.outputs])
+
+
+def _s(x):
+    if x is None:
+        return ""
+    return x.decode() if isinstance(x, bytes) else str(x)

@@ -1,0 +1,117 @@
+"""Helpers for the dsmn runtime tests: tiny Keras models -> int8 TFLite, TFLM reference runs,
+and generated-code runs. Not a test module itself."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def to_int8_tflite(fn, input_shape, seed=0, mean=0.0, std=1.0):
+    """Full-integer conversion of `fn` (tf ops on a 1 x input_shape float tensor, weights as
+    constants). `mean`/`std` of the calibration data steer the input zero point and scale,
+    so tests cover asymmetric quantisation too. Batch 1 and static shapes let the converter
+    emit dilated convolutions directly."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+
+    def rep():
+        for _ in range(16):
+            yield [rng.normal(mean, std, (1,) + tuple(input_shape)).astype(np.float32)]
+
+    func = tf.function(fn, input_signature=[tf.TensorSpec((1,) + tuple(input_shape), tf.float32)])
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([func.get_concrete_function()])
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    import logging
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return conv.convert()
+
+
+class Weights:
+    """Deterministic random constant weights for test graphs."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, shape, std=1.0):
+        import tensorflow as tf
+        return tf.constant(self.rng.normal(0.0, std, shape).astype(np.float32))
+
+
+def act(x, kind):
+    import tensorflow as tf
+    if kind == "relu":
+        return tf.nn.relu(x)
+    if kind == "relu6":
+        return tf.nn.relu6(x)
+    return x
+
+
+class TflmAborted(RuntimeError):
+    """The TFLite-Micro interpreter aborted (a TFLITE_CHECK in its Prepare step)."""
+
+
+def tflm_run(model_bytes, xs):
+    """Outputs of the TFLite-Micro Python interpreter (reference kernels) for each input.
+
+    Runs in a forked child: TFLM aborts the process on models it rejects (e.g. ADD whose
+    output rescale factor is >= 1), and one such draw must not kill the test session."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out_path = os.path.join(d, "out.npy")
+        pid = os.fork()
+        if pid == 0:  # child
+            import faulthandler
+
+            faulthandler.disable()
+            code = 1
+            try:
+                from tflite_micro.python.tflite_micro import runtime
+
+                it = runtime.Interpreter.from_bytes(bytes(model_bytes), arena_size=8 << 20)
+                outs = []
+                for x in xs:
+                    it.set_input(x[None], 0)
+                    it.invoke()
+                    outs.append(np.array(it.get_output(0), copy=True))
+                np.save(out_path, np.stack(outs))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0 or not os.path.exists(out_path):
+            raise TflmAborted(f"TFLM interpreter failed (status {status})")
+        return np.load(out_path)
+
+
+def ours_run(model_bytes, xs, workdir, target="host"):
+    from dsmn_host import codegen
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "model.tflite"
+    path.write_bytes(bytes(model_bytes))
+    report = codegen.generate(path, workdir / "gen")
+    out = codegen.run_batch(workdir / "gen", xs, target=target)
+    return out, report
+
+
+def random_inputs(model_bytes, n, seed):
+    """Full-range int8 inputs shaped like the model input (saturating cases included)."""
+    from dsmn_host.tflite_reader import read_tflite
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+        f.write(bytes(model_bytes))
+        f.flush()
+        g = read_tflite(f.name)
+    shape = g.tensors[g.inputs[0]].shape[1:]
+    return np.random.default_rng(seed).integers(-128, 128, (n,) + tuple(shape)).astype(np.int8)

@@ -1,0 +1,20 @@
+/* The one seam between the app loop and an inference engine: the native ahead-of-time graph
+ * (runtime_native.c) or TFLite-Micro (runtime_tflm.cc). */
+#ifndef DSMN_RUNTIME_H
+#define DSMN_RUNTIME_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int runtime_init(void);                                  /* 0 on success */
+int runtime_invoke(const int8_t *input, int8_t *output); /* 0 on success */
+uint32_t runtime_arena_bytes(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

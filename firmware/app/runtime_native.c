@@ -1,0 +1,11 @@
+/* Native runtime: the graph generated ahead of time by `dsmn_host.codegen` (dsmn_model.c),
+ * whose activations live in its own statically sized arena. */
+#include "runtime.h"
+
+#include "dsmn_model.h"
+
+int runtime_init(void) { return 0; }
+
+int runtime_invoke(const int8_t *input, int8_t *output) { return dsmn_invoke(input, output); }
+
+uint32_t runtime_arena_bytes(void) { return (uint32_t)DSMN_ARENA_BYTES; }

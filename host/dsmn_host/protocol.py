@@ -1,0 +1,473 @@
+"""Protocol v1, host side (docs/protocol.md): frames, message payloads, and a `Session`.
+
+Three layers, each usable alone: `encode_frame` / `FrameParser` (bytes), `Hello` / `Result`
+payload codecs, and `Session`, which owns a serial port, does the handshake and runs
+requests with per-chunk acknowledgement and retries. `Session` only needs an object with
+pyserial's `read(n)`, `write(b)`, `timeout` and `reset_input_buffer()`, so a pty to QEMU,
+/dev/ttyACM0 and a pipe to a host-built test harness all work the same way.
+"""
+
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from dsmn_host.errors import DsmnError
+
+VERSION = 1
+SYNC = b"\xA5\x5A"
+HEADER = struct.Struct("<2sBBHHHH")  # sync, type, flags, msg_id, index, count, len
+CRC = struct.Struct("<I")
+MAX_PAYLOAD = 1024
+
+HELLO, PING, PONG, ACK, NAK, INFER, RESULT, ERROR = 0x01, 0x02, 0x03, 0x06, 0x15, 0x10, 0x11, 0x7F
+TYPE_NAMES = {HELLO: "HELLO", PING: "PING", PONG: "PONG", ACK: "ACK", NAK: "NAK",
+              INFER: "INFER", RESULT: "RESULT", ERROR: "ERROR"}
+ERROR_NAMES = {1: "unknown message type", 2: "bad length", 3: "message larger than the board's buffer",
+               4: "runtime failed to initialise", 5: "unsupported INFER kind"}
+RUNTIMES = {0: "native", 1: "tflm"}
+COUNTERS = {0: "none", 1: "dwt", 2: "systick"}
+INFER_KIND_TENSOR = 0
+POLL_S = 0.02
+
+
+class ProtocolError(DsmnError):
+    """The link failed: retries exhausted, a reset, or bytes that make no sense."""
+
+
+class BoardReset(ProtocolError):
+    """The board sent an unsolicited HELLO in the middle of a request."""
+
+
+class BoardError(DsmnError):
+    """The board answered with an ERROR message."""
+
+    def __init__(self, code, text):
+        super().__init__(f"board error {code} ({ERROR_NAMES.get(code, 'unknown')}): {text}")
+        self.code = code
+        self.text = text
+
+
+def crc32(data):
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def encode_frame(ftype, msg_id, index, count, payload=b""):
+    payload = bytes(payload)
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"frame payload {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    head = HEADER.pack(SYNC, ftype, 0, msg_id & 0xFFFF, index, count, len(payload))
+    return head + payload + CRC.pack(crc32(head[2:] + payload))
+
+
+@dataclass
+class Frame:
+    type: int
+    msg_id: int
+    index: int
+    count: int
+    payload: bytes
+
+    @property
+    def name(self):
+        return TYPE_NAMES.get(self.type, f"0x{self.type:02x}")
+
+
+BAD = object()  # FrameParser.feed yields this for a frame whose header or CRC was wrong
+
+
+class FrameParser:
+    """Incremental parser: feed any bytes, get Frames (and BAD markers) in order.
+
+    Bytes outside frames (the boot banner, line noise) are kept in `text` for diagnostics.
+    """
+
+    def __init__(self, max_payload=MAX_PAYLOAD):
+        self.max_payload = max_payload
+        self.buf = bytearray()
+        self.text = bytearray()
+
+    def feed(self, data):
+        self.buf += data
+        out = []
+        while True:
+            start = self.buf.find(SYNC)
+            if start < 0:
+                keep = 1 if self.buf.endswith(SYNC[:1]) else 0
+                self.text += self.buf[: len(self.buf) - keep]
+                del self.buf[: len(self.buf) - keep]
+                return out
+            self.text += self.buf[:start]
+            del self.buf[:start]
+            if len(self.buf) < HEADER.size:
+                return out
+            _, ftype, _, msg_id, index, count, n = HEADER.unpack_from(self.buf)
+            if n > self.max_payload or count == 0 or index >= count:
+                del self.buf[:2]
+                out.append(BAD)
+                continue
+            total = HEADER.size + n + CRC.size
+            if len(self.buf) < total:
+                return out
+            body = bytes(self.buf[2 : HEADER.size + n])
+            (crc,) = CRC.unpack_from(self.buf, HEADER.size + n)
+            if crc != crc32(body):
+                # Resync just past this sync pair: the real frame may start inside the junk.
+                del self.buf[:2]
+                out.append(BAD)
+                continue
+            del self.buf[:total]
+            out.append(Frame(ftype, msg_id, index, count, body[HEADER.size - 2 :]))
+
+
+    def resync(self):
+        """Give up on a partial frame and rescan what followed its sync bytes.
+
+        A corrupted length field can make the parser wait for hundreds of bytes that are not
+        coming; the session calls this when a wait times out, so the good frames queued
+        behind the bad header are found instead of being swallowed as its "payload".
+        """
+        if not self.buf.startswith(SYNC):
+            return []
+        del self.buf[:2]
+        return [BAD] + self.feed(b"")
+
+
+def chunk_frames(ftype, msg_id, payload, max_chunk):
+    """The frames of one request, max_chunk payload bytes each (an empty message is one frame)."""
+    payload = bytes(payload)
+    pieces = [payload[i : i + max_chunk] for i in range(0, len(payload), max_chunk)] or [b""]
+    return [encode_frame(ftype, msg_id, i, len(pieces), p) for i, p in enumerate(pieces)]
+
+
+def _read_str(buf, off):
+    n = buf[off]
+    if off + 1 + n > len(buf):
+        raise IndexError(f"string of {n} bytes at offset {off} runs past the {len(buf)}-byte payload")
+    return bytes(buf[off + 1 : off + 1 + n]).decode("utf-8"), off + 1 + n
+
+
+def _put_str(s):
+    b = s.encode("utf-8")
+    if len(b) > 255:
+        raise ValueError(f"string {s!r} longer than 255 bytes")
+    return bytes([len(b)]) + b
+
+
+_HELLO_FIXED = struct.Struct("<BBBBIIHH32s" + "BB4HfiBB4Hfi")
+
+
+@dataclass
+class Hello:
+    protocol_version: int
+    runtime: str
+    counter: str
+    core_clock_hz: int
+    arena_bytes: int
+    max_chunk: int
+    max_message: int
+    model_sha256: str
+    input_shape: tuple
+    input_scale: float
+    input_zero_point: int
+    output_shape: tuple
+    output_scale: float
+    output_zero_point: int
+    firmware_version: str
+    board: str
+    runtime_name: str
+    labels: list = field(default_factory=list)
+
+    @property
+    def input_bytes(self):
+        n = 1
+        for d in self.input_shape:
+            n *= d
+        return n
+
+    @classmethod
+    def decode(cls, payload):
+        if len(payload) < _HELLO_FIXED.size:
+            raise ProtocolError(f"HELLO payload is {len(payload)} bytes, shorter than the fixed {_HELLO_FIXED.size}")
+        f = _HELLO_FIXED.unpack_from(payload)
+        ver, rt, ctr, nlab, clock, arena, max_chunk, max_msg, sha = f[:9]
+        in_rank, _in_type, *rest = f[9:]
+        in_dims, in_scale, in_zp = rest[0:4], rest[4], rest[5]
+        out_rank, _out_type = rest[6], rest[7]
+        out_dims, out_scale, out_zp = rest[8:12], rest[12], rest[13]
+        off = _HELLO_FIXED.size
+        try:
+            fw, off = _read_str(payload, off)
+            board, off = _read_str(payload, off)
+            rt_name, off = _read_str(payload, off)
+            labels = []
+            for _ in range(nlab):
+                lab, off = _read_str(payload, off)
+                labels.append(lab)
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"HELLO strings are truncated or not UTF-8: {exc}") from None
+        return cls(ver, RUNTIMES.get(rt, str(rt)), COUNTERS.get(ctr, str(ctr)), clock, arena, max_chunk,
+                   max_msg, sha.hex(), tuple(in_dims[:in_rank]), in_scale, in_zp,
+                   tuple(out_dims[:out_rank]), out_scale, out_zp, fw, board, rt_name, labels)
+
+    def encode(self):
+        """The payload the firmware would send (used by tests to check the C side against ours)."""
+        rt = {v: k for k, v in RUNTIMES.items()}[self.runtime]
+        ctr = {v: k for k, v in COUNTERS.items()}[self.counter]
+        ind = list(self.input_shape) + [0] * (4 - len(self.input_shape))
+        outd = list(self.output_shape) + [0] * (4 - len(self.output_shape))
+        fixed = _HELLO_FIXED.pack(self.protocol_version, rt, ctr, len(self.labels), self.core_clock_hz,
+                                  self.arena_bytes, self.max_chunk, self.max_message,
+                                  bytes.fromhex(self.model_sha256), len(self.input_shape), 1, *ind,
+                                  self.input_scale, self.input_zero_point, len(self.output_shape), 1,
+                                  *outd, self.output_scale, self.output_zero_point)
+        tail = _put_str(self.firmware_version) + _put_str(self.board) + _put_str(self.runtime_name)
+        return fixed + tail + b"".join(_put_str(x) for x in self.labels)
+
+
+def encode_infer(seq, data, kind=INFER_KIND_TENSOR):
+    return struct.pack("<IB3x", seq & 0xFFFFFFFF, kind) + bytes(data)
+
+
+_RESULT_HEAD = struct.Struct("<IBBHQ")
+
+
+@dataclass
+class Result:
+    seq: int
+    status: int
+    counter_kind: str
+    counter: int
+    output: bytes
+
+    @classmethod
+    def decode(cls, payload):
+        if len(payload) < _RESULT_HEAD.size:
+            raise ProtocolError(f"RESULT payload is {len(payload)} bytes, shorter than its {_RESULT_HEAD.size}-byte header")
+        seq, status, ctr, n, counter = _RESULT_HEAD.unpack_from(payload)
+        out = bytes(payload[_RESULT_HEAD.size :])
+        if len(out) != n:
+            raise ProtocolError(f"RESULT says {n} output bytes but carries {len(out)}")
+        return cls(seq, status, COUNTERS.get(ctr, str(ctr)), counter, out)
+
+
+def decode_error(payload):
+    if len(payload) < 2:
+        return BoardError(0, "(truncated ERROR payload)")
+    (code,) = struct.unpack_from("<H", payload)
+    return BoardError(code, bytes(payload[2:]).decode("utf-8", "replace"))
+
+
+class Session:
+    """Request/response over one serial port, with the retries of docs/protocol.md.
+
+    Typical use::
+
+        with Session.open("/dev/ttyACM0") as s:
+            print(s.hello.board, s.hello.model_sha256)
+            result = s.infer(0, int8_tensor_bytes)
+
+    `port` is anything with pyserial's read/write/timeout; `log`, if given, is called with one
+    line per frame sent or received (for tracing a misbehaving link). Real boards need their
+    baud rate (`dsmn_host.boards.get_board(name).baud`, 921600 on the Nucleos) in `open`.
+    """
+
+    def __init__(self, port, *, ack_timeout=1.0, response_timeout=60.0, retries=8, log=None):
+        self.port = port
+        if getattr(port, "timeout", None) != POLL_S:
+            port.timeout = POLL_S
+        self.ack_timeout = ack_timeout
+        self.response_timeout = response_timeout
+        self.retries = retries
+        self.parser = FrameParser()
+        self.pending = []
+        self.hello = None
+        self.msg_id = 0
+        self.log = log
+        self.stats = {"resent_chunks": 0, "naks_received": 0, "bad_frames": 0, "response_resends": 0}
+
+    @classmethod
+    def open(cls, url, baud=115200, *, handshake=True, boot_timeout=10.0, **kwargs):
+        import serial
+
+        try:
+            port = serial.serial_for_url(url, baudrate=baud, timeout=POLL_S)
+        except (serial.SerialException, OSError) as exc:
+            raise DsmnError(f"cannot open serial port {url}: {exc}") from None
+        session = cls(port, **kwargs)
+        if handshake:
+            try:
+                session.handshake(boot_timeout)
+            except BaseException:
+                port.close()
+                raise
+        return session
+
+    def close(self):
+        self.port.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- low level -------------------------------------------------------------------------
+
+    def _next_frame(self, deadline):
+        """The next frame or BAD before deadline (monotonic), else None."""
+        while True:
+            if self.pending:
+                return self.pending.pop(0)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.pending.extend(self.parser.resync())
+                return self.pending.pop(0) if self.pending else None
+            # One fixed short timeout: pyserial re-applies the whole termios setup on every
+            # timeout change, which would be a tcsetattr per read.
+            data = self.port.read(max(1, getattr(self.port, "in_waiting", 0) or 1))
+            if data:
+                frames = self.parser.feed(data)
+                if self.log:
+                    for f in frames:
+                        self.log("rx BAD" if f is BAD else f"rx {f.name} id={f.msg_id} idx={f.index} {f.payload[:8].hex()}")
+                self.pending.extend(frames)
+
+    def _new_id(self):
+        self.msg_id = (self.msg_id % 0xFFFF) + 1  # 0 is the board's boot HELLO
+        return self.msg_id
+
+    def _unsolicited(self, frame, msg_id):
+        if frame.type == HELLO and frame.msg_id == 0 and msg_id != 0:
+            self.hello = Hello.decode(frame.payload)
+            raise BoardReset(f"board {self.hello.board} reset during request {msg_id} (it sent its boot HELLO)")
+
+    def request(self, ftype, payload=b""):
+        """Send one request and return the board's response Frame (ACK/NAK handled here)."""
+        msg_id = self._new_id()
+        chunk = self.hello.max_chunk if self.hello else 256
+        frames = chunk_frames(ftype, msg_id, payload, chunk)
+        response = None
+        i = 0
+        tries = 0
+        while i < len(frames) and response is None:
+            if self.log:
+                self.log(f"tx {TYPE_NAMES.get(ftype, ftype)} id={msg_id} chunk {i}/{len(frames)}")
+            self.port.write(frames[i])
+            deadline = time.monotonic() + self.ack_timeout
+            advanced = False
+            while not advanced and response is None:
+                f = self._next_frame(deadline)
+                if f is None:
+                    break  # timeout: resend this chunk
+                if f is BAD:
+                    self.stats["bad_frames"] += 1
+                    continue
+                self._unsolicited(f, msg_id)
+                if f.type == ACK and f.msg_id == msg_id and len(f.payload) >= 2:
+                    (idx,) = struct.unpack_from("<H", f.payload)
+                    if idx == i:
+                        advanced = True
+                elif f.type == NAK and len(f.payload) >= 2:
+                    self.stats["naks_received"] += 1
+                    (idx,) = struct.unpack_from("<H", f.payload)
+                    # The board says which chunk it wants next: of this message (it may already
+                    # hold the one whose ACK we lost), or of another one (start over).
+                    new_i = idx if f.msg_id == msg_id and idx <= len(frames) else 0
+                    if new_i > i:
+                        tries = 0
+                    i = new_i
+                    break
+                elif f.msg_id == msg_id and f.type not in (ACK, NAK):
+                    response = f  # overtook the last ACK
+            if advanced:
+                i += 1
+                tries = 0
+            elif response is None:
+                tries += 1
+                self.stats["resent_chunks"] += 1
+                if tries > self.retries:
+                    raise ProtocolError(f"{TYPE_NAMES.get(ftype, ftype)} chunk {i}/{len(frames)}: "
+                                        f"no ACK after {self.retries} resends")
+        tries = 0
+        while response is None:
+            deadline = time.monotonic() + self.response_timeout
+            f = self._next_frame(deadline)
+            if f is not None and f is not BAD:
+                self._unsolicited(f, msg_id)
+                if f.msg_id == msg_id and f.type not in (ACK, NAK):
+                    response = f
+                continue
+            if f is BAD:
+                self.stats["bad_frames"] += 1
+            tries += 1
+            if tries > self.retries:
+                raise ProtocolError(f"no response to {TYPE_NAMES.get(ftype, ftype)} (msg {msg_id}) "
+                                    f"after {self.retries} NAKs")
+            self.stats["response_resends"] += 1
+            self.port.write(encode_frame(NAK, msg_id, 0, 1))
+        if response.type == ERROR:
+            raise decode_error(response.payload)
+        return response
+
+    # -- messages --------------------------------------------------------------------------
+
+    def handshake(self, boot_timeout=10.0):
+        """Take the boot HELLO if it is (or soon will be) in the input, else ask for one."""
+        deadline = time.monotonic() + min(boot_timeout, 1.0)
+        while True:
+            f = self._next_frame(deadline)
+            if f is None:
+                break
+            if f is not BAD and f.type == HELLO and f.msg_id == 0:
+                self.hello = Hello.decode(f.payload)
+        if self.hello is None:
+            end = time.monotonic() + boot_timeout
+            last = None
+            while time.monotonic() < end:
+                try:
+                    saved, self.response_timeout = self.response_timeout, 1.0
+                    try:
+                        self.hello = Hello.decode(self.request(HELLO).payload)
+                    finally:
+                        self.response_timeout = saved
+                    break
+                except BoardReset:
+                    break  # the HELLO that came in is the one we want
+                except ProtocolError as exc:
+                    last = exc
+            if self.hello is None:
+                raise ProtocolError(f"no HELLO from the board within {boot_timeout:.0f} s "
+                                    f"(banner bytes seen: {bytes(self.parser.text[-80:])!r}; last error: {last})")
+        if self.hello.protocol_version != VERSION:
+            raise ProtocolError(f"board speaks protocol v{self.hello.protocol_version}, host speaks v{VERSION}")
+        return self.hello
+
+    def get_hello(self):
+        self.hello = Hello.decode(self.request(HELLO).payload)
+        return self.hello
+
+    def ping(self, payload):
+        """Send payload, return (length, crc32) the board computed over what it received."""
+        f = self.request(PING, payload)
+        if f.type != PONG or len(f.payload) != 8:
+            raise ProtocolError(f"expected an 8-byte PONG, got {f.name} of {len(f.payload)} bytes")
+        n, crc = struct.unpack("<II", f.payload)
+        if n != len(payload) or crc != crc32(bytes(payload)):
+            raise ProtocolError(f"PONG mismatch: board got {n} bytes crc {crc:08x}, sent {len(payload)} "
+                                f"crc {crc32(bytes(payload)):08x}")
+        return n, crc
+
+    def infer(self, seq, tensor):
+        """Run one inference on an int8 input (bytes or numpy int8 array); returns a Result."""
+        data = tensor.tobytes() if hasattr(tensor, "tobytes") else bytes(tensor)
+        if self.hello is not None and len(data) != self.hello.input_bytes:
+            raise DsmnError(f"input is {len(data)} bytes but the board's model takes "
+                            f"{self.hello.input_bytes} ({self.hello.input_shape})")
+        f = self.request(INFER, encode_infer(seq, data))
+        if f.type != RESULT:
+            raise ProtocolError(f"expected RESULT, got {f.name}")
+        r = Result.decode(f.payload)
+        if r.seq != seq & 0xFFFFFFFF:
+            raise ProtocolError(f"RESULT for seq {r.seq}, asked for {seq}")
+        return r

@@ -1,0 +1,100 @@
+"""Helpers for the firmware tests: a small DSMN-shaped int8 model (1x44x256x2 in, 1x13 out)
+with its model card, used when the shipped models/model1 is not there. Not a test module."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+# DSMN_FW_TEST_MODEL points the firmware tests at another int8 model (with its card).
+SHIPPED_MODEL = Path(os.environ.get("DSMN_FW_TEST_MODEL", ROOT / "models" / "model1" / "model1_int8.tflite"))
+
+
+def small_dsmn_tflite(out_dir, seed=0):
+    """Conv (stride 2) -> depthwise -> pointwise -> mean -> dense(13), fully int8, with a card."""
+    import tensorflow as tf
+
+    from dsmn_host import modelcard
+
+    tf.random.set_seed(seed)
+    inp = tf.keras.Input((44, 256, 2), batch_size=1)
+    x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
+    x = tf.keras.layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu")(x)
+    x = tf.keras.layers.Conv2D(16, 1, activation="relu")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    out = tf.keras.layers.Dense(13)(x)
+    model = tf.keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+
+    def rep():
+        for _ in range(8):
+            yield [rng.normal(0.0, 1.0, (1, 44, 256, 2)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "small_int8.tflite"
+    path.write_bytes(conv.convert())
+    modelcard.write_card(path)
+    return path
+
+
+def tflm_outputs(tflite_path, xs):
+    """Reference outputs of the TFLite-Micro Python interpreter, one row per input."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    it = runtime.Interpreter.from_file(str(tflite_path), arena_size=8 << 20)
+    outs = []
+    for x in xs:
+        it.set_input(x[None], 0)
+        it.invoke()
+        outs.append(np.array(it.get_output(0), copy=True).reshape(-1))
+    return np.stack(outs)
+
+
+def big_activation_tflite(out_dir, seed=0):
+    """A model whose first activation (44x256x24 int8 = 270 KB) cannot fit a 128 KiB board."""
+    import tensorflow as tf
+
+    from dsmn_host import modelcard
+
+    tf.random.set_seed(seed)
+    inp = tf.keras.Input((44, 256, 2), batch_size=1)
+    x = tf.keras.layers.Conv2D(24, 3, padding="same", activation="relu")(inp)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(13)(x))
+    rng = np.random.default_rng(seed)
+
+    def rep():
+        for _ in range(4):
+            yield [rng.normal(0.0, 1.0, (1, 44, 256, 2)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "big_int8.tflite"
+    path.write_bytes(conv.convert())
+    modelcard.write_card(path)
+    return path
+
+
+def validation_inputs(card, n, seed=0):
+    """int8 inputs for the bit-exactness checks: full-range noise plus the two saturated corners."""
+    shape = tuple(card["input"]["shape"][1:])
+    rng = np.random.default_rng(seed)
+    xs = [np.full(shape, -128, np.int8), np.full(shape, 127, np.int8)]
+    xs += [rng.integers(-128, 128, shape).astype(np.int8) for _ in range(max(0, n - 2))]
+    return np.stack(xs[:n])

@@ -26,6 +26,8 @@ STAGE_MODULES = [
     "dsmn_host.codegen",
     "dsmn_host.firmware",
     "dsmn_host.emulate",
+    "dsmn_host.evaluate",
+    "dsmn_host.demo",
 ]
 
 

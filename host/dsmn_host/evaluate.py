@@ -1,0 +1,689 @@
+"""`dsmn-host eval`: stream clips to one or more boards over protocol v1 and measure them.
+
+The harness keeps exactly one piece of durable state, the results journal
+(`REPORT_DIR/results.jsonl`, one fsynced JSON line per clip). Everything else — which clips are
+still to do, the report — is derived from it, so a run killed at any instant resumes without
+losing or repeating a clip, and several boards can share one journal.
+
+The input tensor of every clip is computed here, on the host, with the training preprocessing
+(`features.logmel_to_input`) and quantized with the board's own input scale/zero point, and the
+same bytes are run through the TFLite-Micro Python interpreter: the board must reproduce that
+reference, which separates "the model is inaccurate" from "the port of it is wrong".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from dsmn_host.errors import DsmnError
+
+RESULTS = "results.jsonl"
+RUN_JSON = "run.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Results journal
+
+
+class Journal:
+    """Append-only JSONL of per-clip results keyed by clip filename.
+
+    A `kill -9` can leave at most one partial last line (the write of the record in flight);
+    it is cut off on open, so that record is simply redone. Records are fsynced one by one:
+    once `append` returns, the clip is never sent again.
+    """
+
+    def __init__(self, path, resume=False):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.records = []
+        self.done = set()
+        if self.path.exists() and self.path.stat().st_size:
+            if not resume:
+                raise DsmnError(f"{self.path}: results of an earlier run exist; pass --resume to continue it "
+                                "or choose another --out")
+            self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "ab")
+
+    def _load(self):
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # torn last record: drop it, it will be redone
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        for lineno, line in enumerate(data[:end].splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key = rec["filename"]
+            except (ValueError, KeyError, TypeError):
+                raise DsmnError(f"{self.path}, line {lineno}: not a results record; "
+                                "the journal is corrupt (delete it to start over)") from None
+            if key in self.done:
+                raise DsmnError(f"{self.path}, line {lineno}: {key} recorded twice; the journal is corrupt")
+            self.done.add(key)
+            self.records.append(rec)
+
+    def __contains__(self, filename):
+        return filename in self.done
+
+    def __len__(self):
+        return len(self.records)
+
+    def append(self, record) -> bool:
+        """Write one record durably; False (and nothing written) if its clip is already done."""
+        line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            if record["filename"] in self.done:
+                return False
+            self._f.write(line)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self.done.add(record["filename"])
+            self.records.append(record)
+            return True
+
+    def close(self):
+        self._f.close()
+
+
+def read_results(report_dir):
+    """The records of `REPORT_DIR/results.jsonl` (ignoring a torn last line)."""
+    path = Path(report_dir) / RESULTS
+    if not path.is_file():
+        raise DsmnError(f"{path}: no results journal")
+    out = []
+    data = path.read_bytes()
+    for line in data[: data.rfind(b"\n") + 1].splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Model card, host input preparation, host int8 reference
+
+
+def load_card(path) -> dict:
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DsmnError(f"{path}: model card missing") from None
+    except (OSError, ValueError) as exc:
+        raise DsmnError(f"{path}: not a model card ({exc})") from None
+    for key in ("sha256", "input", "output"):
+        if key not in card:
+            raise DsmnError(f"{path}: model card has no '{key}'")
+    card["_path"] = str(path)
+    return card
+
+
+def card_tflite(card) -> Path:
+    """The .tflite a card describes: named in it, or X.tflite next to X.card.json."""
+    path = Path(card["_path"])
+    for key in ("tflite", "model_path", "path", "file"):
+        if card.get(key):
+            p = Path(card[key])
+            p = p if p.is_absolute() else path.parent / p.name
+            if p.is_file():
+                return p
+    name = path.name
+    stem = name[: -len(".card.json")] if name.endswith(".card.json") else path.stem
+    p = path.with_name(stem + ".tflite")
+    if not p.is_file():
+        raise DsmnError(f"{path}: cannot find the model it describes ({p} missing)")
+    return p
+
+
+def quantize(x, scale, zero_point):
+    """float -> int8 as TFLite's Quantize kernel does it: round half away from zero, saturate."""
+    import numpy as np
+
+    v = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    v = np.sign(v) * np.floor(np.abs(v) + 0.5)
+    return np.clip(v + int(zero_point), -128, 127).astype(np.int8)
+
+
+def prepare_input(logmel, scale, zero_point):
+    """Raw (256, 44) log-mel -> the int8 (44, 256, 2) NHWC tensor the int8 model takes."""
+    from dsmn_host.features import logmel_to_input
+
+    x = logmel_to_input(logmel)  # (2, mel, time), exactly what training feeds the network
+    return quantize(x.transpose(2, 1, 0), scale, zero_point)
+
+
+class HostReference:
+    """The int8 model run by the TFLite-Micro Python interpreter: what the board must reproduce."""
+
+    def __init__(self, tflite_path):
+        from tflite_micro.python.tflite_micro import runtime
+
+        self.path = Path(tflite_path)
+        try:
+            self._interp = runtime.Interpreter.from_file(str(self.path), arena_size=32 << 20)
+        except Exception as exc:  # the TFLM binding raises bare RuntimeErrors
+            raise DsmnError(f"{self.path}: TFLite-Micro cannot load it ({exc})") from None
+
+    def __call__(self, q):
+        import numpy as np
+
+        self._interp.set_input(np.asarray(q, dtype=np.int8)[None], 0)
+        self._interp.invoke()
+        return np.asarray(self._interp.get_output(0)).reshape(-1).astype(int).tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# Which clips
+
+
+class Clips:
+    """The clips to evaluate: rows of a feature cache, in split order (or stratified)."""
+
+    def __init__(self, cache, rows):
+        from dsmn_host import tau
+
+        self.cache = cache
+        self.rows = [int(r) for r in rows]
+        self.filename = {r: str(cache.filename[r]) for r in self.rows}
+        self.scene = {r: tau.SCENES[int(cache.scene_idx[r])] for r in self.rows}
+        self.device = {r: str(cache.device[r]) for r in self.rows}
+
+    def __len__(self):
+        return len(self.rows)
+
+
+def select_clips(source, split="fold1_evaluate", limit=None, stratify=False) -> Clips:
+    from dsmn_host import features
+
+    cache = source if isinstance(source, features.FeatureCache) else features.open_features(source)
+    rows = [int(r) for r in cache.indices(split)]
+    if not rows:
+        raise DsmnError(f"{cache.path}: split {split} has no clips")
+    if limit is not None and limit < len(rows):
+        if stratify:
+            rows = _stratified(cache, rows, limit)
+        else:
+            rows = rows[:limit]
+    return Clips(cache, rows)
+
+
+def _stratified(cache, rows, limit):
+    """Round-robin over scenes, and within a scene over devices, in split order: every class
+    and device is represented as evenly as `limit` allows, and the choice is deterministic
+    (resume depends on that)."""
+    per_scene = {}
+    for r in rows:
+        per_scene.setdefault(int(cache.scene_idx[r]), {}).setdefault(str(cache.device[r]), []).append(r)
+    sequences = []
+    for scene in sorted(per_scene):
+        devs = per_scene[scene]
+        seq = []
+        for i in range(max(len(v) for v in devs.values())):
+            seq += [devs[d][i] for d in sorted(devs) if i < len(devs[d])]
+        sequences.append(seq)
+    out, i = [], 0
+    while len(out) < limit:
+        for seq in sequences:
+            if i < len(seq) and len(out) < limit:
+                out.append(seq[i])
+        i += 1
+    position = {r: k for k, r in enumerate(rows)}
+    return sorted(out, key=position.__getitem__)
+
+
+# ----------------------------------------------------------------------------------------------
+# One board: a protocol Session plus what a long run needs on top of it (reset, re-enumeration)
+
+
+def _port_errors():
+    import serial
+
+    return (serial.SerialException, OSError)
+
+
+class Board:
+    """A board behind one port. `infer` returns a Result or raises DsmnError; it survives
+    board resets (handshake redone, model checked again) and a port that vanishes for up to
+    `reopen_timeout` seconds (the USB CDC device re-enumerating after a reset)."""
+
+    def __init__(self, url, baud=921600, *, expected_sha=None, force=False, reopen_timeout=30.0,
+                 max_failures=20, boot_timeout=10.0, ack_timeout=1.0, response_timeout=30.0, log=None):
+        self.url = url
+        self.baud = baud
+        self.expected_sha = expected_sha
+        self.force = force
+        self.reopen_timeout = reopen_timeout
+        self.max_failures = max_failures
+        self.boot_timeout = boot_timeout
+        self.session_kwargs = {"ack_timeout": ack_timeout, "response_timeout": response_timeout}
+        self.log = log or (lambda msg: None)
+        self.session = None
+        self.hello = None
+        self.events = {"resets": 0, "reopens": 0, "failed_requests": 0}
+        self._dead_stats = {}
+
+    # Counters from Sessions that were replaced (reopen) so stats cover the whole run.
+    @property
+    def stats(self):
+        out = dict(self._dead_stats)
+        if self.session is not None:
+            for k, v in self.session.stats.items():
+                out[k] = out.get(k, 0) + v
+        out.update(self.events)
+        return out
+
+    def connect(self):
+        from dsmn_host import protocol
+
+        self.session = protocol.Session.open(self.url, self.baud, boot_timeout=self.boot_timeout,
+                                             **self.session_kwargs)
+        self._accept(self.session.hello)
+        return self.hello
+
+    def _accept(self, hello):
+        from dsmn_host import tau
+
+        if self.expected_sha and hello.model_sha256 != self.expected_sha:
+            msg = (f"board on {self.url} ({hello.board}) runs model sha256 {hello.model_sha256}, "
+                   f"but the model card says {self.expected_sha}")
+            if not self.force:
+                self.close()
+                raise DsmnError(msg + "; flash the matching firmware, pass the right --model-card, or --force")
+            self.log(f"warning: {msg} (--force)")
+        if hello.labels and list(hello.labels) != list(tau.LABELS):
+            self.log(f"warning: board {hello.board} labels {hello.labels} differ from {list(tau.LABELS)}")
+        self.hello = hello
+
+    def close(self):
+        if self.session is not None:
+            for k, v in self.session.stats.items():
+                self._dead_stats[k] = self._dead_stats.get(k, 0) + v
+            try:
+                self.session.close()
+            except Exception:
+                pass
+            self.session = None
+
+    def _reopen(self, why):
+        """Close and reopen the port until it answers a handshake or `reopen_timeout` passes."""
+        self.events["reopens"] += 1
+        self.log(f"{self.url}: {why}; reopening (for up to {self.reopen_timeout:.0f} s)")
+        self.close()
+        deadline = time.monotonic() + self.reopen_timeout
+        last = why
+        while True:
+            try:
+                self.connect()
+                return
+            except DsmnError as exc:
+                if "model sha256" in str(exc):
+                    raise
+                last = exc
+            except _port_errors() as exc:
+                last = exc
+            if time.monotonic() > deadline:
+                raise DsmnError(f"serial port {self.url} gone and not back within "
+                                f"{self.reopen_timeout:.0f} s (last error: {last})")
+            time.sleep(0.5)
+
+    def infer(self, seq, tensor):
+        from dsmn_host import protocol
+
+        failures = 0
+        while True:
+            try:
+                if self.session is None:
+                    self._reopen("not connected")
+                return self.session.infer(seq, tensor)
+            except protocol.BoardReset as exc:
+                # The session already decoded the boot HELLO; check it is still our model.
+                self.events["resets"] += 1
+                self.log(f"{self.url}: {exc}; handshake redone, resending clip {seq}")
+                self._accept(self.session.hello)
+            except protocol.BoardError:
+                raise
+            except protocol.ProtocolError as exc:
+                failures += 1
+                self.events["failed_requests"] += 1
+                if failures > self.max_failures:
+                    raise DsmnError(f"board on {self.url}: clip {seq} failed {failures} times; last: {exc}") from None
+                self.log(f"{self.url}: {exc}; retrying clip {seq}")
+                try:
+                    self.session.port.reset_input_buffer()
+                except Exception:
+                    pass
+            except _port_errors() as exc:
+                self._reopen(f"port error ({exc})")
+
+    def ping_rate(self, nbytes=None):
+        """Host->board bytes/s of a PING the size of one INFER: the link's limit for our traffic."""
+        n = min(nbytes or self.hello.input_bytes + 8, self.hello.max_message)
+        payload = bytes((i * 37) & 0xFF for i in range(n))
+        t0 = time.monotonic()
+        self.session.ping(payload)
+        return n / (time.monotonic() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def _record(clips, row, result, host_out, hello):
+    import numpy as np
+
+    out = np.frombuffer(result.output, dtype=np.int8).astype(int).tolist()
+    rec = {
+        "filename": clips.filename[row],
+        "row": row,
+        "scene": clips.scene[row],
+        "device": clips.device[row],
+        "output": out,
+        "counter_kind": result.counter_kind,
+        "counter": int(result.counter),
+    }
+    if host_out is not None:
+        rec["host_output"] = host_out
+    if result.counter_kind == "dwt":
+        rec["cycles"] = int(result.counter)
+    elif result.counter_kind == "systick" and hello.core_clock_hz:
+        # docs/protocol.md: under QEMU -icount shift=0 SysTick ticks once per 1e9/clock instructions
+        rec["instructions"] = int(round(result.counter * 1e9 / hello.core_clock_hz))
+    return rec
+
+
+def _wire_bytes(hello):
+    """Message bytes the host sends per clip (INFER header + input), as PING's rate counts them."""
+    return 8 + hello.input_bytes
+
+
+def run_eval(ports, *, source, split="fold1_evaluate", limit=None, stratify=False, card_path=None,
+             out_dir="eval", resume=False, baud=921600, force=False, reference=True,
+             reopen_timeout=30.0, log=print, **board_kwargs):
+    """Evaluate on the boards at `ports` (one thread each) into `out_dir`; returns the report."""
+    import queue
+
+    from dsmn_host import report as report_mod
+
+    ports = list(ports) if not isinstance(ports, str) else [ports]
+    if not ports:
+        raise DsmnError("give at least one --port")
+    if len(set(ports)) != len(ports):
+        raise DsmnError(f"the same port given twice: {ports}")
+    out_dir = Path(out_dir)
+    if card_path is None:
+        from dsmn_host.firmware import DEFAULT_MODEL
+        from dsmn_host.modelcard import card_paths
+
+        card_path = card_paths(DEFAULT_MODEL)["json"]
+    card = load_card(card_path)
+    clips = select_clips(source, split, limit, stratify)
+
+    run_path = out_dir / RUN_JSON
+    if resume and run_path.is_file():
+        prev = json.loads(run_path.read_text())
+        if prev.get("model_sha256") != card["sha256"]:
+            raise DsmnError(f"{out_dir}: holds results of model {prev.get('model_sha256')}, not of "
+                            f"{card['sha256']} ({card_path}); choose another --out")
+    journal = Journal(out_dir / RESULTS, resume=resume)
+    try:
+        return _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify, baud,
+                    force, reference, reopen_timeout, log, board_kwargs, report_mod, queue)
+    finally:
+        journal.close()
+
+
+def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify, baud, force,
+         reference, reopen_timeout, log, board_kwargs, report_mod, queue):
+    boards = []
+    try:
+        for url in ports:
+            b = Board(url, baud, expected_sha=card["sha256"], force=force, reopen_timeout=reopen_timeout,
+                      log=log, **board_kwargs)
+            b.connect()
+            boards.append(b)
+            h = b.hello
+            log(f"{url}: {h.board}, firmware {h.firmware_version}, runtime {h.runtime_name}, "
+                f"model {h.model_sha256[:16]}, clock {h.core_clock_hz / 1e6:g} MHz")
+    except BaseException:
+        for b in boards:
+            b.close()
+        raise
+    for b in boards:
+        b.link_rate = None
+        try:
+            b.link_rate = b.ping_rate()
+            log(f"{b.url}: link moves {b.link_rate:,.0f} B/s host->board (PING of one input's size)")
+        except DsmnError as exc:
+            log(f"{b.url}: could not measure the link with PING ({exc})")
+    h0 = boards[0].hello
+    for b in boards[1:]:
+        if (b.hello.input_scale, b.hello.input_zero_point) != (h0.input_scale, h0.input_zero_point):
+            raise DsmnError(f"boards disagree on input quantization: {boards[0].url} vs {b.url}")
+    in_scale, in_zp = h0.input_scale, h0.input_zero_point
+    card_in = card.get("input", {})
+    if card_in.get("scale") is not None and abs(float(card_in["scale"]) - in_scale) > 1e-6 * abs(in_scale):
+        log(f"warning: board input scale {in_scale} differs from the model card's {card_in['scale']}")
+
+    pending = [r for r in clips.rows if clips.filename[r] not in journal]
+    log(f"{len(clips)} clips in {split}"
+        + (f" (limit {limit}{', stratified' if stratify else ''})" if limit else "")
+        + f"; {len(clips) - len(pending)} already in {journal.path}, {len(pending)} to go on {len(boards)} board(s)")
+
+    ref = HostReference(card_tflite(card)) if reference else None
+    work = queue.Queue(maxsize=2 * len(boards) + 1)
+    stop = threading.Event()
+    producer_done = threading.Event()
+    errors = []
+    sent = {"clips": 0, "bytes": 0}
+    lock = threading.Lock()
+    retry = []  # clips a failed board had taken
+    alive = [len(boards)]
+
+    def produce():
+        try:
+            for row in pending:
+                q = prepare_input(np_logmel(clips.cache, row), in_scale, in_zp)
+                host_out = ref(q) if ref is not None else None
+                while not stop.is_set():
+                    try:
+                        work.put((row, q, host_out), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
+            errors.append(("host preprocessing", exc))
+            stop.set()
+        finally:
+            producer_done.set()
+
+    last_print = [time.monotonic()]
+    t_start = time.monotonic()
+
+    def next_item():
+        with lock:
+            if retry:
+                return retry.pop()
+        try:
+            return work.get(timeout=0.2)
+        except queue.Empty:
+            return None
+
+    def consume(board):
+        while not stop.is_set():
+            item = next_item()
+            if item is None:
+                if producer_done.is_set() and work.empty() and not retry:
+                    return
+                continue
+            row, q, host_out = item
+            try:
+                result = board.infer(row, q)
+            except BaseException as exc:  # noqa: BLE001
+                with lock:
+                    retry.append(item)  # another board may take it
+                    errors.append((board.url, exc))
+                    alive[0] -= 1
+                    if alive[0] == 0:
+                        stop.set()
+                return
+            if result.status != 0:
+                errors.append((board.url, DsmnError(
+                    f"board on {board.url}: runtime failed on {clips.filename[row]} (status {result.status})")))
+                stop.set()
+                return
+            journal.append(_record(clips, row, result, host_out, board.hello))
+            with lock:
+                sent["clips"] += 1
+                sent["bytes"] += _wire_bytes(board.hello)
+                now = time.monotonic()
+                if now - last_print[0] > 10 or len(journal) == len(clips):
+                    last_print[0] = now
+                    rate = sent["clips"] / (now - t_start)
+                    log(f"{len(journal)}/{len(clips)} clips, {rate:.2f} clips/s")
+
+    producer = threading.Thread(target=produce, daemon=True, name="eval-prepare")
+    workers = [threading.Thread(target=consume, args=(b,), daemon=True, name=f"eval-{b.url}") for b in boards]
+    producer.start()
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            while w.is_alive():
+                w.join(0.2)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        stop.set()
+        producer.join(5)
+        seconds = time.monotonic() - t_start
+        for b in boards:
+            b.close()
+
+    missing = [r for r in clips.rows if clips.filename[r] not in journal]
+    if missing:
+        why = "; ".join(f"{where}: {exc}" for where, exc in errors) or "no board left"
+        raise DsmnError(f"{len(missing)} of {len(clips)} clips not evaluated ({why}); "
+                        f"results so far are in {journal.path}, rerun with --resume to continue")
+    for where, exc in errors:
+        log(f"warning: {where}: {exc} (its clips were taken by other boards)")
+
+    meta = {
+        "model_sha256": card["sha256"],
+        "model_card": str(card_path),
+        "source": str(clips.cache.path),
+        "split": split,
+        "limit": limit,
+        "stratify": stratify,
+        "boards": [{"port": b.url, "board": b.hello.board, "firmware_version": b.hello.firmware_version,
+                    "runtime": b.hello.runtime_name, "counter": b.hello.counter,
+                    "clock_hz": b.hello.core_clock_hz, "stats": b.stats} for b in boards],
+        "board": ", ".join(sorted({b.hello.board for b in boards})),
+        "runtime": h0.runtime_name,
+        "input_scale": in_scale, "input_zero_point": in_zp,
+        "output_scale": h0.output_scale, "output_zero_point": h0.output_zero_point,
+        "clock_hz": h0.core_clock_hz,
+        "link": {"clips": sent["clips"], "bytes": sent["bytes"], "seconds": seconds,
+                 "bytes_per_clip": _wire_bytes(h0), "baud": baud},
+    }
+    rates = [b.link_rate for b in boards if b.link_rate]
+    if len(rates) == len(boards):
+        # What the links carry at most with this protocol, all boards together.
+        meta["link"]["limit_bytes_per_s"] = sum(rates)
+    meta["link"]["baud_limit_bytes_per_s"] = baud / 10 * len(boards)  # 8N1: 10 bits a byte
+    run_path = out_dir / RUN_JSON
+    run_path.write_text(json.dumps(meta, indent=1) + "\n")
+    rep = report_mod.write_report(out_dir, journal.records, meta)
+    return rep
+
+
+def np_logmel(cache, row):
+    import numpy as np
+
+    return np.asarray(cache.logmel[row], dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate the int8 model on one or more boards over the serial link; write results and a report",
+        description="Stream every clip of a split, preprocessed and quantized on the host exactly as in "
+        "training, to the board(s) over protocol v1; append each RESULT to OUT/results.jsonl (fsynced, "
+        "so --resume after a crash repeats and loses nothing); run the same int8 tensors through the "
+        "TFLite-Micro Python interpreter for agreement; write OUT/report.json, report.md, confusion.png.",
+    )
+    p.add_argument("--port", action="append", required=True, metavar="PORT",
+                   help="serial port (/dev/ttyACM0, /dev/pts/N, socket://host:port); repeat for several boards")
+    p.add_argument("--baud", type=int, default=921600, help="baud rate (default %(default)s)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DATA", help="TAU22-layout data directory (features cached next to it)")
+    src.add_argument("--cache", metavar="CACHE", help="feature cache directory (dsmn-host features)")
+    p.add_argument("--split", default="fold1_evaluate", help="split to evaluate (default %(default)s)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N clips of the split")
+    p.add_argument("--stratify", action="store_true", help="with --limit: spread the N clips over scenes and devices")
+    p.add_argument("--model-card", metavar="CARD",
+                   help="X.card.json of the model the board must run (default: the shipped models/model1)")
+    p.add_argument("--out", metavar="REPORT_DIR", default="build/eval", help="output directory (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run in REPORT_DIR, skipping clips already there")
+    p.add_argument("--force", action="store_true", help="evaluate even if the board's model hash differs from the card")
+    p.add_argument("--no-reference", action="store_true", help="skip the host TFLM reference (no agreement metrics)")
+    p.add_argument("--reopen-timeout", type=float, default=30.0, metavar="S",
+                   help="how long to keep reopening a port that disappeared (default %(default)s s)")
+    p.set_defaults(func=_cmd_eval)
+
+    r = subparsers.add_parser("eval-report", help="recompute the report of an eval directory from its results.jsonl",
+                              description="Rewrite REPORT_DIR/report.json, report.md and confusion.png from "
+                              "results.jsonl and run.json (no board needed).")
+    r.add_argument("report_dir", metavar="REPORT_DIR")
+    r.set_defaults(func=_cmd_report)
+
+
+def _cmd_eval(args):
+    if args.limit is not None and args.limit <= 0:
+        raise DsmnError("--limit must be positive")
+    if args.stratify and args.limit is None:
+        raise DsmnError("--stratify needs --limit N")
+    rep = run_eval(args.port, source=args.data or args.cache, split=args.split, limit=args.limit,
+                   stratify=args.stratify, card_path=args.model_card, out_dir=args.out, resume=args.resume,
+                   baud=args.baud, force=args.force, reference=not args.no_reference,
+                   reopen_timeout=args.reopen_timeout,
+                   log=lambda m: print(f"eval: {m}", flush=True))
+    _print_summary(rep, args.out)
+
+
+def _print_summary(rep, out_dir):
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    print(f"{rep['n_clips']} clips: accuracy {pct(rep['accuracy'])}, macro {pct(rep['macro_class_accuracy'])}, "
+          f"log loss {rep['log_loss']:.3f}, 3-class {pct(rep['coarse_accuracy'])}; agreement with host int8 "
+          f"top-1 {pct(rep['agreement_top1'])}, exact {pct(rep['agreement_exact'])}")
+    tp = rep.get("throughput")
+    if tp:
+        print(f"throughput {tp['clips_per_s']:.3f} clips/s"
+              + (f" (link limit {tp['limit_clips_per_s']:.3f} clips/s)" if "limit_clips_per_s" in tp else ""))
+    print(f"wrote {Path(out_dir) / 'report.md'}, report.json, confusion.png")
+
+
+def _cmd_report(args):
+    from dsmn_host import report as report_mod
+
+    run_path = Path(args.report_dir) / RUN_JSON
+    meta = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    rep = report_mod.write_report(args.report_dir, read_results(args.report_dir), meta)
+    _print_summary(rep, args.report_dir)

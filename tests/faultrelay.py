@@ -1,0 +1,212 @@
+"""A fault-injecting middleman between the eval harness and a board (test helper, not a test).
+
+It opens the board's port (anything pyserial opens: a QEMU pty, `socket://...`) and offers the
+harness a fresh pty of its own (`.port`). Bytes are forwarded both ways, except that a seeded
+random ~`rate` of them is dropped or corrupted, and, once, after `reset_after_bytes` have gone
+to the board, `reset()` is called; it must reset the board and return the board's port (which
+may be a new one, e.g. after restarting QEMU). The seed makes a failing run replayable.
+
+Faults come in bursts of 1..`max_burst` bytes (line noise and overruns are bursty). With
+independent per-byte errors at 1 %, a 512-byte chunk would arrive intact 0.5 % of the time and
+no chunked protocol could make progress; the same byte-error fraction in bursts hits a few
+percent of the chunks, which is what a retrying harness has to survive.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import threading
+import time
+import tty
+
+
+def _open(url):
+    import serial
+
+    return serial.serial_for_url(url, baudrate=115200, timeout=0)
+
+
+class FaultRelay:
+    def __init__(self, board_port, *, rate=0.01, max_burst=32, seed=1234, reset=None,
+                 reset_after_bytes=None, to_board=True, to_host=True):
+        self._board = _open(board_port)
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        tty.setraw(self._master)
+        self.port = os.ttyname(self._slave)
+        self._rng = random.Random(seed)
+        self.rate, self.max_burst = rate, max_burst
+        self.to_board, self.to_host = to_board, to_host
+        self._reset = reset
+        self._reset_after = reset_after_bytes
+        self._burst = {True: [0, None], False: [0, None]}  # per direction: bytes left, kind
+        self.stats = {"to_board": 0, "to_host": 0, "dropped": 0, "corrupted": 0, "resets": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="faultrelay")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._board.close()
+        for fd in (self._master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @property
+    def fault_fraction(self):
+        moved = self.stats["to_board"] + self.stats["to_host"]
+        return (self.stats["dropped"] + self.stats["corrupted"]) / max(1, moved)
+
+    def _mangle(self, data, to_board):
+        if not (self.to_board if to_board else self.to_host) or not self.rate:
+            return data
+        burst = self._burst[to_board]
+        start_p = self.rate / ((1 + self.max_burst) / 2)  # burst starts per byte, mean length (1+max)/2
+        out = bytearray()
+        for b in data:
+            if burst[0] == 0 and self._rng.random() < start_p:
+                burst[0] = self._rng.randint(1, self.max_burst)
+                burst[1] = self._rng.choice(("drop", "corrupt"))
+            if burst[0]:
+                burst[0] -= 1
+                if burst[1] == "drop":
+                    self.stats["dropped"] += 1
+                    continue
+                self.stats["corrupted"] += 1
+                b ^= self._rng.randrange(1, 256)
+            out.append(b)
+        return bytes(out)
+
+    def _do_reset(self):
+        self.stats["resets"] += 1
+        new_url = self._reset()
+        self._board.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._board = _open(new_url)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _run(self):
+        while not self._stop.is_set():
+            board_fd = self._board.fileno() if hasattr(self._board, "fileno") else None
+            fds = [self._master] + ([board_fd] if board_fd is not None else [])
+            try:
+                ready, _, _ = select.select(fds, [], [], 0.01)
+            except (OSError, ValueError):
+                if self._stop.is_set():
+                    return
+                continue
+            if self._master in ready:
+                try:
+                    data = os.read(self._master, 4096)
+                except OSError:
+                    data = b""
+                if data:
+                    self.stats["to_board"] += len(data)
+                    try:
+                        self._board.write(self._mangle(data, True))
+                    except Exception:
+                        pass
+                    if (self._reset is not None and self._reset_after is not None
+                            and self.stats["to_board"] >= self._reset_after and not self.stats["resets"]):
+                        self._do_reset()
+                        continue
+            if board_fd is None or board_fd in ready:
+                try:
+                    data = self._board.read(4096)
+                except Exception:
+                    data = b""
+                if data:
+                    self.stats["to_host"] += len(data)
+                    data = self._mangle(data, False)
+                    try:
+                        os.write(self._master, data)
+                    except OSError:
+                        pass
+
+
+class VanishingPort:
+    """A TCP port (`.url`, socket://...) in front of a board that, once `vanish_after_bytes` have
+    gone to the board, drops the connection and refuses new ones for `outage_s` seconds: what
+    the host sees when a USB CDC board re-enumerates. The board itself keeps running."""
+
+    def __init__(self, board_port, *, vanish_after_bytes, outage_s=2.0):
+        import socket
+
+        self._board = _open(board_port)
+        self._vanish_after = vanish_after_bytes
+        self.outage_s = outage_s
+        self._listen = socket.socket()
+        self._listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listen.bind(("127.0.0.1", 0))
+        self._addr = self._listen.getsockname()
+        self._listen.listen(1)
+        self.url = f"socket://127.0.0.1:{self._addr[1]}"
+        self.stats = {"to_board": 0, "vanished": 0, "connections": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="vanishing-port")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listen.close()
+        self._board.close()
+
+    def _relisten(self):
+        import socket
+
+        self._listen = socket.socket()
+        self._listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listen.bind(self._addr)
+        self._listen.listen(1)
+
+    def _run(self):
+        board_fd = self._board.fileno()
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._listen], [], [], 0.05)
+            if not ready:
+                continue
+            conn, _ = self._listen.accept()
+            self.stats["connections"] += 1
+            vanish = False
+            with conn:
+                while not self._stop.is_set() and not vanish:
+                    r, _, _ = select.select([conn, board_fd], [], [], 0.05)
+                    if conn in r:
+                        data = conn.recv(4096)
+                        if not data:
+                            break
+                        self.stats["to_board"] += len(data)
+                        self._board.write(data)
+                        if not self.stats["vanished"] and self.stats["to_board"] >= self._vanish_after:
+                            vanish = True
+                    if board_fd in r:
+                        data = self._board.read(4096)
+                        if data:
+                            conn.sendall(data)
+            if vanish:
+                # Gone: no listener at all (connections refused), then back on the same port.
+                self.stats["vanished"] += 1
+                self._listen.close()
+                time.sleep(self.outage_s)
+                self._relisten()

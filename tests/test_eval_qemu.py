@@ -198,3 +198,21 @@ def test_port_that_never_comes_back_fails_clearly(fw, feature_cache_dir, tmp_pat
     with pytest.raises(DsmnError, match="cannot open serial port /dev/nonexistent-dsmn"):
         evaluate.run_eval(["/dev/nonexistent-dsmn"], source=feature_cache_dir, limit=1,
                           card_path=fw["card"], out_dir=tmp_path, log=lambda m: None)
+
+
+def test_two_boards_one_report(clean_run, fw, emu, feature_cache_dir, tmp_path):
+    """`--port A --port B`: the clips are shared between two emulated boards, each checked for the
+    model, and every clip comes back once with the same output as on one board."""
+    from dsmn_host.emulate import Emulator
+
+    with Emulator(fw["elf"]) as second:
+        rep = evaluate.run_eval([emu.url, second.url], source=feature_cache_dir, limit=N_CLIPS, stratify=True,
+                                card_path=fw["card"], out_dir=tmp_path, baud=115200, log=lambda m: None)
+    recs = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    one = {json.loads(x)["filename"]: json.loads(x)["output"]
+           for x in (clean_run[0] / "results.jsonl").read_text().splitlines()}
+    assert sorted(r["filename"] for r in recs) == sorted(one)
+    assert all(r["output"] == one[r["filename"]] for r in recs)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert sorted(b["port"] for b in run["boards"]) == sorted([emu.url, second.url])
+    assert rep["n_clips"] == N_CLIPS

@@ -389,6 +389,7 @@ def _record(clips, row, result, host_out, hello):
         "output": out,
         "counter_kind": result.counter_kind,
         "counter": int(result.counter),
+        "board": hello.board,
     }
     if host_out is not None:
         rec["host_output"] = host_out

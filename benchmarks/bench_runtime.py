@@ -10,6 +10,7 @@ Models come from models/<name>/<name>_int8.tflite when shipped; otherwise (or wi
 --tflite NAME=PATH) from the given file. Usage:
 
     python3 benchmarks/bench_runtime.py [--models model1 model2] [--tflite model1=/path.tflite]
+        [--profile]   # + per-kernel / per-step instructions (-DDSMN_PROFILE QEMU builds)
 """
 
 import argparse
@@ -86,6 +87,9 @@ def main(argv=None):
     ap.add_argument("--qemu-model", default="model1")
     ap.add_argument("--inputs", type=int, default=4, help="inputs for the bit-exact check")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "runtime.json"))
+    ap.add_argument("--profile", action="store_true",
+                    help="also record per-kernel and per-step instructions of the QEMU model "
+                         "(-DDSMN_PROFILE builds, one inference)")
     args = ap.parse_args(argv)
     paths = {m: ROOT / "models" / m / f"{m}_int8.tflite" for m in args.models}
     for item in args.tflite:
@@ -129,6 +133,12 @@ def main(argv=None):
                         "bit_exact": bool(np.array_equal(out.reshape(ref[:2].shape), ref[:2])),
                         "instructions_per_tick": stats["instructions_per_tick"],
                     }
+                    if args.profile:
+                        prof = codegen.profile_qemu(d, xs[:1], rep["output_bytes"], cflags=flags)
+                        entry[f"qemu_{variant}"]["per_kernel"] = prof["per_kernel"]
+                        entry[f"qemu_{variant}"]["steps"] = prof["steps"]
+                        print(f"{name} {variant} per kernel: "
+                              + ", ".join(f"{k} {v}" for k, v in prof["per_kernel"].items()))
         result["models"][name] = entry
         print(f"{name}: peak {entry['peak_activation_bytes']} B (TFLM {arena}), flash "
               f"{entry['flash_bytes']} B, bit-exact {entry['bit_exact']}"

@@ -34,7 +34,91 @@ void dsmn_add_s8(const dsmn_add_params *p_arg, const dsmn_broadcast *bc, int32_t
 {
     const dsmn_add_params p_local = *p_arg;
     const dsmn_add_params *p = &p_local;
+    if (!bc && count >= 1024) {
+        /* Each input's rescaling depends on one int8 value: tabulate both (256 entries),
+         * leaving one requantisation per element. */
+        int32_t ta[256], tb[256];
+        const int32_t s = 1 << p->left_shift;
+        for (int32_t i = 0; i < 256; i++) {
+            ta[i] = dsmn_mbqm((i - 128 + p->input1_offset) * s, p->input1_multiplier, p->input1_shift);
+            tb[i] = dsmn_mbqm((i - 128 + p->input2_offset) * s, p->input2_multiplier, p->input2_shift);
+        }
+        const int32_t *pa = ta + 128, *pb = tb + 128;
+        const int32_t m = p->output_multiplier, sh = p->output_shift;
+        const int left = sh > 0 ? sh : 0, right = sh > 0 ? 0 : -sh;
+        const int32_t off = p->output_offset, lo = p->act_min, hi = p->act_max;
+        int64_t amax = 0, bmax = 0;
+        for (int32_t i = 0; i < 256; i++) {
+            const int64_t x = ta[i] < 0 ? -(int64_t)ta[i] : ta[i];
+            const int64_t y = tb[i] < 0 ? -(int64_t)tb[i] : tb[i];
+            amax = x > amax ? x : amax;
+            bmax = y > bmax ? y : bmax;
+        }
+        if (left == 0 && right >= 1 && right <= 31 && amax + bmax < (1ll << 29)) {
+            /* doubled tables: smmulr is the rounding doubling high multiply, and add-half
+             * rounding is exact for sums this small */
+            for (int32_t i = 0; i < 256; i++) {
+                ta[i] *= 2;
+                tb[i] *= 2;
+            }
+            const int32_t half = 1 << (right - 1);
+            for (int32_t i = 0; i < count; i++) {
+                const int32_t h = dsmn_smmulr(pa[in1[i]] + pb[in2[i]], m);
+                const int32_t r = ((h + half + (h >> 31)) >> right) + off;
+                out[i] = (int8_t)dsmn_clamp(r, lo, hi);
+            }
+            return;
+        }
+        for (int32_t i = 0; i < count; i++) {
+            const int32_t r = dsmn_mbqm_lr(pa[in1[i]] + pb[in2[i]], m, left, right) + off;
+            out[i] = (int8_t)dsmn_clamp(r, lo, hi);
+        }
+        return;
+    }
     DSMN_BROADCAST_LOOP(dsmn_add_one);
+}
+
+/* One operand dense NHWC, the other one value per (batch, channel) (e.g. an attention scale):
+ * per channel the output depends on one int8 value, so it is tabulated (256 entries) and the
+ * pixels become lookups. Returns 0 when the shapes are not of this form. */
+static int mul_per_channel(const dsmn_mul_params *p, const dsmn_broadcast *bc, const int8_t *in1,
+                           const int8_t *in2, int8_t *out)
+{
+    const int32_t n = bc->dims[0], hw = bc->dims[1] * bc->dims[2], C = bc->dims[3];
+    const int32_t dense[4] = {hw * C, bc->dims[2] * C, C, 1};
+    int dense1 = 1, dense2 = 1, chan1 = 1, chan2 = 1;
+    for (int k = 1; k < 4; k++) {
+        dense1 &= bc->stride1[k] == dense[k] || bc->dims[k] == 1;
+        dense2 &= bc->stride2[k] == dense[k] || bc->dims[k] == 1;
+    }
+    dense1 &= bc->stride1[0] == dense[0] || n == 1;
+    dense2 &= bc->stride2[0] == dense[0] || n == 1;
+    chan1 = (bc->stride1[1] == 0 || bc->dims[1] == 1) && (bc->stride1[2] == 0 || bc->dims[2] == 1)
+            && (bc->stride1[3] == 1 || C == 1);
+    chan2 = (bc->stride2[1] == 0 || bc->dims[1] == 1) && (bc->stride2[2] == 0 || bc->dims[2] == 1)
+            && (bc->stride2[3] == 1 || C == 1);
+    if (hw < 512 || !((dense1 && chan2) || (dense2 && chan1))) {
+        return 0;
+    }
+    const int x_first = dense1 && chan2;
+    const int8_t *x = x_first ? in1 : in2, *y = x_first ? in2 : in1;
+    const int32_t ys0 = x_first ? bc->stride2[0] : bc->stride1[0];
+    int8_t lut[256];
+    for (int32_t b = 0; b < n; b++) {
+        for (int32_t c = 0; c < C; c++) {
+            const int32_t yv = y[b * ys0 + c];
+            for (int32_t v = 0; v < 256; v++) {
+                lut[v] = x_first ? dsmn_mul_one(p, v - 128, yv) : dsmn_mul_one(p, yv, v - 128);
+            }
+            const int8_t *xp = x + b * hw * C + c;
+            int8_t *o = out + b * hw * C + c;
+            const int8_t *lp = lut + 128;
+            for (int32_t k = 0; k < hw; k++, xp += C, o += C) {
+                *o = lp[*xp];
+            }
+        }
+    }
+    return 1;
 }
 
 void dsmn_mul_s8(const dsmn_mul_params *p_arg, const dsmn_broadcast *bc, int32_t count,
@@ -42,6 +126,9 @@ void dsmn_mul_s8(const dsmn_mul_params *p_arg, const dsmn_broadcast *bc, int32_t
 {
     const dsmn_mul_params p_local = *p_arg;
     const dsmn_mul_params *p = &p_local;
+    if (bc && mul_per_channel(p, bc, in1, in2, out)) {
+        return;
+    }
     DSMN_BROADCAST_LOOP(dsmn_mul_one);
 }
 

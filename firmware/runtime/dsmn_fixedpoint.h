@@ -21,10 +21,24 @@ static inline int32_t dsmn_srdhm(int32_t a, int32_t b)
 
 static inline int32_t dsmn_rdbpot(int32_t x, int exponent)
 {
-    int32_t mask = (int32_t)((1ll << exponent) - 1);
-    int32_t remainder = x & mask;
-    int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    /* remainder > threshold, threshold = mask / 2 (+1 for negative x): round half away. */
+    const int32_t mask = (int32_t)((1u << exponent) - 1u);
+    const int32_t remainder = x & mask;
+    const int32_t threshold = (mask >> 1) - (x >> 31);
     return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+/* RoundingDivideByPOT for 1 <= exponent and x + half_ <= INT32_MAX, half_ = 2^(exponent-1):
+ * adding half (minus one for negative x) and shifting rounds half away from zero exactly. */
+static inline int32_t dsmn_rdbpot_fast(int32_t x, int exponent, int32_t half_)
+{
+    return (x + half_ + (x >> 31)) >> exponent;
+}
+
+/* Rounding doubling high multiply for multipliers != INT32_MIN: floor((a*b + 2^30) / 2^31). */
+static inline int32_t dsmn_srdhm_nosat(int32_t a, int32_t b)
+{
+    return (int32_t)(((int64_t)a * b + (1ll << 30)) >> 31);
 }
 
 /* TFLite's MultiplyByQuantizedMultiplier for multipliers != INT32_MIN (always true for the
@@ -39,6 +53,18 @@ static inline int32_t dsmn_mbqm_lr(int32_t x, int32_t multiplier, int left, int 
 static inline int32_t dsmn_mbqm(int32_t x, int32_t multiplier, int32_t shift)
 {
     return dsmn_mbqm_lr(x, multiplier, shift > 0 ? shift : 0, shift > 0 ? 0 : -shift);
+}
+
+/* floor((a*b + 2^31) / 2^32): with a = 2x this is the rounding doubling high multiply of x. */
+static inline int32_t dsmn_smmulr(int32_t a, int32_t b)
+{
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && !defined(DSMN_NO_DSP)
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+#else
+    return (int32_t)(((int64_t)a * b + 0x80000000ll) >> 32);
+#endif
 }
 
 static inline int32_t dsmn_clamp(int32_t x, int32_t lo, int32_t hi)

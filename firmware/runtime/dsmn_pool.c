@@ -43,19 +43,34 @@ void dsmn_avg_pool_s8(const dsmn_pool_params *p_arg, const dsmn_dims *id, const 
                 const int32_t x0 = (ox + p->out_x0) * p->stride_w - p->pad_w;
                 const int32_t kx0 = x0 < 0 ? -x0 : 0;
                 const int32_t kx1 = p->filter_w < id->w - x0 ? p->filter_w : id->w - x0;
-                const int32_t count = (ky1 - ky0) * (kx1 - kx0);
-                for (int32_t c = 0; c < od->c; c++) {
+                const int32_t count = (ky1 - ky0) * (kx1 - kx0), half = count / 2;
+                const int32_t C = od->c, row = id->w * id->c;
+                const int8_t *base = in + ((b * id->h + y0 + ky0) * id->w + x0 + kx0) * id->c;
+                int8_t *o = out + ((b * od->h + oy) * od->w + ox) * C;
+                if (count == 2) {
+                    /* e.g. 2x1 / 1x2 windows: two pointers, no inner loops */
+                    const int8_t *x1 = base + (ky1 - ky0 == 2 ? row : id->c);
+                    const int32_t lo = p->act_min, hi = p->act_max;
+                    for (int32_t c = 0; c < C; c++) {
+                        int32_t acc = base[c] + x1[c];
+                        acc = acc > 0 ? (acc + 1) / 2 : (acc - 1) / 2;
+                        o[c] = (int8_t)dsmn_clamp(acc, lo, hi);
+                    }
+                    continue;
+                }
+                for (int32_t c = 0; c < C; c++) {
                     int32_t acc = 0;
-                    for (int32_t ky = ky0; ky < ky1; ky++) {
-                        for (int32_t kx = kx0; kx < kx1; kx++) {
-                            acc += in[((b * id->h + y0 + ky) * id->w + x0 + kx) * id->c + c];
+                    const int8_t *r = base + c;
+                    for (int32_t ky = ky0; ky < ky1; ky++, r += row) {
+                        const int8_t *x = r;
+                        for (int32_t kx = kx0; kx < kx1; kx++, x += id->c) {
+                            acc += *x;
                         }
                     }
                     if (count > 0) {
-                        acc = acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count;
+                        acc = acc > 0 ? (acc + half) / count : (acc - half) / count;
                     }
-                    out[((b * od->h + oy) * od->w + ox) * od->c + c] =
-                        (int8_t)dsmn_clamp(acc, p->act_min, p->act_max);
+                    o[c] = (int8_t)dsmn_clamp(acc, p->act_min, p->act_max);
                 }
             }
         }

@@ -1357,6 +1357,36 @@ def run_qemu(elf, inputs, output_bytes, timeout=600):
     return out.reshape(n, output_bytes), stats
 
 
+def step_labels(gen_dir):
+    """(comment, kernel) of every step of a generated dsmn_model.c, indexed like the step
+    numbers a -DDSMN_PROFILE QEMU build reports (run_qemu's stats["step_instructions"])."""
+    import re
+    src = (Path(gen_dir) / "dsmn_model.c").read_text()
+    body = src.split("int dsmn_invoke", 1)[1]
+    labels = []
+    for m in re.finditer(r"/\* (.*?) \*/\n(.*?)DSMN_MARK\((\d+)\);", body, re.S):
+        kernel = re.search(r"\b(dsmn_\w+)\(", m.group(2))
+        labels.append((m.group(1), kernel.group(1) if kernel else "memcpy"))
+    return labels
+
+
+def profile_qemu(gen_dir, inputs, output_bytes, cflags=()):
+    """Per-step and per-kernel instructions of one inference on QEMU (-DDSMN_PROFILE build)."""
+    gen_dir = Path(gen_dir)
+    elf = build_qemu_runner(gen_dir, elf=gen_dir / "dsmn_runner_profile.elf",
+                            cflags=["-DDSMN_PROFILE", *cflags])
+    _, stats = run_qemu(elf, inputs, output_bytes)
+    labels = step_labels(gen_dir)
+    steps = [{"step": k, "op": labels[k][0] if k < len(labels) else "?",
+              "kernel": labels[k][1] if k < len(labels) else "?", "instructions": n}
+             for k, n in sorted(stats["step_instructions"].items())]
+    per_kernel = {}
+    for st in steps:
+        per_kernel[st["kernel"]] = per_kernel.get(st["kernel"], 0) + st["instructions"]
+    per_kernel = dict(sorted(per_kernel.items(), key=lambda kv: -kv[1]))
+    return {"instructions": stats["instructions"], "per_kernel": per_kernel, "steps": steps}
+
+
 # ---------------------------------------------------------------------------------------
 # CLI.
 

@@ -25,6 +25,7 @@ def one(name, calib, work, n_calib):
     from dsmn_host.export import export_model
     from dsmn_host.modelcard import write_card
     from dsmn_host.models import TimeMelWrapper, build_model
+    from dsmn_host.qat import fold_batchnorm
 
     torch.manual_seed(0)
     net = build_model(name).eval()
@@ -34,7 +35,9 @@ def one(name, calib, work, n_calib):
             m.running_var.uniform_(0.5, 2.0)
     work = Path(work)
     t0 = time.time()
-    exp = export_model(TimeMelWrapper(net), work / f"{name}.onnx", metadata={"model": name})
+    # exported as `dsmn-host export` does it: BatchNorm folded (the Sparable's BN after the add
+    # would otherwise stay as MUL + ADD over full feature maps)
+    exp = export_model(TimeMelWrapper(fold_batchnorm(net)), work / f"{name}.onnx", metadata={"model": name})
     t1 = time.time()
     conv = convert(work / f"{name}.onnx", calib, work / f"{name}_int8.tflite", n_calib=n_calib)
     t2 = time.time()
@@ -56,6 +59,7 @@ def main():
     ap.add_argument("--models", default="model1,model2,model3,model4")
     ap.add_argument("--n-calib", type=int, default=300)
     ap.add_argument("--out", default="benchmarks/results/convert.json")
+    ap.add_argument("--keep", metavar="DIR", help="keep the .onnx/.tflite/cards here (e.g. for bench_runtime.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -63,7 +67,9 @@ def main():
         print(json.dumps(one(args.child, args.calib, args.work, args.n_calib)))
         return
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-convert-") as work:
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
+        work = args.keep or tmp
+        Path(work).mkdir(parents=True, exist_ok=True)
         for name in args.models.split(","):
             proc = subprocess.run([sys.executable, __file__, "--calib", args.calib, "--n-calib", str(args.n_calib),
                                    "--child", name, "--work", work], capture_output=True, text=True)

@@ -1,0 +1,50 @@
+"""The dsmn runtime on DSMN model2, model3 and model4 (model1 is covered with the session's
+trained model in test_runtime_model.py): each variant exported and converted exactly as the
+pipeline does it (BatchNorm folded, onnx2tf int8), then run on real inputs from the feature
+cache and compared bit for bit with the TFLite-Micro interpreter. Weights are random (seeded):
+bit-exactness does not depend on training, and these variants are not trained in CI."""
+
+import numpy as np
+import pytest
+
+import runtime_support as rs
+
+
+@pytest.fixture(scope="module", params=["model2", "model3", "model4"])
+def variant_tflite(request, feature_cache_dir, tmp_path_factory):
+    import torch
+
+    from dsmn_host.convert import convert
+    from dsmn_host.export import export_model
+    from dsmn_host.models import TimeMelWrapper, build_model
+    from dsmn_host.qat import fold_batchnorm
+
+    name = request.param
+    torch.manual_seed(0)
+    net = build_model(name).eval()
+    for m in net.modules():  # non-trivial BatchNorm statistics, so folding changes the weights
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    work = tmp_path_factory.mktemp(name)
+    export_model(TimeMelWrapper(fold_batchnorm(net)), work / f"{name}.onnx", metadata={"model": name})
+    convert(work / f"{name}.onnx", feature_cache_dir, work / f"{name}_int8.tflite", n_calib=32)
+    return name, work / f"{name}_int8.tflite"
+
+
+def test_variant_bit_exact_with_tflm(variant_tflite, feature_cache_dir, tmp_path):
+    from dsmn_host import codegen
+    from dsmn_host.convert import calibration_inputs
+    from dsmn_host.tflite_reader import read_tflite
+
+    name, tflite = variant_tflite
+    g = read_tflite(tflite)
+    t = g.tensors[g.inputs[0]]
+    x = calibration_inputs(feature_cache_dir, n=3, split="fold1_evaluate")
+    xs = np.clip(np.round(x / float(t.scale[0])) + int(t.zero_point[0]), -128, 127).astype(np.int8)
+    report = codegen.generate(tflite, tmp_path / "gen")
+    ref = rs.tflm_run(tflite.read_bytes(), xs)
+    got = codegen.run_batch(tmp_path / "gen", xs).reshape(ref.shape)
+    assert np.array_equal(got, ref), name
+    assert len({r.tobytes() for r in ref}) > 1  # the inputs really differ at the output
+    assert report["model_op_counts"]["DEPTHWISE_CONV_2D"] >= 40

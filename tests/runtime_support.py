@@ -9,11 +9,12 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def to_int8_tflite(fn, input_shape, seed=0, mean=0.0, std=1.0):
+def to_int8_tflite(fn, input_shape, seed=0, mean=0.0, std=1.0, batch=1):
     """Full-integer conversion of `fn` (tf ops on a 1 x input_shape float tensor, weights as
     constants). `mean`/`std` of the calibration data steer the input zero point and scale,
     so tests cover asymmetric quantisation too. Batch 1 and static shapes let the converter
-    emit dilated convolutions directly."""
+    emit dilated convolutions directly; batch=None keeps the batch dimension dynamic in the
+    signature, so tf.shape(x)[0] / Flatten leave SHAPE -> ... -> RESHAPE chains in the model."""
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -22,7 +23,7 @@ def to_int8_tflite(fn, input_shape, seed=0, mean=0.0, std=1.0):
         for _ in range(16):
             yield [rng.normal(mean, std, (1,) + tuple(input_shape)).astype(np.float32)]
 
-    func = tf.function(fn, input_signature=[tf.TensorSpec((1,) + tuple(input_shape), tf.float32)])
+    func = tf.function(fn, input_signature=[tf.TensorSpec((batch,) + tuple(input_shape), tf.float32)])
     conv = tf.lite.TFLiteConverter.from_concrete_functions([func.get_concrete_function()])
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = rep
@@ -115,3 +116,37 @@ def random_inputs(model_bytes, n, seed):
         g = read_tflite(f.name)
     shape = g.tensors[g.inputs[0]].shape[1:]
     return np.random.default_rng(seed).integers(-128, 128, (n,) + tuple(shape)).astype(np.int8)
+
+
+def model_op_names(model_bytes):
+    """Builtin names of a .tflite model's operators, in graph order."""
+    from dsmn_host.tflite_reader import read_tflite
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+        f.write(bytes(model_bytes))
+        f.flush()
+        return [op.name for op in read_tflite(f.name).operators]
+
+
+def fix_dynamic_reshape(model_bytes):
+    """Copy of the model where each rank-2 RESHAPE output whose stored shape is a placeholder
+    of a dynamic shape (e.g. [1, 1] for signature [-1, -1], from tf.reshape(x, [n, -1])) gets
+    its real [batch, rest] shape. The TFLM interpreter takes RESHAPE output shapes from the
+    flatbuffer, so it needs this to run such models as a reference."""
+    import flatbuffers
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model_bytes), 0))
+    sg = model.subgraphs[0]
+    for op in sg.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) != schema.BuiltinOperator.RESHAPE:
+            continue
+        x, y = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
+        n_in = int(np.prod(x.shape))
+        if int(np.prod(y.shape)) != n_in and len(y.shape) == 2:
+            y.shape = np.array([x.shape[0], n_in // int(x.shape[0])], np.int32)
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())

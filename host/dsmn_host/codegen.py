@@ -248,10 +248,52 @@ class _Lowering:
     def _consumers(self):
         cons = {}
         for op in self.g.operators:
+            if op.index in self.folded:
+                continue
             for i in op.inputs:
                 if i >= 0:
                     cons.setdefault(i, []).append(op)
         return cons
+
+    def _fold_shapes(self):
+        """Evaluate shape-only subgraphs (SHAPE -> STRIDED_SLICE -> PACK -> ... -> RESHAPE's
+        new_shape) here, in numpy: every tensor shape is static, so an op whose inputs are all
+        constants (or whose only input is read by SHAPE) and whose outputs are int32/int64 is
+        a constant too. Its outputs get constant data (consumers then treat them like any
+        other constant operand); the op itself emits no code and no flash."""
+        self.folded = {}
+        for op in self.g.operators:
+            fn = _FOLDERS.get(op.name)
+            if fn is None or not op.outputs:
+                continue
+            if any(self.t(o).dtype not in (np.int32, np.int64) for o in op.outputs):
+                if op.name == "RESHAPE" and op.inputs:
+                    # A data RESHAPE: fix a placeholder output shape now, so that a later
+                    # SHAPE of its output sees the real one.
+                    self._resolve_reshape(op, strict=False)
+                continue
+            ins = [i for i in op.inputs if i >= 0]
+            if op.name != "SHAPE" and any(self.t(i).data is None for i in ins):
+                continue
+            if op.name != "SHAPE" and any(not np.issubdtype(self.t(i).dtype, np.integer)
+                                          for i in ins):
+                continue
+            try:
+                vals = fn(self, op)
+            except (ValueError, IndexError, TypeError, AttributeError, ZeroDivisionError):
+                # malformed or unusual options: leave the op to the lowering (or refusal)
+                vals = None
+            if vals is None:
+                continue
+            for o, v in zip(op.outputs, vals):
+                t = self.t(o)
+                v = np.asarray(v).astype(t.dtype)
+                if v.size == int(np.prod(t.shape, dtype=np.int64)):
+                    v = v.reshape(t.shape)
+                else:  # placeholder shape of a dynamic-shape tensor: the value decides
+                    t.shape = tuple(v.shape)
+                t.data = v
+            self.folded[op.index] = op.name
 
     def _find_fusions(self):
         """Pick the rewrites an ahead-of-time compiler can do: SPLIT written by its producer,
@@ -320,8 +362,11 @@ class _Lowering:
             self.skip.update({pq.index, pr.index} | {n.index for n in tail})
 
     def lower(self):
+        self._fold_shapes()
         self._find_fusions()
         for op in self.g.operators:
+            if op.index in self.folded:
+                continue
             if op.index in self.sparable:
                 self._sparable(op, *self.sparable[op.index])
                 continue
@@ -501,7 +546,12 @@ class _Lowering:
         wsh = self.t(w).shape
         out_depth, depth = wsh
         total = int(np.prod(self.t(x).shape))
+        if total % depth:
+            raise _err(op, f"input {list(self.t(x).shape)} is not a whole number of rows of {depth}")
         batches = total // depth
+        if batches * out_depth != int(np.prod(self.t(y).shape)):
+            raise _err(op, f"output {list(self.t(y).shape)} does not hold {batches} rows of "
+                           f"{out_depth}")
         amin, amax = self.act(op, o.fusedActivationFunction, y)
         _, zin = self.qp(x)
         _, zout = self.qp(y)
@@ -682,7 +732,36 @@ class _Lowering:
             raise _err(op, "reshape changes quantisation")
         self.steps.append(Step(op.index, op.name, "alias", [x], [y], None, note="view"))
 
-    op_RESHAPE = op_SQUEEZE = op_EXPAND_DIMS = _alias
+    op_SQUEEZE = op_EXPAND_DIMS = _alias
+
+    def op_RESHAPE(self, op):
+        self._resolve_reshape(op, strict=True)
+        self._alias(op)
+
+    def _resolve_reshape(self, op, strict):
+        """The output keeps its stored shape (as TFLM does) unless that shape is a
+        placeholder left by a dynamic dimension (wrong element count): then the new_shape
+        input, constant or folded from a SHAPE chain, gives it, with -1 resolved."""
+        x, y = op.inputs[0], op.outputs[0]
+        n_in = int(np.prod(self.t(x).shape, dtype=np.int64))
+        ty = self.t(y)
+        if int(np.prod(ty.shape, dtype=np.int64)) != n_in:
+            new = None
+            if len(op.inputs) > 1 and op.inputs[1] >= 0 and self.t(op.inputs[1]).data is not None:
+                new = [int(v) for v in self.t(op.inputs[1]).data.reshape(-1)]
+            elif op.options is not None and getattr(op.options, "newShape", None) is not None:
+                new = [int(v) for v in op.options.newShape]
+            if new is not None and new.count(-1) == 1:
+                known = int(np.prod([d for d in new if d != -1], dtype=np.int64))
+                if known > 0 and n_in % known == 0:
+                    new[new.index(-1)] = n_in // known
+            if new is None or int(np.prod(new, dtype=np.int64)) != n_in or min(new, default=1) < 0:
+                if not strict:
+                    return
+                raise _err(op, f"output shape {list(ty.shape)} has {int(np.prod(ty.shape))} "
+                               f"elements, input {list(self.t(x).shape)} has {n_in}, and the new "
+                               f"shape {new} does not resolve it")
+            ty.shape = tuple(new)
 
     def _gather(self, op, x, y, offset, dims, strides, note):
         p = self.e.struct("dsmn_gather_params",
@@ -899,6 +978,88 @@ class _Lowering:
                                note=f"pads {pads.tolist()} value {pad_value}"))
 
     op_PADV2 = op_PAD
+
+
+# ---------------------------------------------------------------------------------------
+# Generation-time evaluation of shape-only ops (see _Lowering._fold_shapes). Each returns the
+# output values, or None to leave the op alone (it is then lowered or refused as usual).
+
+def _fold_shape(low, op):
+    return [np.asarray(low.t(op.inputs[0]).shape, np.int64)]
+
+
+def _fold_strided_slice(low, op):
+    o = op.options
+    x, b, e, s = (low.t(i).data for i in op.inputs[:4])
+    if o.ellipsisMask or o.newAxisMask:
+        return None
+    b, e, s = (list(v.reshape(-1)) for v in (b, e, s))
+    idx = []
+    for k in range(x.ndim):
+        if (o.shrinkAxisMask >> k) & 1:
+            idx.append(int(b[k]))
+            continue
+        bk = None if (o.beginMask >> k) & 1 else int(b[k])
+        ek = None if (o.endMask >> k) & 1 else int(e[k])
+        if getattr(o, "offset", False) and bk is not None and ek is not None:
+            ek = bk + ek
+        idx.append(slice(bk, ek, int(s[k])))
+    return [x[tuple(idx)]]
+
+
+def _fold_pack(low, op):
+    return [np.stack([low.t(i).data for i in op.inputs], axis=int(op.options.axis))]
+
+
+def _fold_concat(low, op):
+    if op.options.fusedActivationFunction:
+        return None
+    return [np.concatenate([low.t(i).data.reshape(low.t(i).shape or (1,)) for i in op.inputs],
+                           axis=int(op.options.axis))]
+
+
+def _fold_gather(low, op):
+    o = op.options
+    if o is not None and getattr(o, "batchDims", 0):
+        return None
+    axis = int(o.axis) if o is not None else 0
+    return [np.take(low.t(op.inputs[0]).data, low.t(op.inputs[1]).data, axis=axis)]
+
+
+def _fold_binary(fn):
+    def fold(low, op):
+        if op.options is not None and getattr(op.options, "fusedActivationFunction", 0):
+            return None
+        a, b = (low.t(i).data.astype(np.int64) for i in op.inputs[:2])
+        return [fn(a, b)]
+    return fold
+
+
+def _floor_div(a, b):
+    if np.any(b == 0):
+        raise ZeroDivisionError("integer division by zero")
+    return np.floor_divide(a, b)
+
+
+def _fold_reduce_prod(low, op):
+    axes = tuple(int(a) for a in low.t(op.inputs[1]).data.reshape(-1))
+    keep = bool(getattr(op.options, "keepDims", False))
+    return [np.prod(low.t(op.inputs[0]).data.astype(np.int64), axis=axes, keepdims=keep)]
+
+
+def _fold_same_values(low, op):
+    """RESHAPE/SQUEEZE/EXPAND_DIMS/CAST of an integer constant: same values, output shape."""
+    return [low.t(op.inputs[0]).data.reshape(-1)]
+
+
+_FOLDERS = {
+    "SHAPE": _fold_shape, "STRIDED_SLICE": _fold_strided_slice, "PACK": _fold_pack,
+    "CONCATENATION": _fold_concat, "GATHER": _fold_gather,
+    "ADD": _fold_binary(np.add), "SUB": _fold_binary(np.subtract),
+    "MUL": _fold_binary(np.multiply), "FLOOR_DIV": _fold_binary(_floor_div),
+    "REDUCE_PROD": _fold_reduce_prod, "RESHAPE": _fold_same_values,
+    "SQUEEZE": _fold_same_values, "EXPAND_DIMS": _fold_same_values, "CAST": _fold_same_values,
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -1128,6 +1289,8 @@ def generate(tflite_path, out_dir):
     (out_dir / "dsmn_model.h").write_text(_render("dsmn_model.h.j2", **ctx))
     (out_dir / "dsmn_model.c").write_text(_render("dsmn_model.c.j2", **ctx))
     report = _report(graph, steps, plan, low.e.flash, tflite_path)
+    report["folded_op_counts"] = _counts(
+        [op for op in graph.operators if op.index in low.folded], attr="name")
     (out_dir / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "memory.txt").write_text(_report_text(report))
     return report
@@ -1167,6 +1330,7 @@ def _report(graph, steps, plan, flash, path):
         "ops": per_op,
         "op_counts": _counts(steps),
         "model_op_counts": _counts(graph.operators, attr="name"),
+        "folded_op_counts": {},   # shape-only ops evaluated at generation time (no code)
         "notes": "arena excludes the caller's input and output buffers; kernel_code is the "
                  "Cortex-M4 -Os text size of firmware/runtime (None if arm-none-eabi-gcc is missing)",
     }

@@ -30,6 +30,7 @@ class Tensor:
     zero_point: np.ndarray = None
     quantized_dimension: int = 0
     data: np.ndarray = None           # constant data, else None
+    shape_signature: tuple = None     # shape with -1 for dynamic dims, None when fully static
 
     @property
     def nbytes(self):
@@ -104,7 +105,10 @@ def read_tflite(path):
                 raw = buf[b.offset:b.offset + b.size]
             if raw is not None:
                 data = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
-        tensors.append(Tensor(i, _s(t.name), shape, dtype, scale, zp, qdim, data))
+        sig = None
+        if t.shapeSignature is not None and len(t.shapeSignature):
+            sig = tuple(int(d) for d in t.shapeSignature)
+        tensors.append(Tensor(i, _s(t.name), shape, dtype, scale, zp, qdim, data, sig))
 
     ops = []
     for i, op in enumerate(sg.operators):

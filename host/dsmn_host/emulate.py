@@ -3,7 +3,9 @@
 `Emulator` (a context manager) is what tests and the evaluation harness use: it starts
 qemu-system-arm headless, finds the pty QEMU allocated for the board's UART, and stops QEMU on
 exit. `-icount shift=0` makes the guest's SysTick advance once per 1e9/clock instructions, so
-the counts in RESULT are deterministic and convert to instructions exactly.
+the counts in RESULT are deterministic and convert to instructions exactly. `sleep=off` lets
+QEMU skip the real-time waits while the guest idles for UART bytes: measured here it doubles
+the host->board rate (5.9 -> 11.4 KB/s) and leaves the instruction counts unchanged.
 """
 
 import re
@@ -25,7 +27,7 @@ def qemu_command(board, elf, serial):
     """QEMU argv for `board` with the UART chardev spec `serial` (e.g. "pty")."""
     serials = ["null"] * board.qemu_serial_index + [serial]
     cmd = [QEMU, "-M", board.qemu_machine, "-kernel", str(elf), "-nodefaults", "-display", "none",
-           "-monitor", "none", "-icount", "shift=0"]
+           "-monitor", "none", "-icount", "shift=0,sleep=off"]
     for s in serials:
         cmd += ["-serial", s]
     return cmd

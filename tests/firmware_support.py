@@ -17,8 +17,6 @@ def small_dsmn_tflite(out_dir, seed=0):
     """Conv (stride 2) -> depthwise -> pointwise -> mean -> dense(13), fully int8, with a card."""
     import tensorflow as tf
 
-    from dsmn_host import modelcard
-
     tf.random.set_seed(seed)
     inp = tf.keras.Input((44, 256, 2), batch_size=1)
     x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
@@ -27,10 +25,26 @@ def small_dsmn_tflite(out_dir, seed=0):
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     out = tf.keras.layers.Dense(13)(x)
     model = tf.keras.Model(inp, out)
+    return _int8_with_card(model, Path(out_dir) / "small_int8.tflite", seed, n_calib=8)
+
+
+def tflm_outputs(tflite_path, xs):
+    """Reference outputs of the TFLite-Micro Python interpreter, one row per input."""
+    from runtime_support import tflm_run
+
+    return tflm_run(Path(tflite_path).read_bytes(), xs).reshape(len(xs), -1)
+
+
+def _int8_with_card(model, path, seed, n_calib):
+    """Fully int8 TFLite of a Keras model (calibrated on seeded noise) at `path`, with its card."""
+    import tensorflow as tf
+
+    from dsmn_host import modelcard
+
     rng = np.random.default_rng(seed)
 
     def rep():
-        for _ in range(8):
+        for _ in range(n_calib):
             yield [rng.normal(0.0, 1.0, (1, 44, 256, 2)).astype(np.float32)]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -39,56 +53,23 @@ def small_dsmn_tflite(out_dir, seed=0):
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "small_int8.tflite"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(conv.convert())
     modelcard.write_card(path)
     return path
-
-
-def tflm_outputs(tflite_path, xs):
-    """Reference outputs of the TFLite-Micro Python interpreter, one row per input."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    it = runtime.Interpreter.from_file(str(tflite_path), arena_size=8 << 20)
-    outs = []
-    for x in xs:
-        it.set_input(x[None], 0)
-        it.invoke()
-        outs.append(np.array(it.get_output(0), copy=True).reshape(-1))
-    return np.stack(outs)
 
 
 def big_activation_tflite(out_dir, seed=0):
     """A model whose first activation (44x256x24 int8 = 270 KB) cannot fit a 128 KiB board."""
     import tensorflow as tf
 
-    from dsmn_host import modelcard
-
     tf.random.set_seed(seed)
     inp = tf.keras.Input((44, 256, 2), batch_size=1)
     x = tf.keras.layers.Conv2D(24, 3, padding="same", activation="relu")(inp)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     model = tf.keras.Model(inp, tf.keras.layers.Dense(13)(x))
-    rng = np.random.default_rng(seed)
-
-    def rep():
-        for _ in range(4):
-            yield [rng.normal(0.0, 1.0, (1, 44, 256, 2)).astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "big_int8.tflite"
-    path.write_bytes(conv.convert())
-    modelcard.write_card(path)
-    return path
+    return _int8_with_card(model, Path(out_dir) / "big_int8.tflite", seed, n_calib=4)
 
 
 def validation_inputs(card, n, seed=0):

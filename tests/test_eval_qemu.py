@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dsmn_host import evaluate
@@ -80,7 +81,12 @@ def test_board_agrees_exactly_with_host_int8(clean_run, fw, feature_cache_dir):
     for name in ("report.json", "report.md", "confusion.png", "run.json"):
         assert (out / name).is_file()
     assert rep["latency"]["instructions"]["ms_p50"] > 0
-    assert 0 < rep["throughput"]["clips_per_s"] <= rep["throughput"]["limit_clips_per_s"] * 1.5
+    # Throughput accounting (the rates themselves are wall-clock: benchmarks/bench_eval.py measures them)
+    tp = rep["throughput"]
+    card = json.loads(Path(fw["card"]).read_text())
+    input_bytes = int(np.prod(card["input"]["shape"]))
+    assert tp["clips"] == N_CLIPS and tp["bytes"] == N_CLIPS * (input_bytes + 8)
+    assert tp["clips_per_s"] > 0 and tp["limit_bytes_per_s"] > 0
 
 
 def test_board_with_another_model_is_refused(fw, emu, feature_cache_dir, tmp_path):

@@ -8,8 +8,8 @@ import torch
 
 from dsmn_host.features import logmel_to_input, open_features
 from dsmn_host.models import QPoint, build_model
-from dsmn_host.qat import (_make_act_quantizer, _make_weight_quantizer, act_quantizers, export_ready_model,
-                           fold_batchnorm, load_qat_model, prepare_qat)
+from dsmn_host.qat import (_make_act_quantizer, _make_weight_quantizer, act_quantizers, equalize,
+                           export_ready_model, fold_batchnorm, load_qat_model, prepare_qat)
 
 
 def _randomise_bn(model, seed=0):
@@ -35,6 +35,38 @@ def test_fold_batchnorm_preserves_outputs(name):
         torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
     # the folded skeleton of a fresh model accepts the folded state dict
     fold_batchnorm(build_model(name)).load_state_dict(folded.state_dict())
+    # per-channel scalar convs (sep1, sep2) are folded away with their quantization point;
+    # sep3's channel conv mixes two channels per output and stays
+    for block in folded.blocks:
+        for sep in (block.sep1, block.sep2):
+            assert isinstance(sep.ch_conv, torch.nn.Identity) and not isinstance(sep.q_ch, QPoint)
+        assert isinstance(block.sep3.ch_conv, torch.nn.Conv2d) and isinstance(block.sep3.q_ch, QPoint)
+
+
+@pytest.mark.parametrize("name", ["model1", "model3"])
+def test_equalize_is_exact_and_evens_out_channel_ranges(name):
+    """Cross-layer equalization changes no output and shrinks the per-tensor/per-channel
+    range ratio where it acts (here: the stem output, made badly imbalanced on purpose)."""
+    torch.manual_seed(0)
+    net = _randomise_bn(build_model(name)).eval()
+    with torch.no_grad():
+        net.stem.weight[:8].mul_(0.01)
+        net.stem.bias[:8].mul_(0.01)
+    folded = fold_batchnorm(net).eval()
+    x = torch.randn(16, 2, 256, 44)
+
+    def imbalance(model):
+        with torch.no_grad():
+            y = model.stem(x.transpose(2, 3)).abs().amax(dim=(0, 2, 3))
+        return float(y.max() / y.min())
+
+    before = imbalance(folded)
+    with torch.no_grad():
+        ref = folded(x)
+        gains = equalize(folded, x)
+        torch.testing.assert_close(folded(x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert gains["stem"] > 1 and set(gains) >= {"blocks.0.sep1", "blocks.0.sep2"}
+    assert imbalance(folded) < before / 5, (before, imbalance(folded))
 
 
 def test_weight_quantizer_is_per_channel_symmetric_int8():
@@ -53,15 +85,14 @@ def test_activation_quantizer_asymmetric_grid_with_exact_zero():
     fq = _make_act_quantizer()
     fq.train()
     x = torch.linspace(-0.5, 3.0, 1000)
-    fq(x)  # observe
-    fq.quantize = True
+    fq(x)  # observe: the range is this batch's min/max
+    fq.observe, fq.quantize = False, True
     y = fq(x)
     scale = 3.5 / 255
     assert len(torch.unique(y)) <= 256
     assert fq(torch.zeros(3)).abs().max() == 0
     assert (y - x).abs().max() <= scale / 2 + 1e-6
     # gradients pass inside the range and stop outside it (straight-through estimator)
-    fq.observe = False
     z = torch.tensor([1.0, 10.0], requires_grad=True)
     fq(z).sum().backward()
     assert z.grad.tolist() == [1.0, 0.0]
@@ -78,6 +109,10 @@ def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
     report = json.loads((trained_run_dir / "qat_metrics.json").read_text())
     for key in ("float", "post_training_quant", "qat"):
         assert 0.0 <= report[key]["acc"] <= 1.0 and np.isfinite(report[key]["loss"])
+    # the kept state is the best by validation loss, the calibrated network included (epoch -1)
+    assert -1 <= report["kept_epoch"] < len(report["history"])
+    assert report["qat"]["loss"] <= report["post_training_quant"]["loss"] + 1e-6
+    assert report["qat"]["loss"] <= min(h["val_loss"] for h in report["history"]) + 1e-6
     # folding BN changes nothing measurable
     assert abs(report["float_bn_folded"]["loss"] - report["float"]["loss"]) < 1e-4
 
@@ -90,6 +125,11 @@ def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
     assert set(qinfo["act_ranges"]) == set(act_quantizers(qmodel))
     lo, hi = qinfo["act_ranges"]["q_input"]
     assert lo < 0 < hi  # the normalised input spans both signs
+    # QAT's ranges are the converter's: min/max over the same (clipped) calibration inputs
+    from dsmn_host.convert import calibration_inputs
+
+    calib, clip = calibration_inputs(learnable_cache_dir, with_clip=True)
+    assert [lo, hi] == pytest.approx(clip, rel=1e-6) and calib.min() == clip[0] and calib.max() == clip[1]
 
     # real validation inputs: the quantizers' ranges were observed on inputs like these
     cache = open_features(learnable_cache_dir, build=False)

@@ -78,6 +78,28 @@ def test_conv2d(tmp_path_factory, h, w, groups, cpg, opg, k, stride, dil, paddin
     check(tmp_path_factory, "conv2d", (h, w, c_in), fn, calib, expect_ops=["CONV_2D"])
 
 
+@pytest.mark.parametrize("k", [(2, 1), (2, 2)])
+def test_conv2d_channelwise_runs_as_depthwise(tmp_path, k):
+    """A CONV_2D whose groups are single channels (how the converter writes DSMN's pools as
+    convs) is run by the depthwise kernel, filter reordered, bit-exact with TFLM."""
+    import numpy as np
+
+    c = 6
+    W = rs.Weights(3)
+    filt, b = W((k[0], k[1], 1, c), 0.7), W((c,), 0.5)
+
+    def fn(x):
+        return tf.nn.relu(tf.nn.conv2d(x, filt, list(k), "VALID") + b)
+    buf = rs.to_int8_tflite(fn, (8, 6, c), seed=0, mean=0.5, std=1.0)
+    xs = rs.random_inputs(buf, 6, 1)
+    got, report = rs.ours_run(buf, xs, tmp_path)
+    assert report["op_counts"] == {"CONV_2D": 1}
+    ref = rs.tflm_run(buf, xs)
+    assert np.array_equal(got.reshape(ref.shape), ref)
+    code = (tmp_path / "gen" / "dsmn_model.c").read_text()
+    assert "dsmn_depthwise_conv2d_s8(" in code and "dsmn_conv2d_s8(" not in code
+
+
 @SETTINGS
 @given(h=st.integers(3, 10), w=st.integers(3, 10), c=st.integers(1, 6), mult=st.sampled_from([1, 2]),
        k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), dil=st.sampled_from([1, 2, 3]),

@@ -21,11 +21,20 @@ def variant_tflite(request, feature_cache_dir, tmp_path_factory):
 
     name = request.param
     torch.manual_seed(0)
-    net = build_model(name).eval()
-    for m in net.modules():  # non-trivial BatchNorm statistics, so folding changes the weights
+    net = build_model(name)
+    # BatchNorm statistics of real inputs (one cumulative pass in training mode): folding then
+    # changes the weights, and the signal survives all five blocks, so different inputs give
+    # different int8 outputs (with arbitrary statistics model3's logits barely move).
+    from dsmn_host.convert import calibration_inputs
+
+    x = torch.from_numpy(calibration_inputs(feature_cache_dir, n=32)).permute(0, 3, 1, 2)
+    for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net.forward_tm(x)
+    net.eval()
     work = tmp_path_factory.mktemp(name)
     export_model(TimeMelWrapper(fold_batchnorm(net)), work / f"{name}.onnx", metadata={"model": name})
     convert(work / f"{name}.onnx", feature_cache_dir, work / f"{name}_int8.tflite", n_calib=32)
@@ -47,4 +56,5 @@ def test_variant_bit_exact_with_tflm(variant_tflite, feature_cache_dir, tmp_path
     got = codegen.run_batch(tmp_path / "gen", xs).reshape(ref.shape)
     assert np.array_equal(got, ref), name
     assert len({r.tobytes() for r in ref}) > 1  # the inputs really differ at the output
-    assert report["model_op_counts"]["DEPTHWISE_CONV_2D"] >= 40
+    # two depthwise convs in each of the 15 Sparables (the channel scalars of sep1/sep2 are folded in)
+    assert report["model_op_counts"]["DEPTHWISE_CONV_2D"] >= 30

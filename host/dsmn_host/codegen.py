@@ -232,7 +232,8 @@ class _Lowering:
             raise _err(op, f"bias tensor {idx} must be constant int32")
         return self.e.array("int32_t", t.data, "bias", "bias")
 
-    def weights(self, op, idx):
+    def weights(self, op, idx, layout=None):
+        """The int8 filter as a C array; `layout` reorders its axes first (np.transpose order)."""
         t = self.t(idx)
         if t.data is None:
             raise _err(op, f"weight tensor {idx} ({t.name}) is not constant; "
@@ -241,7 +242,8 @@ class _Lowering:
             raise _err(op, f"weight tensor {idx} is {np.dtype(t.dtype).name}; need int8")
         if len(t.zero_point) and np.any(t.zero_point != 0):
             raise _err(op, "filter zero points must be 0 (symmetric int8 weights)")
-        return self.e.array("int8_t", t.data, "w", "weights", align=4)
+        data = t.data if layout is None else np.ascontiguousarray(t.data.transpose(layout))
+        return self.e.array("int8_t", data, "w", "weights", align=4)
 
     # ---- ops -------------------------------------------------------------------------
 
@@ -425,11 +427,16 @@ class _Lowering:
             wins.append((t, start if axis == 1 else 0, start if axis == 2 else 0, dims))
         return wins
 
-    def _conv_like(self, op, depthwise):
+    def _conv_like(self, op, depthwise, channelwise=False):
+        """`channelwise`: a CONV_2D whose groups are single channels (filter O×H×W×1, O = input
+        channels) is the same arithmetic as a depthwise conv; run it with that kernel, filter
+        reordered to 1×H×W×O (the converter writes pooling-as-conv this way)."""
         c = self._conv_setup(op, depthwise)
         q = self.e.struct("dsmn_requant", f"{{{c['m']}, {c['s']}}}", "rq", 8)
-        wd, bd = self.weights(op, c["w"]), self.bias(op, c["b"])
-        di, df = self.dims_struct(c["ish"]), self.dims_struct(c["wsh"])
+        layout = (3, 1, 2, 0) if channelwise else None
+        wd, bd = self.weights(op, c["w"], layout), self.bias(op, c["b"])
+        wsh = [c["wsh"][i] for i in layout] if channelwise else c["wsh"]
+        di, df = self.dims_struct(c["ish"]), self.dims_struct(wsh)
         fn = "dsmn_depthwise_conv2d_s8" if depthwise else "dsmn_conv2d_s8"
         x = c["x"]
         wins = self._windows(c["y"], c["osh"])
@@ -442,7 +449,8 @@ class _Lowering:
         def code(ptr, scratch):
             return "\n    ".join(f"{fn}(&{p}, &{q}, &{di}, {ptr[x]}, &{df}, {wd}, {bd}, &{do}, {ptr[t]});"
                                   for t, p, do in calls)
-        kind = "depthwise" if depthwise else ("grouped" if c["ish"][3] != c["wsh"][3] else "conv")
+        kind = ("channelwise" if channelwise else "depthwise") if depthwise else (
+            "grouped" if c["ish"][3] != c["wsh"][3] else "conv")
         note = (f"{kind} {c['wsh'][1]}x{c['wsh'][2]} s{c['stride'][0]}x{c['stride'][1]} "
                 f"d{c['dil'][0]}x{c['dil'][1]}" + (" +split" if len(wins) > 1 else ""))
         self.steps.append(Step(op.index, op.name, "kernel", [x], [t for t, _, _ in calls], code,
@@ -455,7 +463,10 @@ class _Lowering:
         return int(np.prod(osh)) * per_out
 
     def op_CONV_2D(self, op):
-        self._conv_like(op, False)
+        ish, wsh, osh = (self.t(i).shape for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
+        channelwise = (len(ish) == len(wsh) == len(osh) == 4 and wsh[3] == 1 and ish[3] > 1
+                       and ish[3] == osh[3] == wsh[0])
+        self._conv_like(op, channelwise, channelwise)
 
     def op_DEPTHWISE_CONV_2D(self, op):
         self._conv_like(op, True)

@@ -3,7 +3,8 @@
 The exported graph takes the time × mel layout the network computes in (1×2×44×256), so that
 onnx2tf's NCHW→NHWC rewrite lands exactly on the device layout 1×44×256×2 and the int8 model
 starts without a TRANSPOSE. Only the float graph is exported: fake-quant modules do not export
-cleanly, and onnx2tf recalibrates activations anyway, so QAT contributes its trained weights.
+cleanly, and onnx2tf recalibrates activations anyway (QAT uses the converter's calibration so
+the ranges agree), so QAT contributes its trained weights in the folded, equalized int8 form.
 
 The dynamo exporter is the default because it folds `chunk` into a constant-sized Split; the
 legacy TorchScript exporter writes Shape→Gather→Div→Slice chains that onnx2tf can only resolve

@@ -217,8 +217,9 @@ def build_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
             "weights": "int8 per-channel (symmetric), biases int32",
             "activations": "int8 per-tensor, calibrated by onnx2tf on representative training inputs",
             "qat_ranges_used": False,
-            "qat_ranges_note": "onnx2tf recalibrates activations from the representative data; ranges "
-                               "learned in QAT only act through the QAT-trained weights",
+            "qat_ranges_note": "onnx2tf recalibrates activations from the representative data (min/max); "
+                               "`dsmn-host qat` computes its ranges the same way on the same clipped "
+                               "calibration inputs, so they match rather than being passed through",
         },
         "source": {k: meta.get(k) for k in ("run_dir", "data", "weights", "layout") if meta.get(k)},
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

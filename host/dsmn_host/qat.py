@@ -1,42 +1,55 @@
 """`dsmn-host qat RUN_DIR`: quantization-aware fine-tuning that models the int8 TFLite graph.
 
 What the int8 model will do, and how it is simulated here:
-- BatchNorm is folded into the preceding convs before fine-tuning (the converter folds it too),
-  so the weights that get quantized are the folded ones;
+- the network is first put in the form the int8 graph computes (`fold_batchnorm`: BN folded,
+  per-channel scalars folded into the depthwise convs; `equalize`: channel ranges balanced by
+  exact rescaling), so the weights that get quantized are the ones the converter sees;
 - weights: per-output-channel symmetric int8 in [-127, 127] (TFLite's scheme), re-derived from
   the current weights at every step;
 - activations: per-tensor asymmetric int8 at every tensor the TFLite graph materialises (the
-  `QPoint`s of dsmn_host.models), with ranges tracked by an exponential moving average; the
-  sigmoid gate uses TFLite's fixed LOGISTIC output quantization (scale 1/256, zero point −128);
+  `QPoint`s of dsmn_host.models), ranges = min/max over the converter's calibration inputs
+  (inputs clipped as the converter's are), refreshed after every epoch; the sigmoid gate uses
+  TFLite's fixed LOGISTIC output quantization (scale 1/256, zero point −128);
 - rounding uses the straight-through estimator (gradients pass inside the range, stop outside).
 
-The checkpoint `qat.pt` stores plain float weights of the BN-folded network (they quantize to
-exactly the int8 values QAT saw) and the learned activation ranges, so the export stage builds
-an ordinary float graph and the converter can reuse the ranges.
+The checkpoint `qat.pt` stores plain float weights of the folded network (they quantize to
+exactly the int8 values QAT saw) and the activation ranges, so the export stage builds an
+ordinary float graph.
 """
 
+import copy
 import json
 from pathlib import Path
 
 from dsmn_host.errors import DsmnError
 
-QAT_DEFAULTS = {"epochs": 10, "lr": 1e-4, "min_lr": 1e-6, "calibration_batches": 8, "ema": 0.01}
+DEPLOY_FORM = 3  # 1: BN folded; 2: + channel scalars folded, equalized; 3: + pools as depthwise convs
+QAT_DEFAULTS = {"epochs": 10, "lr": 1e-4, "min_lr": 1e-6, "calibration_inputs": 300}
 
 
 def fold_batchnorm(model):
-    """A copy of a DSMN model with every BatchNorm folded into the conv(s) feeding it.
+    """A copy of a DSMN model in the form the int8 graph computes, with the same outputs.
 
-    In a Sparable the BN follows the sum of two depthwise convs, so its scale goes into both
-    and its shift becomes the bias of the time conv. The folded copy keeps the module tree
-    (BN replaced by Identity), so `fold_batchnorm(build_model(name))` is the skeleton that a
-    folded state dict loads into.
+    - every BatchNorm is folded into the conv(s) feeding it; in a Sparable the BN follows the
+      sum of two depthwise convs, so its scale goes into both and its shift becomes the bias of
+      the time conv;
+    - a Sparable whose channel conv is one scalar per channel (groups == in == out channels:
+      sep1 and sep2) has that scalar folded into both depthwise convs, and the conv and its
+      quantization point are removed. As its own int8 tensor it was the worst-quantized in the
+      network: channel ranges differ up to 1000x (a small scalar that the BN-folded depthwise
+      weights scale back up), so one per-tensor scale rounded the small channels away;
+    - each block's average pool becomes a frozen depthwise conv with its own quantized output
+      (see `_pool_as_depthwise`).
+
+    The folded copy keeps the module tree otherwise, so `fold_batchnorm(build_model(name))` is
+    the skeleton that a folded state dict loads into.
     """
     import copy
 
     import torch
     from torch import nn
 
-    from dsmn_host.models import FullBlock, Sparable, SplitBlock
+    from dsmn_host.models import FullBlock, QPoint, Sparable, SplitBlock
 
     model = copy.deepcopy(model)
 
@@ -60,7 +73,120 @@ def fold_batchnorm(model):
                 conv.weight.mul_(s[:, None, None, None])
                 conv.bias.copy_(conv.bias * s + t)
                 m.norm = nn.Identity()
+            if isinstance(m, Sparable) and _per_channel_scale(m.ch_conv):
+                w = m.ch_conv.weight[:, 0, 0, 0]
+                m.time_conv.weight.mul_(w[:, None, None, None])
+                m.mel_conv.weight.mul_(w[:, None, None, None])
+                m.ch_conv, m.q_ch = nn.Identity(), nn.Identity()
+            if isinstance(m, (SplitBlock, FullBlock)) and isinstance(m.pool, nn.AvgPool2d):
+                m.pool = nn.Sequential(_pool_as_depthwise(m.pool, m.out_conv.out_channels), QPoint())
     return model
+
+
+def _pool_as_depthwise(pool, channels):
+    """The block's average pool as a frozen depthwise conv (weights 1/window, stride = window).
+
+    int8 AVERAGE_POOL_2D keeps its input's scale and rounds each window's integer sum half away
+    from zero: a 2-value average ties on every odd sum, and on ReLU outputs (zero point -128,
+    mostly negative integers) those ties all round down, a bias that survives the pooled means
+    of the head (measured: int8-vs-float top-1 agreement 80 % instead of the simulated 96 %).
+    A depthwise conv gets its own output scale, so its requantization rarely ties."""
+    import torch
+    from torch import nn
+
+    k = pool.kernel_size if isinstance(pool.kernel_size, tuple) else (pool.kernel_size,) * 2
+    conv = nn.Conv2d(channels, channels, kernel_size=k, stride=k, groups=channels, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0 / (k[0] * k[1]))
+    conv.weight.requires_grad_(False)
+    return conv
+
+
+def _per_channel_scale(conv):
+    from torch import nn
+
+    return (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
+            and conv.kernel_size == (1, 1) and conv.bias is None)
+
+
+def equalize(folded, x):
+    """Rescale channels of a folded model so per-tensor int8 ranges fit every channel (exact).
+
+    Cross-layer equalization, driven by real inputs `x` (N×2×256×44): a channel c of a tensor
+    that is (up to ReLU, which commutes with a positive scale) a linear function of the weights
+    before it is multiplied by s_c there and its readers' weights are divided by s_c. Applied to
+    the stem output, the Sparable channel-conv output of sep3, and the outputs of sep1/sep2.
+    s_c = sqrt(max range / range_c) where readers are full convs (their per-output-channel weight
+    scales then carry part of the imbalance), the full ratio where the only readers are
+    depthwise. Every rescaling is undone by its readers, so all channel ranges are measured in
+    one pass before any is applied. Returns the largest gain per tensor, for the report.
+    """
+    import torch
+
+    from dsmn_host.models import FullBlock, SplitBlock
+
+    def reads(sep):
+        """The convs that read a Sparable's input."""
+        return [sep.time_conv, sep.mel_conv] if isinstance(sep.ch_conv, torch.nn.Identity) else [sep.ch_conv]
+
+    # (name, module whose output is rescaled, its readers, sqrt gains?)
+    sites = []
+    block0 = folded.blocks[0]
+    proj = [block0.proj_low, block0.proj_high] if isinstance(block0, SplitBlock) else [block0.proj_in]
+    sites.append(("stem", folded.stem, reads(block0.sep1) + proj, True))
+    for b, block in enumerate(folded.blocks):
+        extra = [block.proj_sep1] if isinstance(block, FullBlock) else []
+        sites.append((f"blocks.{b}.sep1", block.sep1, reads(block.sep2) + extra, True))
+        sites.append((f"blocks.{b}.sep2", block.sep2, reads(block.sep3), True))
+        if not isinstance(block.sep3.ch_conv, torch.nn.Identity):
+            sites.append((f"blocks.{b}.sep3.ch_conv", block.sep3.ch_conv,
+                          [block.sep3.time_conv, block.sep3.mel_conv], False))
+
+    absmax = {}
+    hooks = [mod.register_forward_hook(
+        lambda m, i, o, n=name: absmax.__setitem__(n, torch.maximum(absmax.get(n, o.new_zeros(o.shape[1])),
+                                                                    o.detach().abs().amax(dim=(0, 2, 3)))))
+        for name, mod, _, _ in sites]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), 64):
+                folded(x[i:i + 64])
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def produce(mod, g):
+        """Multiply what `mod` writes to channel c by g_c."""
+        if isinstance(mod, torch.nn.Conv2d):
+            mod.weight.mul_(g[:, None, None, None])
+            if mod.bias is not None:
+                mod.bias.mul_(g)
+        else:  # a Sparable: both depthwise convs and the bias (on the time conv)
+            produce(mod.time_conv, g)
+            mod.mel_conv.weight.mul_(g[:, None, None, None])
+
+    def read(conv, g):
+        """Divide what `conv` reads from channel c by g_c."""
+        w = conv.weight
+        if conv.groups == 1:
+            w.div_(g[None, :, None, None])
+        elif conv.groups == conv.in_channels == conv.out_channels:  # depthwise
+            w.div_(g[:, None, None, None])
+        else:
+            per = conv.in_channels // conv.groups
+            w.div_(g.reshape(conv.groups, per).repeat_interleave(conv.out_channels // conv.groups, 0)[:, :, None, None])
+
+    applied = {}
+    with torch.no_grad():
+        for name, mod, readers, sqrt in sites:
+            r = absmax[name].clamp(min=float(absmax[name].max()) * 1e-4)
+            g = r.max() / r
+            g = g.sqrt() if sqrt else g
+            produce(mod, g)
+            for conv in readers:
+                read(conv, g)
+            applied[name] = round(float(g.max()), 3)
+    return applied
 
 
 def _qparams(lo, hi):
@@ -73,12 +199,13 @@ def _qparams(lo, hi):
     return scale.reshape(1), zero_point.reshape(1)
 
 
-def _make_act_quantizer(fixed_range=None, ema=0.01):
+def _make_act_quantizer(fixed_range=None):
     import torch
     from torch import nn
 
     class FakeQuantAct(nn.Module):
-        """Per-tensor asymmetric int8 fake quantization with an EMA range observer."""
+        """Per-tensor asymmetric int8 fake quantization; `observe` sets the range from a batch
+        (see `calibrate`, which widens it over many)."""
 
         def __init__(self):
             super().__init__()
@@ -87,17 +214,13 @@ def _make_act_quantizer(fixed_range=None, ema=0.01):
             # not persistent: the folded float state dict must stay loadable into the plain model
             self.register_buffer("lo", torch.tensor(float(lo)), persistent=False)
             self.register_buffer("hi", torch.tensor(float(hi)), persistent=False)
-            self.seen = self.fixed
             self.observe = True
             self.quantize = False
 
         def forward(self, x):
-            if self.observe and not self.fixed and (self.training or not self.seen):
-                lo, hi = x.detach().min().float(), x.detach().max().float()
-                if self.seen:
-                    lo, hi = self.lo + ema * (lo - self.lo), self.hi + ema * (hi - self.hi)
-                self.lo.copy_(lo), self.hi.copy_(hi)
-                self.seen = True
+            if self.observe and not self.fixed:
+                self.lo.copy_(x.detach().min().float())
+                self.hi.copy_(x.detach().max().float())
             if not self.quantize:
                 return x
             if self.fixed:  # int8 LOGISTIC output: scale 1/256, zero point -128
@@ -128,7 +251,7 @@ def _make_weight_quantizer():
     return FakeQuantWeight()
 
 
-def prepare_qat(folded, ema=0.01):
+def prepare_qat(folded):
     """Swap QPoints for activation quantizers and parametrize conv/linear weights in place."""
     from torch import nn
     from torch.nn.utils import parametrize
@@ -138,7 +261,7 @@ def prepare_qat(folded, ema=0.01):
     for name, m in list(folded.named_modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, QPoint):
-                setattr(m, child_name, _make_act_quantizer(getattr(child, "fixed_range", None), ema))
+                setattr(m, child_name, _make_act_quantizer(getattr(child, "fixed_range", None)))
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and not parametrize.is_parametrized(m, "weight"):
             parametrize.register_parametrization(m, "weight", _make_weight_quantizer())
     return folded
@@ -177,16 +300,23 @@ def strip_qat(model):
     return model
 
 
-def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_batches=None, seed=0,
+def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=None, seed=0,
             device="auto", threads=None, progress=True):
-    """Fine-tune best.pt with fake quantization; writes qat.pt and qat_metrics.json."""
+    """Fine-tune best.pt with fake quantization; writes qat.pt and qat_metrics.json.
+
+    Activation ranges are not learned by a moving average over augmented batches: they are the
+    min/max over the same calibration inputs `dsmn-host convert` hands the converter, recomputed
+    after every epoch and frozen while training. onnx2tf recalibrates and cannot take QAT's
+    ranges, so this is how the ranges QAT trains against are the ones the int8 model gets.
+    """
     import math
 
     import torch
 
-    from dsmn_host.features import logmel_to_input, open_features
+    from dsmn_host import convert
+    from dsmn_host.features import open_features
     from dsmn_host.models import build_model
-    from dsmn_host.train import _save, evaluate, load_batch, pick_device, set_threads, train_one_epoch
+    from dsmn_host.train import _save, evaluate, pick_device, set_threads, train_one_epoch
 
     run_dir = Path(run_dir)
     config_path, best_path = run_dir / "config.json", run_dir / "best.pt"
@@ -195,7 +325,7 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_batches=
     config = json.loads(config_path.read_text())
     recipe = dict(config["recipe"])
     settings = {**QAT_DEFAULTS}
-    for key, value in (("epochs", epochs), ("lr", lr), ("calibration_batches", calibration_batches)):
+    for key, value in (("epochs", epochs), ("lr", lr), ("calibration_inputs", calibration_inputs)):
         if value is not None:
             settings[key] = value
     if batch_size:
@@ -204,7 +334,8 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_batches=
     dev = pick_device(device)
 
     # ---- data and the float model
-    cache = open_features(config.get("cache") or config["data"])
+    source = config.get("cache") or config["data"]
+    cache = open_features(source)
     train_rows, val_rows = cache.indices(recipe["train_split"]), cache.indices(recipe["val_split"])
     model = build_model(config["model"])
     state = torch.load(best_path, map_location="cpu", weights_only=False)
@@ -212,26 +343,23 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_batches=
     model.to(dev).eval()
     float_metrics = evaluate(model, cache, val_rows, dev)
 
-    # ---- fold BN, insert fake quantizers, calibrate ranges on clean training clips
+    # ---- the int8 form: BN and channel scalars folded, channels equalized (same outputs)
+    calib_nhwc, clip = convert.calibration_inputs(source, n=settings["calibration_inputs"], with_clip=True)
+    calib = torch.from_numpy(calib_nhwc.transpose(0, 3, 2, 1).copy()).to(dev)   # N, 2, mel, time
     folded = fold_batchnorm(model).to(dev).eval()
+    gains = equalize(folded, calib)
     folded_metrics = evaluate(folded, cache, val_rows, dev)
-    qmodel = prepare_qat(fold_batchnorm(model), settings["ema"]).to(dev)
-    set_mode(qmodel, observe=True, quantize=False)
-    torch.manual_seed(seed)
-
-    calib = train_rows[torch.randperm(len(train_rows)).numpy()]
-    bs = recipe["batch_size"]
-    qmodel.eval()
-    for i in range(min(settings["calibration_batches"], -(-len(calib) // bs))):
-        _, logmel, _, _ = load_batch(cache, calib[i * bs:(i + 1) * bs], dev)
-        calibrate(qmodel, logmel_to_input(logmel), first=i == 0)
-    set_mode(qmodel, observe=True, quantize=True)
+    qmodel = prepare_qat(copy.deepcopy(folded)).to(dev)
+    recalibrate(qmodel, calib)
     ptq_metrics = evaluate(qmodel, cache, val_rows, dev)
 
     # ---- fine-tune with the paper's augmentations (late-phase mixup: half the batch)
     optimizer = torch.optim.Adam([p for p in qmodel.parameters() if p.requires_grad], lr=settings["lr"])
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     history = []
+    # kept like training's best.pt: the state with the lowest validation loss, starting from the
+    # calibrated network itself (epoch -1), so fine-tuning can only be kept where it helped
+    best = {"epoch": -1, "loss": ptq_metrics["loss"], "model": copy.deepcopy(qmodel)}
     for epoch in range(settings["epochs"]):
         torch.manual_seed(seed * 1_000_003 + 7919 + epoch)
         frac = epoch / max(1, settings["epochs"] - 1)
@@ -240,27 +368,73 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_batches=
             g["lr"] = lr_now
         fit = train_one_epoch(qmodel, optimizer, scaler, cache, train_rows, recipe, dev, 0.5,
                               desc=f"qat {epoch + 1}/{settings['epochs']}", progress=progress)
-        set_mode(qmodel, observe=False)
+        recalibrate(qmodel, calib)
         val = evaluate(qmodel, cache, val_rows, dev)
-        set_mode(qmodel, observe=True)
         history.append({"epoch": epoch, "lr": lr_now, **fit, "val_loss": val["loss"], "val_acc": val["acc"]})
+        if val["loss"] < best["loss"]:
+            best = {"epoch": epoch, "loss": val["loss"], "model": copy.deepcopy(qmodel)}
         if progress:
             print(f"qat {epoch + 1}/{settings['epochs']} train loss {fit['train_loss']:.4f} | "
                   f"val loss {val['loss']:.4f} acc {val['acc']:.3f}")
 
-    set_mode(qmodel, observe=False, quantize=True)
+    qmodel = best["model"]
     qat_metrics = evaluate(qmodel, cache, val_rows, dev)
     ranges = {name: q.range() for name, q in act_quantizers(qmodel).items()}
     plain = strip_qat(qmodel).cpu()
-    _save({"model_name": config["model"], "folded": True, "model": plain.state_dict(),
+    _save({"model_name": config["model"], "folded": True, "form": DEPLOY_FORM, "model": plain.state_dict(),
            "act_ranges": ranges, "weight_quant": "int8 symmetric per output channel [-127, 127]",
-           "act_quant": "int8 asymmetric per tensor", "val_loss": qat_metrics["loss"],
+           "act_quant": "int8 asymmetric per tensor, min/max over the calibration inputs",
+           "input_clip": clip, "equalization_gains": gains, "kept_epoch": best["epoch"],
+           "val_loss": qat_metrics["loss"],
            "val_acc": qat_metrics["acc"]}, run_dir / "qat.pt")
-    report = {"model": config["model"], "settings": settings, "float": float_metrics,
-              "float_bn_folded": folded_metrics, "post_training_quant": ptq_metrics, "qat": qat_metrics,
-              "history": history}
+    report = {"model": config["model"], "settings": settings, "input_clip": clip, "equalization_gains": gains,
+              "float": float_metrics, "float_bn_folded": folded_metrics, "post_training_quant": ptq_metrics,
+              "qat": qat_metrics, "kept_epoch": best["epoch"], "history": history}
     (run_dir / "qat_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def recalibrate(qmodel, x, batch=64):
+    """Set every activation range to the min/max over `x` (what the converter will measure),
+    then freeze the ranges and quantize."""
+    import torch
+
+    set_mode(qmodel, observe=True, quantize=False)
+    was_training = qmodel.training
+    qmodel.eval()
+    for i in range(0, len(x), batch):
+        calibrate(qmodel, x[i:i + batch], first=i == 0)
+    qs = act_quantizers(qmodel)
+    for dst, src in converter_range_ties(qs):
+        qs[dst].lo.copy_(qs[src].lo), qs[dst].hi.copy_(qs[src].hi)
+    set_mode(qmodel, observe=False, quantize=True)
+    qmodel.train(was_training)
+
+
+def converter_range_ties(names):
+    """(tensor, takes the range of) pairs, in order, where the int8 model does not quantize a
+    tensor with its own min/max.
+
+    - CONCATENATION: TFLite's int8 spec requires every input to share the output's scale and
+      zero point, so the pooled block outputs of the head and the three branches of a full
+      block are quantized with the range of their concatenation (up to ~5x coarser);
+    - measured with onnx2tf 1.28.8 + TensorFlow 2.21 on split blocks: the low-half projection
+      conv gets the range of the projection sum, and that sum the range of the block sum.
+    QAT copies these so it trains against the steps the int8 model really has.
+    """
+    names = set(names)
+    ties = []
+    for name in sorted(names):
+        if name.startswith("q_pooled.") and "q_cat" in names:
+            ties.append((name, "q_cat"))
+        if name.endswith(".q_cat") and name.startswith("blocks."):
+            block = name[:-len("q_cat")]
+            ties += [(block + part, name) for part in ("q_in", "q_sep1", "sep3.q_out") if block + part in names]
+        if name.endswith(".q_low"):
+            block = name[:-len("q_low")]
+            if block + "q_sum2" in names and block + "q_sum3" in names:
+                ties += [(block + "q_low", block + "q_sum2"), (block + "q_sum2", block + "q_sum3")]
+    return ties
 
 
 def calibrate(qmodel, x, first):
@@ -269,8 +443,6 @@ def calibrate(qmodel, x, first):
 
     qs = [q for q in act_quantizers(qmodel).values() if not q.fixed]
     before = [(q.lo.clone(), q.hi.clone()) for q in qs]
-    for q in qs:
-        q.seen = False
     with torch.no_grad():
         qmodel(x)
     if not first:
@@ -290,7 +462,7 @@ def export_ready_model(run_dir):
     run_dir = Path(run_dir)
     qat_path, best_path = run_dir / "qat.pt", run_dir / "best.pt"
     if qat_path.is_file():
-        state = torch.load(qat_path, map_location="cpu", weights_only=False)
+        state = _load_qat_state(qat_path)
         net = fold_batchnorm(build_model(state["model_name"]))
         net.load_state_dict(state["model"])
         info = {"model": state["model_name"], "qat": True, "checkpoint": str(qat_path),
@@ -307,6 +479,16 @@ def export_ready_model(run_dir):
     return TimeMelWrapper(net).eval(), info
 
 
+def _load_qat_state(path):
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("form", 1) != DEPLOY_FORM:
+        raise DsmnError(f"{path}: written by an older dsmn-host (network form {state.get('form', 1)}, "
+                        f"this one reads form {DEPLOY_FORM}); rerun `dsmn-host qat {path.parent}`")
+    return state
+
+
 def load_qat_model(run_dir):
     """(module, info): the fake-quantized network as QAT left it (eval mode, ranges frozen),
     taking N×2×256×44 like the float model; the reference for what the int8 model should do."""
@@ -317,7 +499,7 @@ def load_qat_model(run_dir):
     qat_path = Path(run_dir) / "qat.pt"
     if not qat_path.is_file():
         raise DsmnError(f"{run_dir}: no qat.pt (run `dsmn-host qat {run_dir}` first)")
-    state = torch.load(qat_path, map_location="cpu", weights_only=False)
+    state = _load_qat_state(qat_path)
     net = fold_batchnorm(build_model(state["model_name"]))
     net.load_state_dict(state["model"])
     qnet = prepare_qat(net)
@@ -325,18 +507,19 @@ def load_qat_model(run_dir):
         if not q.fixed:
             lo, hi = state["act_ranges"][name]
             q.lo.fill_(lo), q.hi.fill_(hi)
-            q.seen = True
     set_mode(qnet, observe=False, quantize=True)
     return qnet.eval(), {"model": state["model_name"], "act_ranges": state["act_ranges"]}
 
 
 def _run(args):
     rep = run_qat(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                  calibration_batches=args.calibration_batches, seed=args.seed, device=args.device,
+                  calibration_inputs=args.calibration_inputs, seed=args.seed, device=args.device,
                   threads=args.threads, progress=not args.no_progress)
     print(f"{args.run_dir}: float accuracy {rep['float']['acc']:.3f} (log loss {rep['float']['loss']:.4f}); "
           f"int8 before QAT {rep['post_training_quant']['acc']:.3f}; "
-          f"after QAT {rep['qat']['acc']:.3f} (log loss {rep['qat']['loss']:.4f})")
+          f"after QAT {rep['qat']['acc']:.3f} (log loss {rep['qat']['loss']:.4f}); "
+          + (f"kept epoch {rep['kept_epoch'] + 1}" if rep["kept_epoch"] >= 0
+             else "kept the calibrated network: fine-tuning did not lower the validation loss"))
     return 0
 
 
@@ -351,8 +534,9 @@ def register(subparsers):
     p.add_argument("--epochs", type=int, help=f"fine-tuning epochs (default {QAT_DEFAULTS['epochs']})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate, cosine to 1e-6 (default {QAT_DEFAULTS['lr']})")
     p.add_argument("--batch-size", type=int, help="default: the training run's")
-    p.add_argument("--calibration-batches", type=int,
-                   help=f"batches that set the initial activation ranges (default {QAT_DEFAULTS['calibration_batches']})")
+    p.add_argument("--calibration-inputs", type=int,
+                   help="training inputs whose min/max set the activation ranges; use the same number as "
+                        f"`dsmn-host convert --n-calib` (default {QAT_DEFAULTS['calibration_inputs']})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)

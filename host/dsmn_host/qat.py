@@ -21,10 +21,11 @@ import copy
 import json
 from pathlib import Path
 
+from dsmn_host.convert import DEFAULT_CALIB
 from dsmn_host.errors import DsmnError
 
 DEPLOY_FORM = 3  # 1: BN folded; 2: + channel scalars folded, equalized; 3: + pools as depthwise convs
-QAT_DEFAULTS = {"epochs": 10, "lr": 1e-4, "min_lr": 1e-6, "calibration_inputs": 300}
+QAT_DEFAULTS = {"epochs": 10, "lr": 1e-4, "min_lr": 1e-6, "calibration_inputs": DEFAULT_CALIB}
 
 
 def fold_batchnorm(model):
@@ -527,8 +528,11 @@ def register(subparsers):
     p = subparsers.add_parser(
         "qat",
         help="quantization-aware fine-tuning of a trained run (adds qat.pt, qat_metrics.json)",
-        description="Fold BatchNorm, simulate int8 (per-channel symmetric weights, per-tensor asymmetric "
-                    "activations), fine-tune best.pt of RUN_DIR, and report float vs quantized accuracy.",
+        description="Put best.pt of RUN_DIR in the form the int8 graph computes (BatchNorm and channel "
+                    "scalars folded, channels equalized, pools as convs; same outputs), simulate int8 "
+                    "(per-channel symmetric weights, per-tensor asymmetric activations with the converter's "
+                    "calibration ranges), fine-tune, keep the state with the lowest validation loss, and "
+                    "report float vs quantized accuracy.",
     )
     p.add_argument("run_dir", help="a run directory written by `dsmn-host train`")
     p.add_argument("--epochs", type=int, help=f"fine-tuning epochs (default {QAT_DEFAULTS['epochs']})")

@@ -43,18 +43,33 @@ def _run_dir_for_export(request, tmp_path_factory, feature_cache_dir):
 
 
 @pytest.fixture(scope="session")
-def exported_onnx(request, tmp_path_factory, feature_cache_dir):
+def export_run_dir(request, tmp_path_factory, feature_cache_dir):
+    return _run_dir_for_export(request, tmp_path_factory, feature_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def export_data_dir(export_run_dir):
+    """The feature cache the exported run was trained, QAT-calibrated and validated on: the
+    pipeline converts and verifies with the same data (calibration on another distribution
+    would give the int8 model ranges QAT never saw)."""
+    import json
+
+    config = json.loads((export_run_dir / "config.json").read_text())
+    return config.get("cache") or config["data"]
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(export_run_dir, export_data_dir, tmp_path_factory):
     """(path, report) of the float ONNX of the trained model1 run (time × mel input)."""
     from dsmn_host.export import export_run
 
-    run_dir = _run_dir_for_export(request, tmp_path_factory, feature_cache_dir)
     out = tmp_path_factory.mktemp("onnx") / "model1.onnx"
-    report = export_run(run_dir, out, data=feature_cache_dir)
+    report = export_run(export_run_dir, out, data=export_data_dir)
     return out, report
 
 
 @pytest.fixture(scope="session")
-def int8_conversion(exported_onnx, feature_cache_dir, tmp_path_factory):
+def int8_conversion(exported_onnx, export_data_dir, tmp_path_factory):
     """The one onnx2tf conversion of the session: (tflite path, convert report, onnx2tf work dir)."""
     from dsmn_host.convert import convert
     from dsmn_host.modelcard import write_card
@@ -63,7 +78,7 @@ def int8_conversion(exported_onnx, feature_cache_dir, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("int8")
     work = out_dir / "onnx2tf-work"
     tflite = out_dir / "model1_int8.tflite"
-    report = convert(onnx_path, feature_cache_dir, tflite, keep_work=work)
+    report = convert(onnx_path, export_data_dir, tflite, keep_work=work)
     write_card(tflite, onnx_path=onnx_path, conversion=report)
     return tflite, report, work
 

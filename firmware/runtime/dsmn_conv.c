@@ -599,22 +599,28 @@ static int sp_prepare(const dsmn_sparable_params *p, int k, int32_t c0, int32_t 
 #define SP_SSAT8(x) ((x) < -128 ? -128 : ((x) > 127 ? 127 : (x)))
 #endif
 
-/* Pass 1: s[j] = ta[clamp(requant(conv0))] (table pointer already offset by the zero point;
- * `full`: the clamp is the whole int8 range, done with one saturation). */
+/* One channel's three-tap depthwise conv, requantised and clamped: a table index relative to
+ * the zero point (`full`: the clamp is the whole int8 range, done with one saturation). */
+static inline int32_t sp_conv_index(const int8_t *x0, const int8_t *x1, const int8_t *x2,
+                                    const sp_ch *ch, int32_t j, int32_t lo, int32_t hi,
+                                    int32_t off, const int full)
+{
+    const int32_t acc = ch->base + x0[j] * ch->w0 + x1[j] * ch->w1 + x2[j] * ch->w2;
+    const int32_t h = smmulr(acc, ch->mult);
+    const int32_t u = (h + ch->half + (h >> 31)) >> ch->right;
+    if (full) {
+        return SP_SSAT8(u + off) - off;
+    }
+    return u < lo ? lo : (u > hi ? hi : u);
+}
+
+/* Pass 1: s[j] = ta[clamp(requant(conv0))] (table pointer already offset by the zero point). */
 static inline void sp_pass1_body(const int8_t *a0, const int8_t *a1, const int8_t *a2,
                                  const sp_ch *ch, int32_t cn, const int32_t *ta, int32_t lo,
                                  int32_t hi, int32_t off, int32_t *s, const int full)
 {
     for (int32_t j = 0; j < cn; j++, ch++) {
-        const int32_t acc = ch->base + a0[j] * ch->w0 + a1[j] * ch->w1 + a2[j] * ch->w2;
-        const int32_t h = smmulr(acc, ch->mult);
-        int32_t u = (h + ch->half + (h >> 31)) >> ch->right;
-        if (full) {
-            u = SP_SSAT8(u + off) - off;
-        } else {
-            u = u < lo ? lo : (u > hi ? hi : u);
-        }
-        s[j] = ta[u];
+        s[j] = ta[sp_conv_index(a0, a1, a2, ch, j, lo, hi, off, full)];
     }
 }
 
@@ -633,14 +639,7 @@ static inline void sp_pass2_body(const int8_t *e0, const int8_t *e1, const int8_
     const int32_t lo = q->lo, hi = q->hi, omult = q->omult, oright = q->oright;
     const int32_t ohalf = q->ohalf, ooff = q->ooff, olo = q->olo, ohi = q->ohi, off = q->off;
     for (int32_t j = 0; j < cn; j++, ch++) {
-        const int32_t acc = ch->base + e0[j] * ch->w0 + e1[j] * ch->w1 + e2[j] * ch->w2;
-        const int32_t h = smmulr(acc, ch->mult);
-        int32_t v = (h + ch->half + (h >> 31)) >> ch->right;
-        if (full) {
-            v = SP_SSAT8(v + off) - off;
-        } else {
-            v = v < lo ? lo : (v > hi ? hi : v);
-        }
+        const int32_t v = sp_conv_index(e0, e1, e2, ch, j, lo, hi, off, full);
         const int32_t g = smmulr(s[j] + tb[v], omult);
         int32_t r = ((g + ohalf + (g >> 31)) >> oright) + ooff;
         if (full) {

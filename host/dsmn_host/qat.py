@@ -167,15 +167,11 @@ def equalize(folded, x):
             mod.mel_conv.weight.mul_(g[:, None, None, None])
 
     def read(conv, g):
-        """Divide what `conv` reads from channel c by g_c."""
-        w = conv.weight
-        if conv.groups == 1:
-            w.div_(g[None, :, None, None])
-        elif conv.groups == conv.in_channels == conv.out_channels:  # depthwise
-            w.div_(g[:, None, None, None])
-        else:
-            per = conv.in_channels // conv.groups
-            w.div_(g.reshape(conv.groups, per).repeat_interleave(conv.out_channels // conv.groups, 0)[:, :, None, None])
+        """Divide what `conv` reads from channel c by g_c (dense, grouped and depthwise alike:
+        output channel o of group k reads input channels k*per .. k*per + per - 1)."""
+        per = conv.in_channels // conv.groups
+        g = g.reshape(conv.groups, per).repeat_interleave(conv.out_channels // conv.groups, 0)
+        conv.weight.div_(g[:, :, None, None])
 
     applied = {}
     with torch.no_grad():

@@ -139,11 +139,16 @@ def test_tflm_arena_is_what_tflm_needs(int8_tflite, int8_model_card):
         runtime.Interpreter.from_file(str(int8_tflite), arena_size=arena // 2)
 
 
-def test_verify_runs_every_form_and_tflm_matches_ref(int8_tflite, exported_onnx, export_data_dir):
+@pytest.fixture(scope="module")
+def verify_report(int8_tflite, exported_onnx, export_data_dir):
+    """One `verify` of the session's int8 model on the validation split it was trained with."""
     from dsmn_host.verify import verify
 
-    onnx_path, _ = exported_onnx
-    report = verify(int8_tflite, onnx_path=onnx_path, data=export_data_dir)
+    return verify(int8_tflite, onnx_path=exported_onnx[0], data=export_data_dir)
+
+
+def test_verify_runs_every_form_and_tflm_matches_ref(verify_report):
+    report = verify_report
     cols, pairs = report["columns"], report["pairs"]
     assert report["n"] > 0 and {"onnx", "int8_ref", "int8_tflm"} <= set(cols)
     # the float graph ONNX came from: same network in PyTorch
@@ -154,6 +159,40 @@ def test_verify_runs_every_form_and_tflm_matches_ref(int8_tflite, exported_onnx,
     assert report["tflm_vs_ref"]["differing"] <= 0.01 * report["tflm_vs_ref"]["outputs"]
     saved = json.loads(open(report["path"]).read())
     assert saved["pairs"] == pairs
+
+
+def test_output_grid_check_counts_ties_the_int8_output_cannot_resolve():
+    import numpy as np
+
+    from dsmn_host.verify import output_grid_check
+
+    step = 0.1
+    f = np.full((4, 13), -1.0)
+    f[0, [2, 5]] = [1.0, 1.02]   # 0.2 steps apart: both round to 10 steps, argmax falls on class 2
+    f[1, [2, 5]] = [1.0, 1.15]   # 1.5 steps apart: resolvable
+    f[2, [2, 5]] = [1.0, 2.0]    # 10 steps apart
+    f[3, [7, 1]] = [3.0, 0.0]
+    q = f.copy()
+    q[1, 2] = 1.3                # a conversion error flips a resolvable clip
+    g = output_grid_check(f, q, step, 0)
+    assert g["rounding_only_agreement"] == 0.75
+    assert [(b["clips"], b["flips"]) for b in g["by_margin"]] == [(1, 0), (1, 1), (2, 0)]
+    assert g["by_margin"][1]["agreement"] == 0.0 and g["by_margin"][0]["margin_steps"] == [0.0, 1.0]
+
+
+def test_int8_flips_only_where_the_float_decision_is_a_near_tie(verify_report):
+    """Regression guard for conversion error: the issue's 98 % bar, applied to the clips whose
+    float top-2 margin spans at least 3 int8 output steps (where rounding the output cannot be
+    the cause); the bins account for every clip and every flip of the ONNX-vs-int8 pair."""
+    grid, n = verify_report["output_grid"], verify_report["n"]
+    assert grid["reference"] == "onnx"
+    bins = grid["by_margin"]
+    assert sum(b["clips"] for b in bins) == n
+    disagree = round((1 - verify_report["pairs"]["onnx|int8_ref"]["top1_agreement"]) * n)
+    assert sum(b["flips"] for b in bins) == disagree
+    decisive = bins[-1]
+    assert decisive["margin_steps"] == [3.0, None] and decisive["clips"] >= n // 4
+    assert decisive["agreement"] >= 0.98, bins
 
 
 def test_verify_cli_names_the_board_problem(int8_tflite, int8_model_card, exported_onnx, export_data_dir, capsys):
@@ -202,15 +241,12 @@ def test_corrupt_tflite_is_a_user_error(tmp_path):
         read_tflite(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 4): after folding, equalization and converter-"
-                   "consistent QAT, pools as convs, the int8 model agrees with its float graph on "
-                   "91-96 % of clips (was 60-90 %); these low-margin synthetic-set models flip on "
-                   "quantization noise (input quantization alone flips 1-2 %); docs/quantization.md")
-def test_int8_top1_agreement_with_float(int8_tflite, exported_onnx, export_data_dir):
+@pytest.mark.xfail(strict=True, reason="issue 4's bar is out of reach for this model with an int8 output: "
+                   "rounding only the float logits onto the int8 output grid already agrees on 95 % of "
+                   "clips (a sixth of the float decisions are closer than one output step); measured "
+                   "91.7 %, every flip within 1 output step; docs/quantization.md")
+def test_int8_top1_agreement_with_float(verify_report):
     """The issue's acceptance bar: >= 98 % top-1 agreement and accuracy within 1 pp."""
-    from dsmn_host.verify import verify
-
-    report = verify(int8_tflite, onnx_path=exported_onnx[0], data=export_data_dir)
-    cols, pairs = report["columns"], report["pairs"]
+    cols, pairs = verify_report["columns"], verify_report["pairs"]
     assert pairs["onnx|int8_ref"]["top1_agreement"] >= 0.98, pairs
     assert abs(cols["onnx"]["acc"] - cols["int8_ref"]["acc"]) <= 0.01, cols

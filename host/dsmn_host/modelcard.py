@@ -289,6 +289,16 @@ def render_markdown(card):
             t = ver["tflm_vs_ref"]
             lines += ["", f"TFLM vs TFLite reference kernels: {t['differing']}/{t['outputs']} int8 outputs "
                           f"differ, max {t['max_lsb']} LSB."]
+        if ver.get("output_grid"):
+            g = ver["output_grid"]
+            lines += ["", f"{g['reference']} vs int8 top-1 by the float top-2 margin in int8 output steps "
+                          f"(rounding only the float logits onto the int8 output grid agrees "
+                          f"{g['rounding_only_agreement']:.4f}):", "",
+                      "| margin (output steps) | clips | flips |", "|---|---|---|"]
+            for b in g["by_margin"]:
+                lo, hi = b["margin_steps"]
+                lines.append(f"| {lo:g}-{hi:g} | {b['clips']} | {b['flips']} |" if hi is not None
+                             else f"| >= {lo:g} | {b['clips']} | {b['flips']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,35 @@ def _metrics(logits, scene, coarse, devices):
     }
 
 
+MARGIN_BINS = (0.0, 1.0, 3.0)  # float top-2 margin, in int8 output steps
+
+
+def output_grid_check(float_logits, int8_logits, scale, zero_point):
+    """How much of the float-vs-int8 top-1 disagreement the int8 output grid alone explains.
+
+    An int8 output tensor cannot separate two classes whose float logits are closer than about
+    one output step: rounding the float logits onto that grid (`rounding_only_agreement`) is the
+    best top-1 agreement any int8 model with this output scale can reach. Flips are also counted
+    by the float top-2 margin measured in output steps: flips among clips with a wide margin are
+    conversion error; flips among near ties are the model's own indecision made visible.
+    """
+    import numpy as np
+
+    f, q = float_logits[:, :N_SCENES], int8_logits[:, :N_SCENES]
+    top_f, top_q = f.argmax(1), q.argmax(1)
+    ranked = np.sort(f, axis=1)
+    margin = (ranked[:, -1] - ranked[:, -2]) / scale
+    rounded = (_quantize(f, scale, zero_point).astype(np.int32) - zero_point) * scale
+    bins = []
+    for lo, hi in zip(MARGIN_BINS, MARGIN_BINS[1:] + (None,)):
+        sel = (margin >= lo) & (margin < hi) if hi is not None else margin >= lo
+        n = int(sel.sum())
+        bins.append({"margin_steps": [lo, hi], "clips": n, "flips": int((top_f != top_q)[sel].sum()),
+                     "agreement": float((top_f == top_q)[sel].mean()) if n else None})
+    return {"output_step": float(scale), "rounding_only_agreement": float((rounded.argmax(1) == top_f).mean()),
+            "by_margin": bins}
+
+
 def _quantize(x, scale, zero_point):
     import numpy as np
 
@@ -189,11 +218,17 @@ def verify(tflite_path, *, onnx_path=None, run_dir=None, data=None, split=VAL_SP
                 "top1_agreement": float((logits[a][:, :N_SCENES].argmax(1) == logits[b][:, :N_SCENES].argmax(1)).mean()),
                 "max_abs_logit_diff": float(np.abs(logits[a] - logits[b]).max()),
             }
+    reference = next((k for k in ("onnx", "qat_float", "float") if k in logits), None)
+    grid = None
+    if reference:
+        grid = {"reference": reference, **output_grid_check(logits[reference], logits["int8_ref"],
+                                                            out_q["scale"], out_q["zero_point"])}
     report = {
         "tflite": str(tflite_path), "onnx": str(onnx_path) if onnx_path else None,
         "run_dir": str(run_dir) if run_dir else None, "data": str(data), "split": split, "n": int(len(idx)),
         "columns": columns, "pairs": pairs,
         "int8_kernels": "TFLite BUILTIN_REF (no XNNPACK) and TFLM",
+        "output_grid": grid,
     }
     if tflm:
         diff = np.abs(raw_ref - raw_tflm)
@@ -219,6 +254,11 @@ def _summarise_into_card(tflite_path, card, report, verify_path):
         "log_loss": {k: round(v["log_loss"], 4) for k, v in report["columns"].items()},
         "top1_agreement": {k: round(v["top1_agreement"], 4) for k, v in report["pairs"].items()},
     }
+    if report.get("output_grid"):
+        g = report["output_grid"]
+        card["verified"]["output_grid"] = {"reference": g["reference"],
+                                           "rounding_only_agreement": round(g["rounding_only_agreement"], 4),
+                                           "by_margin": g["by_margin"]}
     if "tflm_vs_ref" in report:
         card["verified"]["tflm_vs_ref"] = report["tflm_vs_ref"]
     paths = modelcard.card_paths(tflite_path)
@@ -264,6 +304,16 @@ def format_report(report):
         t = report["tflm_vs_ref"]
         lines.append(f"\nTFLM vs TFLite reference kernels: {t['differing']}/{t['outputs']} int8 outputs differ, "
                      f"max {t['max_lsb']} LSB")
+    grid = report.get("output_grid")
+    if grid:
+        lines.append(f"\n{grid['reference']} vs int8_ref by float top-2 margin (int8 output step {grid['output_step']:.4g}); "
+                     f"rounding only the {grid['reference']} logits onto the output grid agrees "
+                     f"{grid['rounding_only_agreement']:.3f}")
+        for b in grid["by_margin"]:
+            lo, hi = b["margin_steps"]
+            span = f"{lo:g}-{hi:g} steps" if hi is not None else f">= {lo:g} steps"
+            agree = f"{b['agreement']:.3f}" if b["agreement"] is not None else "-"
+            lines.append(f"  margin {span:<12} {b['clips']:>5} clips {b['flips']:>4} flips   agreement {agree}")
     problems = report["board"]["problems"]
     lines.append("board check: " + ("; ".join(problems) if problems else "ok"))
     return "\n".join(lines)

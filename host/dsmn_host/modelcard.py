@@ -295,10 +295,9 @@ def render_markdown(card):
                           f"(rounding only the float logits onto the int8 output grid agrees "
                           f"{g['rounding_only_agreement']:.4f}):", "",
                       "| margin (output steps) | clips | flips |", "|---|---|---|"]
-            for b in g["by_margin"]:
-                lo, hi = b["margin_steps"]
-                lines.append(f"| {lo:g}-{hi:g} | {b['clips']} | {b['flips']} |" if hi is not None
-                             else f"| >= {lo:g} | {b['clips']} | {b['flips']} |")
+            from dsmn_host.verify import margin_span
+
+            lines += [f"| {margin_span(b)} | {b['clips']} | {b['flips']} |" for b in g["by_margin"]]
     return "\n".join(lines) + "\n"
 
 

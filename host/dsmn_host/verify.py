@@ -64,6 +64,12 @@ def output_grid_check(float_logits, int8_logits, scale, zero_point):
             "by_margin": bins}
 
 
+def margin_span(margin_bin):
+    """'0-1' or '>= 3': a bin's float top-2 margin range in output steps, for tables."""
+    lo, hi = margin_bin["margin_steps"]
+    return f"{lo:g}-{hi:g}" if hi is not None else f">= {lo:g}"
+
+
 def _quantize(x, scale, zero_point):
     import numpy as np
 
@@ -310,10 +316,9 @@ def format_report(report):
                      f"rounding only the {grid['reference']} logits onto the output grid agrees "
                      f"{grid['rounding_only_agreement']:.3f}")
         for b in grid["by_margin"]:
-            lo, hi = b["margin_steps"]
-            span = f"{lo:g}-{hi:g} steps" if hi is not None else f">= {lo:g} steps"
             agree = f"{b['agreement']:.3f}" if b["agreement"] is not None else "-"
-            lines.append(f"  margin {span:<12} {b['clips']:>5} clips {b['flips']:>4} flips   agreement {agree}")
+            lines.append(f"  margin {margin_span(b) + ' steps':<12} {b['clips']:>5} clips {b['flips']:>4} flips   "
+                         f"agreement {agree}")
     problems = report["board"]["problems"]
     lines.append("board check: " + ("; ".join(problems) if problems else "ok"))
     return "\n".join(lines)

@@ -43,6 +43,30 @@ def test_fold_batchnorm_preserves_outputs(name):
         assert isinstance(block.sep3.ch_conv, torch.nn.Conv2d) and isinstance(block.sep3.q_ch, QPoint)
 
 
+def test_sparable_kernels_become_one_cross_kernel_whose_corners_stay_zero():
+    """Each Sparable computes its two partial convs as one 3x3 dilation-2 kernel; only the sum
+    has a quantization point, and QAT's updates never give the corners a weight."""
+    torch.manual_seed(0)
+    folded = fold_batchnorm(_randomise_bn(build_model("model1")).eval())
+    seps = [sep for b in folded.blocks for sep in (b.sep1, b.sep2, b.sep3)]
+    for sep in seps:
+        assert sep.time_conv is None and sep.mel_conv is None and sep.q_time is None and sep.q_mel is None
+        assert sep.cross.kernel_size == (3, 3) and sep.cross.dilation == (2, 2) and sep.cross.padding == (2, 2)
+    names = set(act_quantizers(prepare_qat(fold_batchnorm(build_model("model1")))))
+    assert not any("q_time" in n or "q_mel" in n for n in names)
+    q = prepare_qat(folded).train()
+    opt = torch.optim.Adam(q.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        q(torch.randn(2, 2, 256, 44)).square().mean().backward()
+        opt.step()
+    corners = [(0, 0), (0, 2), (2, 0), (2, 2)]
+    for sep in seps:
+        for w in (sep.cross.weight, sep.cross.parametrizations.weight.original):
+            assert all(float(w[:, 0, i, j].abs().max()) == 0.0 for i, j in corners)
+        assert float(sep.cross.parametrizations.weight.original[:, 0, 1, :].abs().sum()) > 0
+
+
 @pytest.mark.parametrize("name", ["model1", "model3"])
 def test_equalize_is_exact_and_evens_out_channel_ranges(name):
     """Cross-layer equalization changes no output and shrinks the per-tensor/per-channel

@@ -120,6 +120,30 @@ def test_depthwise(tmp_path_factory, h, w, c, mult, k, stride, dil, padding, act
 
 
 @SETTINGS
+@given(h=st.integers(1, 9), w=st.integers(1, 9), c=st.sampled_from([3, 16, 17, 40]), dil=st.sampled_from([1, 2]),
+       zeros=st.sampled_from(["corners", "corners of the first 16 channels", "none"]), act=acts, calib=calib,
+       seed=st.integers(0, 1000))
+def test_depthwise_cross(tmp_path_factory, h, w, c, dil, zeros, act, calib, seed):
+    """The int8 form of a Sparable: a 3x3 depthwise kernel (dilation 2) whose corners are zero,
+    stride 1, SAME. Runs the fast path, which leaves out taps that are zero in every channel of
+    a 16-channel chunk; channel counts across chunk boundaries, images smaller than the kernel."""
+    import numpy as np
+
+    W = rs.Weights(seed)
+    filt = np.array(W((3, 3, c, 1), 0.7))
+    upto = 16 if zeros == "corners of the first 16 channels" else c
+    if zeros != "none":
+        for ky, kx in ((0, 0), (0, 2), (2, 0), (2, 2)):
+            filt[ky, kx, :upto, 0] = 0.0
+    b = W((c,), 0.5)
+
+    def fn(x):
+        y = tf.nn.depthwise_conv2d(x, filt, [1, 1, 1, 1], "SAME", dilations=[dil, dil])
+        return rs.act(y + b, act)
+    check(tmp_path_factory, "depthwise_cross", (h, w, c), fn, calib, expect_ops=["DEPTHWISE_CONV_2D"])
+
+
+@SETTINGS
 @given(h=st.integers(1, 5), w=st.integers(1, 5), c=st.integers(1, 6), units=st.integers(1, 16),
        act=acts, calib=calib, seed=st.integers(0, 1000))
 def test_fully_connected(tmp_path_factory, h, w, c, units, act, calib, seed):

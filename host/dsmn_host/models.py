@@ -70,9 +70,12 @@ class Sparable(nn.Module):
         self.norm = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU()
         self.q_ch, self.q_time, self.q_mel, self.q_out = QPoint(), QPoint(), QPoint(), QPoint()
+        self.cross = None  # the int8 form: both kernels as one (dsmn_host.qat.fold_batchnorm)
 
     def forward(self, x):
         x = self.q_ch(self.ch_conv(x))
+        if self.cross is not None:
+            return self.q_out(self.relu(self.cross(x)))
         y = self.norm(self.q_time(self.time_conv(x)) + self.q_mel(self.mel_conv(x)))
         return self.q_out(self.relu(y))
 

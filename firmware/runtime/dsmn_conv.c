@@ -38,12 +38,6 @@ static inline int32_t dot_s8(const int8_t *a, const int8_t *w, int32_t n)
 
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && !defined(DSMN_NO_DSP)
 #define DSMN_CONV_DSP 1
-static inline int32_t smmulr(int32_t a, int32_t b)
-{
-    int32_t r;
-    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
 /* sxtb16 of x rotated right by 8 (bytes 1 and 3) in one instruction */
 static inline uint32_t sxtb16_ror8(uint32_t x)
 {
@@ -59,15 +53,10 @@ static inline uint32_t rd32(const int8_t *p)
 }
 #else
 #define DSMN_CONV_DSP 0
-static inline int32_t smmulr(int32_t a, int32_t b)
-{
-    return (int32_t)(((int64_t)a * b + 0x80000000ll) >> 32);
-}
 #endif
 
-/* Requantisation of a doubled accumulator (2 * acc, |acc| < 2^29 checked on the host side of
- * the call): smmulr(2a, m) = floor((a*m + 2^30) / 2^31) is the rounding doubling high
- * multiply, and add-half rounding is exact for such small values. */
+/* Requantisation of a doubled accumulator (2 * acc, |acc| < 2^29 checked when the kernel
+ * starts): dsmn_rq_doubled, one smmulr and an add-half shift. */
 typedef struct {
     int32_t mult, right, half, off, lo, hi;
 } rq_fast;
@@ -146,8 +135,7 @@ static inline void c1_body(const c1_args *a, const int8_t *ip, int8_t *o, int32_
             }
 #endif
         }
-        const int32_t h = smmulr(acc, mult);
-        const int32_t v = ((h + half + (h >> 31)) >> right) + off;
+        const int32_t v = dsmn_rq_doubled(acc, mult, half, right) + off;
         *o = (int8_t)(full ? C1_SSAT8(v) : (v < lo ? lo : (v > hi ? hi : v)));
     }
 }
@@ -287,8 +275,7 @@ static void conv1x1(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg, co
                 for (int32_t i = 0; i < gc; i++) {
                     acc += ip[i] * wd[i];
                 }
-                const int32_t h = smmulr(acc, mult);
-                const int32_t v = ((h + ca.half + (h >> 31)) >> right) + ca.off;
+                const int32_t v = dsmn_rq_doubled(acc, mult, ca.half, right) + ca.off;
                 *o = (int8_t)dsmn_clamp(v, ca.lo, ca.hi);
             }
         }
@@ -432,6 +419,14 @@ typedef struct {
     int32_t w[DWF_MAXT];
 } dwf_ch;
 
+/* Requantise one doubled accumulator and clamp (`full`: the whole int8 range, one saturation). */
+static inline int8_t dwf_out(int32_t acc, const dwf_ch *ch, int32_t off, int32_t lo, int32_t hi,
+                             const int full)
+{
+    const int32_t u = dsmn_rq_doubled(acc, ch->mult, ch->half, ch->right) + off;
+    return (int8_t)(full ? C1_SSAT8(u) : (u < lo ? lo : (u > hi ? hi : u)));
+}
+
 static inline void dwf_body(const int8_t *const *tp, int32_t nt, const dwf_ch *ch, int32_t cn,
                             int32_t off, int32_t lo, int32_t hi, int8_t *o, const int full)
 {
@@ -440,13 +435,7 @@ static inline void dwf_body(const int8_t *const *tp, int32_t nt, const dwf_ch *c
         for (int32_t t = 0; t < nt; t++) {
             acc += tp[t][j] * ch->w[t];
         }
-        const int32_t h = smmulr(acc, ch->mult);
-        const int32_t u = ((h + ch->half + (h >> 31)) >> ch->right) + off;
-        if (full) {
-            o[j] = (int8_t)C1_SSAT8(u);
-        } else {
-            o[j] = (int8_t)(u < lo ? lo : (u > hi ? hi : u));
-        }
+        o[j] = dwf_out(acc, ch, off, lo, hi, full);
     }
 }
 
@@ -458,13 +447,7 @@ static inline void dwf_body5(const int8_t *const *tp, const dwf_ch *ch, int32_t 
     for (int32_t j = 0; j < cn; j++, ch++) {
         const int32_t acc = ch->base + x0[j] * ch->w[0] + x1[j] * ch->w[1] + x2[j] * ch->w[2]
                             + x3[j] * ch->w[3] + x4[j] * ch->w[4];
-        const int32_t h = smmulr(acc, ch->mult);
-        const int32_t u = ((h + ch->half + (h >> 31)) >> ch->right) + off;
-        if (full) {
-            o[j] = (int8_t)C1_SSAT8(u);
-        } else {
-            o[j] = (int8_t)(u < lo ? lo : (u > hi ? hi : u));
-        }
+        o[j] = dwf_out(acc, ch, off, lo, hi, full);
     }
 }
 
@@ -760,8 +743,7 @@ static inline int32_t sp_conv_index(const int8_t *x0, const int8_t *x1, const in
                                     int32_t off, const int full)
 {
     const int32_t acc = ch->base + x0[j] * ch->w0 + x1[j] * ch->w1 + x2[j] * ch->w2;
-    const int32_t h = smmulr(acc, ch->mult);
-    const int32_t u = (h + ch->half + (h >> 31)) >> ch->right;
+    const int32_t u = dsmn_rq_doubled(acc, ch->mult, ch->half, ch->right);
     if (full) {
         return SP_SSAT8(u + off) - off;
     }
@@ -794,8 +776,7 @@ static inline void sp_pass2_body(const int8_t *e0, const int8_t *e1, const int8_
     const int32_t ohalf = q->ohalf, ooff = q->ooff, olo = q->olo, ohi = q->ohi, off = q->off;
     for (int32_t j = 0; j < cn; j++, ch++) {
         const int32_t v = sp_conv_index(e0, e1, e2, ch, j, lo, hi, off, full);
-        const int32_t g = smmulr(s[j] + tb[v], omult);
-        int32_t r = ((g + ohalf + (g >> 31)) >> oright) + ooff;
+        int32_t r = dsmn_rq_doubled(s[j] + tb[v], omult, ohalf, oright) + ooff;
         if (full) {
             o[j] = (int8_t)SP_SSAT8(r);
         } else {

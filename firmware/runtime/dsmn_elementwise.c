@@ -63,8 +63,7 @@ void dsmn_add_s8(const dsmn_add_params *p_arg, const dsmn_broadcast *bc, int32_t
             }
             const int32_t half = 1 << (right - 1);
             for (int32_t i = 0; i < count; i++) {
-                const int32_t h = dsmn_smmulr(pa[in1[i]] + pb[in2[i]], m);
-                const int32_t r = ((h + half + (h >> 31)) >> right) + off;
+                const int32_t r = dsmn_rq_doubled(pa[in1[i]] + pb[in2[i]], m, half, right) + off;
                 out[i] = (int8_t)dsmn_clamp(r, lo, hi);
             }
             return;

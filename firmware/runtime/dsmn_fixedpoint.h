@@ -67,6 +67,15 @@ static inline int32_t dsmn_smmulr(int32_t a, int32_t b)
 #endif
 }
 
+/* Requantisation of a doubled accumulator (2 * acc with |acc| < 2^29, a right shift of `right`
+ * >= 1 bits, half = 2^(right - 1)): the rounding doubling high multiply is one smmulr and the
+ * round-half-away divide is an add and a shift; exact for such accumulators. */
+static inline int32_t dsmn_rq_doubled(int32_t acc2, int32_t multiplier, int32_t half, int32_t right)
+{
+    const int32_t h = dsmn_smmulr(acc2, multiplier);
+    return (h + half + (h >> 31)) >> right;
+}
+
 static inline int32_t dsmn_clamp(int32_t x, int32_t lo, int32_t hi)
 {
     return x < lo ? lo : (x > hi ? hi : x);

@@ -73,10 +73,11 @@ typedef struct {
 
 enum { C1_G1, C1_G2, C1_G4, C1_G8, C1_G12, C1_G16, C1_GN };
 
+/* Clamp to int8 in one instruction where the DSP extension has it. */
 #if DSMN_CONV_DSP
-#define C1_SSAT8(x) __ssat((x), 8)
+#define SSAT8(x) __ssat((x), 8)
 #else
-#define C1_SSAT8(x) ((x) < -128 ? -128 : ((x) > 127 ? 127 : (x)))
+#define SSAT8(x) ((x) < -128 ? -128 : ((x) > 127 ? 127 : (x)))
 #endif
 
 /* 4 input channels at ip[i..i+3] against packed weight words w[0], w[1] (DSP). */
@@ -136,7 +137,7 @@ static inline void c1_body(const c1_args *a, const int8_t *ip, int8_t *o, int32_
 #endif
         }
         const int32_t v = dsmn_rq_doubled(acc, mult, half, right) + off;
-        *o = (int8_t)(full ? C1_SSAT8(v) : (v < lo ? lo : (v > hi ? hi : v)));
+        *o = (int8_t)(full ? SSAT8(v) : (v < lo ? lo : (v > hi ? hi : v)));
     }
 }
 
@@ -424,7 +425,7 @@ static inline int8_t dwf_out(int32_t acc, const dwf_ch *ch, int32_t off, int32_t
                              const int full)
 {
     const int32_t u = dsmn_rq_doubled(acc, ch->mult, ch->half, ch->right) + off;
-    return (int8_t)(full ? C1_SSAT8(u) : (u < lo ? lo : (u > hi ? hi : u)));
+    return (int8_t)(full ? SSAT8(u) : dsmn_clamp(u, lo, hi));
 }
 
 static inline void dwf_body(const int8_t *const *tp, int32_t nt, const dwf_ch *ch, int32_t cn,
@@ -485,19 +486,6 @@ static int dw_fast(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_
     }
     const int full = p->act_min == -128 && p->act_max == 127;
     dwf_ch ch[DWF_CHUNK];
-    /* check every channel before writing anything, so the caller can fall back cleanly */
-    for (int32_t c = 0; c < C; c++) {
-        int64_t wsum = 0, wabs = 0;
-        for (int32_t t = 0; t < kt; t++) {
-            const int32_t w = filter[t * C + c];
-            wsum += w;
-            wabs += w < 0 ? -w : w;
-        }
-        const int64_t base = (int64_t)(bias ? bias[c] : 0) + (int64_t)p->input_offset * wsum;
-        if ((base < 0 ? -base : base) + 128 * wabs >= (1ll << 29) || q->shift[c] >= 0 || q->shift[c] < -31) {
-            return 0;
-        }
-    }
     for (int32_t c0 = 0; c0 < C; c0 += DWF_CHUNK) {
         const int32_t cn = C - c0 < DWF_CHUNK ? C - c0 : DWF_CHUNK;
         int32_t dy[DWF_MAXT], dx[DWF_MAXT], tap[DWF_MAXT], nt = 0;
@@ -515,14 +503,20 @@ static int dw_fast(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_
         }
         for (int32_t j = 0; j < cn; j++) {
             const int32_t c = c0 + j;
-            int32_t wsum = 0;
+            int32_t wsum = 0, wabs = 0;
             for (int32_t t = 0; t < kt; t++) {
-                wsum += filter[t * C + c];
+                const int32_t w = filter[t * C + c];
+                wsum += w;
+                wabs += w < 0 ? -w : w;
+            }
+            const int64_t base = (int64_t)(bias ? bias[c] : 0) + (int64_t)p->input_offset * wsum;
+            if ((base < 0 ? -base : base) + 128ll * wabs >= (1ll << 29) || q->shift[c] >= 0 || q->shift[c] < -31) {
+                return 0; /* the caller's generic kernel then writes every output */
             }
             for (int32_t t = 0; t < nt; t++) {
                 ch[j].w[t] = filter[tap[t] * C + c] * 2;
             }
-            ch[j].base = ((bias ? bias[c] : 0) + p->input_offset * wsum) * 2;
+            ch[j].base = (int32_t)base * 2;
             ch[j].mult = q->multiplier[c];
             ch[j].right = -q->shift[c];
             ch[j].half = 1 << (-q->shift[c] - 1);
@@ -730,11 +724,6 @@ static int sp_prepare(const dsmn_sparable_params *p, int k, int32_t c0, int32_t 
     return 1;
 }
 
-#if DSMN_CONV_DSP
-#define SP_SSAT8(x) __ssat((x), 8)
-#else
-#define SP_SSAT8(x) ((x) < -128 ? -128 : ((x) > 127 ? 127 : (x)))
-#endif
 
 /* One channel's three-tap depthwise conv, requantised and clamped: a table index relative to
  * the zero point (`full`: the clamp is the whole int8 range, done with one saturation). */
@@ -745,7 +734,7 @@ static inline int32_t sp_conv_index(const int8_t *x0, const int8_t *x1, const in
     const int32_t acc = ch->base + x0[j] * ch->w0 + x1[j] * ch->w1 + x2[j] * ch->w2;
     const int32_t u = dsmn_rq_doubled(acc, ch->mult, ch->half, ch->right);
     if (full) {
-        return SP_SSAT8(u + off) - off;
+        return SSAT8(u + off) - off;
     }
     return u < lo ? lo : (u > hi ? hi : u);
 }
@@ -778,7 +767,7 @@ static inline void sp_pass2_body(const int8_t *e0, const int8_t *e1, const int8_
         const int32_t v = sp_conv_index(e0, e1, e2, ch, j, lo, hi, off, full);
         int32_t r = dsmn_rq_doubled(s[j] + tb[v], omult, ohalf, oright) + ooff;
         if (full) {
-            o[j] = (int8_t)SP_SSAT8(r);
+            o[j] = (int8_t)SSAT8(r);
         } else {
             o[j] = (int8_t)(r < olo ? olo : (r > ohi ? ohi : r));
         }

@@ -18,13 +18,9 @@ void dsmn_mean_s8(const dsmn_mean_params *p, const int8_t *in, int32_t *acc, int
         }
         int8_t *y = out + o * inner;
         for (int32_t i = 0; i < inner; i++) {
-            if (p->same_quant) {
-                y[i] = (int8_t)(a[i] / red); /* truncating, like the reference */
-            } else {
-                int32_t v = dsmn_mbqm(a[i] - p->input_zero_point * red, p->multiplier, p->shift)
-                            + p->output_zero_point;
-                y[i] = (int8_t)dsmn_clamp(v, -128, 127);
-            }
+            int32_t v = dsmn_mbqm(a[i] - p->input_zero_point * red, p->multiplier, p->shift)
+                        + p->output_zero_point;
+            y[i] = (int8_t)dsmn_clamp(v, -128, 127);
         }
     }
 }

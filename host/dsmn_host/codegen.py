@@ -1283,7 +1283,9 @@ def generate(tflite_path, out_dir):
         scratch = f"(dsmn_arena + {plan.offsets[plan.scratch[k]]})" if k in plan.scratch else "NULL"
         tshapes = " ".join(str(list(graph.tensors[t].shape)) for t in st.outputs)
         calls.append({"comment": f"op {st.op_index}: {st.op_name} {st.note} -> {tshapes}".strip(),
-                      "code": st.code(ptrs, scratch)})
+                      "code": st.code(ptrs, scratch),
+                      "trace": [{"tensor": t, "ptr": ptrs[t], "bytes": graph.tensors[t].nbytes}
+                                for t in st.outputs]})  # -DDSMN_TRACE (dsmn_host.compare)
     gin, gout = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     tail = []
     if plan.owner[graph.outputs[0]] == "in":
@@ -1488,9 +1490,10 @@ def build_qemu_runner(gen_dir, elf=None, cflags=()):
     return elf
 
 
-def run_qemu(elf, inputs, output_bytes, timeout=600):
+def run_qemu(elf, inputs, output_bytes, timeout=600, extra_files=()):
     """Run a runner ELF on QEMU mps2-an386 (-icount shift=0); returns (outputs, stats) where
-    stats has per-inference instruction counts converted from SysTick ticks."""
+    stats has per-inference instruction counts converted from SysTick ticks, and
+    stats["files"] the bytes of each of `extra_files` the runner wrote by semihosting."""
     qemu = shutil.which("qemu-system-arm")
     if not qemu:
         raise DsmnError("qemu-system-arm not found (run scripts/bootstrap.sh)")
@@ -1512,6 +1515,7 @@ def run_qemu(elf, inputs, output_bytes, timeout=600):
             raise DsmnError(f"QEMU runner failed (exit {r.returncode}): {r.stderr[-2000:]}")
         out = np.fromfile(d / "out.bin", dtype=np.int8)
         stats_txt = (d / "stats.txt").read_text()
+        files = {f: (d / f).read_bytes() for f in extra_files if (d / f).exists()}
     if out.size != n * output_bytes:
         raise DsmnError(f"QEMU runner wrote {out.size} bytes, expected {n * output_bytes}")
     cal_instr, cal_ticks, ticks, steps = 0, 0, [], {}
@@ -1527,7 +1531,8 @@ def run_qemu(elf, inputs, output_bytes, timeout=600):
     stats = {"ticks": ticks, "instructions_per_tick": per_tick,
              "instructions": [round(t * per_tick) for t in ticks],
              "calibration": {"instructions": cal_instr, "ticks": cal_ticks},
-             "step_instructions": {k: round(v * per_tick / max(n, 1)) for k, v in steps.items()}}
+             "step_instructions": {k: round(v * per_tick / max(n, 1)) for k, v in steps.items()},
+             "files": files}
     return out.reshape(n, output_bytes), stats
 
 

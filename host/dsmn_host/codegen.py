@@ -1426,11 +1426,17 @@ def runtime_objects(cc, flags):
     return objs
 
 
+def _kernel_flags(cflags):
+    """DSMN_TRACE only changes the generated model and the runners, not the kernels: traced
+    builds reuse the cached kernel objects of a normal build."""
+    return [f for f in cflags if f != "-DDSMN_TRACE"]
+
+
 def build_host_runner(gen_dir, exe=None, cflags=()):
     """Compile the generated model + kernels + host runner; returns the executable path."""
     gen_dir = Path(gen_dir)
     exe = Path(exe or gen_dir / "dsmn_runner")
-    objs = runtime_objects("gcc", [*HOST_FLAGS, *cflags])
+    objs = runtime_objects("gcc", [*HOST_FLAGS, *_kernel_flags(cflags)])
     srcs = [gen_dir / "dsmn_model.c", RUNNER_DIR / "host_runner.c"]
     cmd = ["gcc", *HOST_FLAGS, *cflags, f"-I{gen_dir}", f"-I{RUNTIME_DIR}",
            *map(str, srcs), *map(str, objs), "-o", str(exe)]
@@ -1479,7 +1485,7 @@ def build_qemu_runner(gen_dir, elf=None, cflags=()):
     gen_dir = Path(gen_dir)
     elf = Path(elf or gen_dir / "dsmn_runner_an386.elf")
     flags = [*ARM_FLAGS, *ARM_OPT, *cflags]
-    objs = runtime_objects(gcc, flags)
+    objs = runtime_objects(gcc, [*ARM_FLAGS, *ARM_OPT, *_kernel_flags(cflags)])
     cmd = [gcc, *flags, f"-I{gen_dir}", f"-I{RUNTIME_DIR}", str(gen_dir / "dsmn_model.c"),
            str(QEMU_RUNNER_DIR / "qemu_runner.c"), *map(str, objs), "-nostartfiles",
            "--specs=nano.specs", "-Wl,--gc-sections", f"-T{QEMU_RUNNER_DIR / 'link.ld'}",

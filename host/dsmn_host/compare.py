@@ -167,11 +167,55 @@ def compare(model_path, inputs, target="host", work_dir=None, tolerance=1):
     with tempfile.TemporaryDirectory() as tmp:
         gen = Path(work_dir) if work_dir else Path(tmp) / "gen"
         codegen.generate(model_path, gen)
-        _, ours = run_traced(gen, inputs, target)
+        out, ours = run_traced(gen, inputs, target)
     ref = reference_tensors(model_path, inputs)
     result = compare_tensors(graph, ours, ref, tolerance)
-    result.update(model=str(model_path), target=target, n_inputs=int(inputs.shape[0]))
+    result.update(model=str(model_path), target=target, n_inputs=int(inputs.shape[0]),
+                  output_vs_tflm=_output_vs_tflm(model_path, inputs, out))
+    t = result["output_vs_tflm"]
+    result["ok"] = result["first_beyond_tolerance"] is None and (
+        t["n_differ"] == 0 if t is not None else result["all_equal"])
     return result
+
+
+def tflm_outputs(model_path, inputs, timeout=600):
+    """Final outputs of the TFLite-Micro Python interpreter (the runtime's bit-exactness
+    contract), run in a child process: TFLM aborts the process on models it rejects.
+    Returns None when the tflite_micro package is not installed."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("tflite_micro") is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        fi, fo = Path(d) / "in.npy", Path(d) / "out.npy"
+        np.save(fi, inputs)
+        code = ("import sys, numpy as np\n"
+                "from tflite_micro.python.tflite_micro import runtime\n"
+                "it = runtime.Interpreter.from_file(sys.argv[1], arena_size=64 << 20)\n"
+                "outs = []\n"
+                "for x in np.load(sys.argv[2]):\n"
+                "    it.set_input(x[None], 0)\n"
+                "    it.invoke()\n"
+                "    outs.append(np.array(it.get_output(0), copy=True).reshape(-1))\n"
+                "np.save(sys.argv[3], np.stack(outs))\n")
+        r = subprocess.run([sys.executable, "-c", code, str(model_path), str(fi), str(fo)],
+                           capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0 or not fo.exists():
+            raise DsmnError(f"TFLM interpreter failed on {model_path} (exit {r.returncode}): "
+                            f"{(r.stderr.strip().splitlines() or ['no message'])[-1]}")
+        return np.load(fo)
+
+
+def _output_vs_tflm(model_path, inputs, out):
+    """TFLite's reference kernels and TFLM can disagree by an LSB (e.g. per-channel
+    FULLY_CONNECTED multipliers computed from a float instead of a double product), so the
+    final output is also checked against TFLM itself."""
+    ref = tflm_outputs(model_path, inputs)
+    if ref is None:
+        return None
+    d = np.abs(out.reshape(ref.shape).astype(np.int32) - ref.astype(np.int32))
+    return {"max_abs_diff": int(d.max()), "n_differ": int((d > 0).sum()), "n_elements": int(d.size)}
 
 
 def _inputs_for(graph, x):
@@ -203,6 +247,13 @@ def format_table(result):
                                            if fd else "none (every compared tensor is bit-exact)"))
     lines.append(f"first op differing by more than {result['tolerance']} LSB: " +
                  (f"op {fb['op_index']} ({fb['op']}, tensor {fb['tensor']})" if fb else "none"))
+    t = result.get("output_vs_tflm")
+    if t is not None:
+        lines.append(f"final output vs the TFLite-Micro interpreter: {t['n_differ']}/{t['n_elements']} "
+                     f"elements differ, max |d| {t['max_abs_diff']}")
+    elif "output_vs_tflm" in result:
+        lines.append("final output vs the TFLite-Micro interpreter: not checked (tflite_micro "
+                     "package not installed)")
     return "\n".join(lines)
 
 
@@ -221,7 +272,7 @@ def _cmd_compare(args):
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0 if result["all_equal"] else 1
+    return 0 if result["ok"] else 1
 
 
 def register(subparsers):
@@ -230,8 +281,12 @@ def register(subparsers):
         description="Run the dsmn runtime's generated code with every intermediate tensor kept "
                     "(-DDSMN_TRACE build) and compare each op's output with TFLite's reference "
                     "kernels (BUILTIN_REF, all tensors preserved): max |delta|, elements "
-                    "differing, and the first op that differs. Exit status 0 when every tensor "
-                    "is bit-exact, 1 otherwise.",
+                    "differing, and the first op that differs; the final output is also "
+                    "compared with the TFLite-Micro interpreter (the runtime's bit-exactness "
+                    "contract; TFLite's reference kernels can differ from TFLM by 1 LSB, e.g. "
+                    "on per-channel FULLY_CONNECTED). Exit status 0 when no op differs by more "
+                    "than --tolerance and the final output equals TFLM's (or, without the "
+                    "tflite_micro package, every tensor equals TFLite's), 1 otherwise.",
         epilog="example: dsmn-host compare model_int8.tflite inputs.npy --target qemu-an386 "
                "--json compare.json   (inputs.npy: N x input-shape int8)",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)

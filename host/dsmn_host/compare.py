@@ -208,9 +208,8 @@ def tflm_outputs(model_path, inputs, timeout=600):
 
 
 def _output_vs_tflm(model_path, inputs, out):
-    """TFLite's reference kernels and TFLM can disagree by an LSB (e.g. per-channel
-    FULLY_CONNECTED multipliers computed from a float instead of a double product), so the
-    final output is also checked against TFLM itself."""
+    """TFLite's reference kernels and TFLM can disagree by an LSB (measured on a per-channel
+    FULLY_CONNECTED), so the final output is also checked against TFLM itself."""
     ref = tflm_outputs(model_path, inputs)
     if ref is None:
         return None

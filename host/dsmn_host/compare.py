@@ -287,8 +287,7 @@ def register(subparsers):
                     "than --tolerance and the final output equals TFLM's (or, without the "
                     "tflite_micro package, every tensor equals TFLite's), 1 otherwise.",
         epilog="example: dsmn-host compare model_int8.tflite inputs.npy --target qemu-an386 "
-               "--json compare.json   (inputs.npy: N x input-shape int8)",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+               "--json compare.json   (inputs.npy: N x input-shape int8)")
     p.add_argument("model", help="int8 .tflite model")
     p.add_argument("inputs", help=".npy of N x input-shape int8 inputs")
     p.add_argument("--target", choices=("host", "qemu-an386"), default="host",

@@ -184,9 +184,11 @@ CASES = {
     "mul_gate_512px": (lambda r: _binary(r, (16, 32, 3), "mul", "channel"), None, ["MUL"]),
     "mul_gate_first_512px": (lambda r: _binary(r, (16, 32, 3), "mul", "channel_first"), None,
                              ["MUL"]),
-    # AVERAGE_POOL_2D: the 2-element window body, and a 3x3 one
+    # AVERAGE_POOL_2D: the 2-element window body, and a 7x7 global one (PyTorch's avgpool)
     "avgpool_2x1": (lambda r: ((lambda x: tf.nn.avg_pool2d(x, (2, 1), (2, 1), "VALID")), (8, 6, 5)),
                     None, ["AVERAGE_POOL_2D"]),
+    "avgpool_7x7_global": (lambda r: ((lambda x: tf.nn.avg_pool2d(x, 7, 7, "VALID")), (7, 7, 40)),
+                           None, ["AVERAGE_POOL_2D"]),
     # MEAN with the output quantisation equal to the input's (no plain-division shortcut)
     "mean_same_quant": (lambda r: ((lambda x: tf.reduce_mean(x, axis=[1, 2], keepdims=True)),
                                    (7, 7, 16)),

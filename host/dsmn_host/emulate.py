@@ -33,6 +33,22 @@ def qemu_command(board, elf, serial):
     return cmd
 
 
+def check_arm_elf(path):
+    """Refuse, by name, a file QEMU would reject with a cryptic message or boot into nothing:
+    it must be a 32-bit little-endian ELF for machine ARM (EM_ARM = 40)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError as exc:
+        raise DsmnError(f"{path}: cannot read firmware ({exc.strerror})") from None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise DsmnError(f"{path}: not an ELF file (build firmware with dsmn-host build-firmware)")
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    if head[4] != 1 or head[5] != 1 or machine != 40:
+        raise DsmnError(f"{path}: ELF for machine {machine} ({'64' if head[4] == 2 else '32'}-bit), not a "
+                        "32-bit little-endian ARM (Cortex-M) firmware")
+
+
 class Emulator:
     """A running QEMU; `.url` is what pyserial (or dsmn_host.protocol.Session.open) opens."""
 
@@ -46,6 +62,7 @@ class Emulator:
         self.elf = Path(elf)
         if not self.elf.is_file():
             raise DsmnError(f"{elf}: firmware ELF not found (build it with dsmn-host build-firmware)")
+        check_arm_elf(self.elf)
         if shutil.which(QEMU) is None:
             raise DsmnError(f"{QEMU} not found on PATH (run scripts/bootstrap.sh)")
         self.tcp_port = tcp_port

@@ -319,6 +319,8 @@ def write_synthetic_set(out_dir, clips_per_class=DEFAULT_CLIPS_PER_CLASS, seed=0
     d = _difficulty(difficulty)
     if clips_per_class < 6:
         raise DsmnError(f"clips per class {clips_per_class}: need at least 6 (train and evaluate locations)")
+    if out.exists() and not out.is_dir():
+        raise DsmnError(f"{out}: is a file; the synthetic set is written into a directory")
     if out.exists() and any(out.iterdir()):
         if not (force and (out / "meta.csv").is_file()):
             raise DsmnError(f"{out}: exists and is not empty (use --force to replace an earlier synthetic set)")

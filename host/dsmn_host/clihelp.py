@@ -16,7 +16,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if (default in (None, False, argparse.SUPPRESS) or "default" in text or "%(default)" in text
+        if (default is None or default is False or default is argparse.SUPPRESS or "default" in text
                 or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)"

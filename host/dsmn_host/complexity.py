@@ -113,11 +113,14 @@ def _run(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "complexity",
         help="parameters, MACs and int8 parameter memory of a model, checked against the DCASE 2023 limits",
         description="Count parameters and multiply-accumulates per 1 s clip the way the DCASE 2023 "
                     "Task 1 tools do, and check the challenge limits (<= 128 kB int8 parameters, <= 30 M MACs).",
+        **style("dsmn-host complexity --model model1", "dsmn-host complexity --model model4 --json --count"),
     )
     p.add_argument("--model", default="model1", choices=MODEL_NAMES, help="model variant (default model1)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")

@@ -292,10 +292,13 @@ def convert(onnx_path, calib, out_path, *, n_calib=DEFAULT_CALIB, calib_split="t
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "convert", help="convert float ONNX to a fully int8 TFLite (onnx2tf), write its model card, verify",
         description="Full integer quantization with onnx2tf (int8 input and output, per-channel weights), "
-                    "calibrated on real training inputs; then the model card and `dsmn-host verify`.")
+                    "calibrated on real training inputs; then the model card and `dsmn-host verify`.",
+        **style("dsmn-host convert runs/m1/model1.onnx --calib data/tau22-synth.features --out runs/m1/model1_int8.tflite", "dsmn-host convert m.onnx --calib calib.npy --out m_int8.tflite --no-verify"))
     p.add_argument("onnx", help="float ONNX from `dsmn-host export`")
     p.add_argument("--calib", required=True,
                    help="feature cache, TAU data directory, or an N×44×256×2 .npy of calibration inputs")

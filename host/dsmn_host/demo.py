@@ -217,6 +217,8 @@ def render_table(t):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "demo",
         help="the whole chain on a synthetic set, ending with float/QAT/int8/on-device accuracy and costs",
@@ -224,16 +226,18 @@ def register(subparsers):
         "build-firmware (native runtime, qemu-an386) -> QEMU -> eval, then one table: float / QAT / "
         "int8 host / on-device accuracy, params, MACs, flash, RAM, instructions per inference. "
         "Stages whose outputs exist in OUT are reused. The defaults finish within ~10 minutes on 2 cores.",
+        **style("dsmn-host demo", "dsmn-host demo --out build/demo --eval-limit 50"),
     )
     p.add_argument("--out", default="build/demo", help="working directory (default %(default)s)")
     p.add_argument("--clips-per-class", type=int, default=DEFAULTS["clips_per_class"],
                    help="size of the synthetic set (default %(default)s)")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs (default %(default)s)")
     p.add_argument("--qat-epochs", type=int, default=DEFAULTS["qat_epochs"], help="QAT epochs (default %(default)s)")
-    p.add_argument("--model", default=DEFAULTS["model"], choices=("model1", "model2", "model3", "model4"))
+    p.add_argument("--model", default=DEFAULTS["model"], choices=("model1", "model2", "model3", "model4"),
+                   help="network variant (default %(default)s)")
     p.add_argument("--eval-limit", type=int, metavar="N",
                    help="evaluate N stratified clips on the board instead of the whole evaluate split")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of data and training (default %(default)s)")
     p.set_defaults(func=lambda a: run_demo(a.out, clips_per_class=a.clips_per_class, seed=a.seed, model=a.model,
                                            epochs=a.epochs, qat_epochs=a.qat_epochs, eval_limit=a.eval_limit,
                                            log=lambda m: print(m, flush=True)) and None)

@@ -164,6 +164,7 @@ def _cmd(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
     from dsmn_host.boards import BOARDS, DEFAULT_BOARD
 
     qemu_boards = [b.name for b in BOARDS.values() if b.qemu_machine]
@@ -173,8 +174,9 @@ def register(subparsers):
         description="Start qemu-system-arm headless (-icount shift=0: deterministic instruction counts) "
                     "with the board's UART on a new pty, print the port to open, and run until Ctrl-C. "
                     "QEMU boards: " + ", ".join(qemu_boards) + ".",
+        **style("dsmn-host emulate build/firmware-qemu-an386-native/dsmn_firmware.elf", "dsmn-host emulate fw.elf --board qemu-an547 --tcp 5555"),
     )
-    p.add_argument("elf", metavar="FIRMWARE.elf")
+    p.add_argument("elf", metavar="FIRMWARE.elf", help="firmware ELF from `dsmn-host build-firmware`")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"QEMU board (default {DEFAULT_BOARD})")
     p.add_argument("--tcp", type=int, metavar="PORT", help="serve the UART on 127.0.0.1:PORT instead of a pty")
     p.set_defaults(func=_cmd)

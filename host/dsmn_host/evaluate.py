@@ -572,6 +572,8 @@ def np_logmel(cache, row):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "eval",
         help="evaluate the int8 model on one or more boards over the serial link; write results and a report",
@@ -579,6 +581,7 @@ def register(subparsers):
         "training, to the board(s) over protocol v1; append each RESULT to OUT/results.jsonl (fsynced, "
         "so --resume after a crash repeats and loses nothing); run the same int8 tensors through the "
         "TFLite-Micro Python interpreter for agreement; write OUT/report.json, report.md, confusion.png.",
+        **style("dsmn-host eval --port /dev/ttyACM0 --data data/tau22-synth", "dsmn-host eval --port socket://127.0.0.1:5555 --cache data/tau22-synth.features --limit 100 --stratify --out build/eval"),
     )
     p.add_argument("--port", action="append", required=True, metavar="PORT",
                    help="serial port (/dev/ttyACM0, /dev/pts/N, socket://host:port); repeat for several boards")
@@ -601,8 +604,9 @@ def register(subparsers):
 
     r = subparsers.add_parser("eval-report", help="recompute the report of an eval directory from its results.jsonl",
                               description="Rewrite REPORT_DIR/report.json, report.md and confusion.png from "
-                              "results.jsonl and run.json (no board needed).")
-    r.add_argument("report_dir", metavar="REPORT_DIR")
+                              "results.jsonl and run.json (no board needed).",
+        **style("dsmn-host eval-report build/eval"))
+    r.add_argument("report_dir", metavar="REPORT_DIR", help="directory of an earlier `dsmn-host eval`")
     r.set_defaults(func=_cmd_report)
 
 

@@ -223,10 +223,13 @@ def _cmd_export(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "export", help="export a trained run as float ONNX (batch 1, time × mel), checked with onnxruntime",
         description="Export the QAT-trained weights of RUN_DIR (BatchNorm folded) as a float ONNX graph "
-                    "taking 1×2×44×256 (channel, time, mel) and check it against PyTorch with onnxruntime.")
+                    "taking 1×2×44×256 (channel, time, mel) and check it against PyTorch with onnxruntime.",
+        **style("dsmn-host export runs/m1 --out runs/m1/model1.onnx"))
     p.add_argument("run_dir", help="run directory written by `dsmn-host train` (and `dsmn-host qat`)")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",

@@ -459,12 +459,15 @@ def open_features(path, build=True, **build_kwargs) -> FeatureCache:
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "features",
         help="compute log-mel features of a data set into a cache (or of one WAV)",
         description="Compute the paper's log-mel features (44.1 kHz, 4096/1024, 256 HTK mels, "
         "Slaney norm, log10) of every clip of a TAU22-layout data set into a resumable on-disk cache, "
         "plus the device-response table; or, with --wav, of one clip into an .npz.",
+        **style("dsmn-host features data/tau22-synth --workers 2 --skip-bad", "dsmn-host features --wav clip.wav --npz clip.npz"),
     )
     p.add_argument("data", nargs="?", help="TAU22-layout data directory")
     p.add_argument("--out", help="cache directory (default: DATA.features next to DATA)")

@@ -358,6 +358,7 @@ def _cmd(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
     from dsmn_host.boards import BOARDS, DEFAULT_BOARD
 
     p = subparsers.add_parser(
@@ -367,6 +368,7 @@ def register(subparsers):
                     "build it with CMake and arm-none-eabi-gcc, and report flash and RAM from the "
                     "linker map against the board's limits (also OUT/memory.json). A model that cannot "
                     "fit is refused before compiling. Boards: " + ", ".join(BOARDS) + ".",
+        **style("dsmn-host build-firmware --board qemu-an386", "dsmn-host build-firmware --tflite m_int8.tflite --board nucleo-h743zi2 --runtime tflm --tflm-dir ../shared/tflm"),
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--tflite", metavar="M", help="int8 .tflite model (default: the shipped models/model1)")

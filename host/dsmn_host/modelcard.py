@@ -396,9 +396,12 @@ def _cmd_card(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser("card", help="(re)write the model card of an int8 .tflite",
                               description="Write X.card.json and X.card.md next to X.tflite, all read from or "
-                                          "measured on the flatbuffer (TFLM arena with the tflite-micro interpreter).")
+                                          "measured on the flatbuffer (TFLM arena with the tflite-micro interpreter).",
+        **style("dsmn-host card models/model1/model1_int8.tflite", "dsmn-host card runs/m1/model1_int8.tflite --onnx runs/m1/model1.onnx"))
     p.add_argument("tflite", help="the .tflite model")
     p.add_argument("--onnx", help="the ONNX it came from (adds model name and source to the card)")
     p.set_defaults(func=_cmd_card)

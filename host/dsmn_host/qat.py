@@ -195,6 +195,8 @@ def _run(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "qat",
         help="quantization-aware fine-tuning of a trained run (adds qat.pt, qat_metrics.json)",
@@ -204,6 +206,7 @@ def register(subparsers):
                     "(per-channel symmetric weights, per-tensor asymmetric activations with the converter's "
                     "calibration ranges), fine-tune, keep the state with the lowest validation loss, and "
                     "report float vs quantized accuracy.",
+        **style("dsmn-host qat runs/m1", "dsmn-host qat runs/m1 --epochs 5 --threads 2"),
     )
     p.add_argument("run_dir", help="a run directory written by `dsmn-host train`")
     p.add_argument("--epochs", type=int, help=f"fine-tuning epochs (default {QAT_DEFAULTS['epochs']})")
@@ -212,8 +215,8 @@ def register(subparsers):
     p.add_argument("--calibration-inputs", type=int,
                    help="training inputs whose min/max set the activation ranges; use the same number as "
                         f"`dsmn-host convert --n-calib` (default {QAT_DEFAULTS['calibration_inputs']})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)

@@ -378,12 +378,15 @@ def _write_tsv(path, header, rows):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "synth-data",
         help="write a synthetic data set in the TAU22 Mobile layout",
         description="Write a synthetic acoustic-scene data set in exactly the TAU Urban Acoustic Scenes "
         "2022 Mobile layout (24-bit 44.1 kHz 1 s WAVs, meta.csv, evaluation_setup/fold1_*.csv): 10 scenes "
         "recorded through simulated devices a, b, c, s1-s6 (s4-s6 only in the evaluate split).",
+        **style("dsmn-host synth-data data/tau22-synth", "dsmn-host synth-data data/tau22-hard --clips-per-class 300 --difficulty hard --seed 1"),
     )
     p.add_argument("out", help="output directory")
     p.add_argument("--clips-per-class", type=int, default=DEFAULT_CLIPS_PER_CLASS,

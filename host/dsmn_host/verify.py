@@ -294,12 +294,15 @@ def _cmd_verify(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "verify", help="compare float / QAT / ONNX / int8 (TFLite reference kernels, TFLM) on the validation split",
         description="Accuracy and log loss per form and per device, pairwise top-1 agreement and max |Δlogit|, "
                     "TFLM vs TFLite reference kernels bit for bit, the float-vs-int8 flips binned by how many "
                     "int8 output steps separated the float top two (with the agreement that rounding only the "
-                    "float logits onto the int8 output grid would give), and whether the model fits a board.")
+                    "float logits onto the int8 output grid would give), and whether the model fits a board.",
+        **style("dsmn-host verify runs/m1/model1_int8.tflite --board nucleo-h743zi2", "dsmn-host verify models/model1/model1_int8.tflite --data data/tau22-synth --limit 200"))
     p.add_argument("tflite", help="int8 .tflite (with its .card.json next to it)")
     p.add_argument("--onnx", help="the float ONNX it came from (default: recorded in the card)")
     p.add_argument("--run-dir", help="training run directory (default: recorded in the ONNX metadata)")

@@ -129,7 +129,7 @@ def _quantize_model(n, scale, zero_point, op_name="QUANTIZE", input_type="FLOAT3
     q.quantization = S.QuantizationParametersT()
     q.quantization.scale, q.quantization.zeroPoint = [scale], [zero_point]
     op = S.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = 0, [0], [1]
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 0] if op_name == "ADD" else [0], [1]
     sg = S.SubGraphT()
     sg.tensors, sg.inputs, sg.outputs, sg.operators = [x, q], [0], [1], [op]
     m.subgraphs = [sg]
@@ -287,7 +287,7 @@ def test_unwritable_output_paths(tmp_path, capsys):
     assert "is a file" in _error(capsys, "synth-data", a_file)
     assert "does not exist" in _error(capsys, "features", "--wav", wav, "--npz", tmp_path / "nodir" / "x.npz")
     assert "a_file is a file" in _error(capsys, "features", "--wav", wav, "--npz", a_file / "x.npz")
-    from dsmn_host.outpaths import output_file
+    from dsmn_host.paths import output_file
 
     assert output_file(tmp_path / "out", suffix=".npz").name == "out.npz"
     with pytest.raises(DsmnError, match="is a directory"):
@@ -378,17 +378,23 @@ def test_export_refuses_a_run_without_qat(tmp_path, capsys):
 
 
 def test_codegen_run_input_must_be_an_int8_npy(tmp_path, capsys):
-    model = PKG.parents[1] / "models" / "model1" / "model1_int8.tflite"
+    model = tmp_path / "add.tflite"
+    model.write_bytes(_quantize_model(13, 0.5, 0, op_name="ADD", input_type="INT8"))  # x + x
     out = tmp_path / "gen"
     assert "must be an int8 .npy" in _error(capsys, "codegen", model, "--out", out, "--run",
                                             tmp_path / "missing.npy", tmp_path / "o.npy")
+    from dsmn_host.paths import read_int8_npy
+
     (tmp_path / "text.npy").write_text("hello")
-    assert "must be an int8 .npy" in _error(capsys, "codegen", model, "--out", out, "--run",
-                                            tmp_path / "text.npy", tmp_path / "o.npy")
-    np.save(tmp_path / "f.npy", np.zeros((1, 44, 256, 2), np.float32))
-    assert "must be int8" in _error(capsys, "codegen", model, "--out", out, "--run",
-                                    tmp_path / "f.npy", tmp_path / "o.npy")
-    assert not out.exists()  # refused before any code was generated
+    with pytest.raises(DsmnError, match="text.npy: --run inputs must be an int8 .npy"):
+        read_int8_npy(tmp_path / "text.npy", "--run inputs")
+    np.save(tmp_path / "f.npy", np.zeros((1, 1, 13), np.float32))
+    with pytest.raises(DsmnError, match="must be int8"):
+        read_int8_npy(tmp_path / "f.npy")
+    np.savez(tmp_path / "z.npz", a=np.zeros(3, np.int8))
+    with pytest.raises(DsmnError, match="not an .npz"):
+        read_int8_npy(tmp_path / "z.npz")
+    assert not (tmp_path / "o.npy").exists()
 
 
 def test_model_card_readers(tmp_path, capsys):

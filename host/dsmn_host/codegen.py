@@ -1566,23 +1566,13 @@ def profile_qemu(gen_dir, inputs, output_bytes, cflags=()):
 # CLI.
 
 def _cmd_codegen(args):
-    if args.run:  # check the --run files before spending the code generation on them
-        from dsmn_host.outpaths import output_file
-
-        inp, outp = args.run
-        try:
-            x = np.load(inp, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise DsmnError(f"{inp}: --run inputs must be an int8 .npy array ({exc})") from None
-        if not isinstance(x, np.ndarray):
-            raise DsmnError(f"{inp}: --run inputs must be one .npy array, not an .npz archive")
-        if x.dtype != np.int8:
-            raise DsmnError(f"{inp}: inputs must be int8 (got {x.dtype})")
-        outp = output_file(outp, "--run outputs file", suffix=".npy")
     report = generate(args.model, args.out)
     print(f"wrote {Path(args.out) / 'dsmn_model.c'}, dsmn_model.h, memory.json")
     print(f"peak activation RAM {report['peak_activation_bytes']} B, flash {report['flash_bytes']} B")
     if args.run:
+        inp, outp = args.run
+        from dsmn_host.paths import read_int8_npy
+        x = read_int8_npy(inp, "--run inputs")
         y = run_batch(args.out, x, target=args.target)
         from dsmn_host.tflite_reader import read_tflite
         g = read_tflite(args.model)

@@ -483,7 +483,7 @@ def register(subparsers):
 
 def _cmd_features(args):
     if args.wav:
-        from dsmn_host.outpaths import output_file
+        from dsmn_host.paths import output_file
 
         if not args.npz:
             raise DsmnError("--wav needs --npz OUT.npz")

@@ -1,7 +1,8 @@
-"""Checks for the paths a user names as outputs, made before any work is done.
+"""Checks for the files a user names on the command line, made before any work is done.
 
 A stage that finds out at the end that it cannot write its result has wasted the run (or left
-half of it behind); these say up front, in one line, which path is wrong and why.
+half of it behind), and numpy's own errors on a bad .npy are tracebacks; these say up front, in
+one line, which path is wrong and why.
 """
 
 import os
@@ -41,3 +42,18 @@ def output_dir(path, what="output directory"):
     output_file(path / ".probe", what)  # the same ancestor checks, and creates the parents
     path.mkdir(exist_ok=True)
     return path
+
+
+def read_int8_npy(path, what="inputs"):
+    """An int8 array from a .npy file, or a DsmnError naming the file and what is wrong."""
+    import numpy as np
+
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DsmnError(f"{path}: {what} must be an int8 .npy array ({exc})") from None
+    if not isinstance(x, np.ndarray):
+        raise DsmnError(f"{path}: {what} must be one .npy array, not an .npz archive")
+    if x.dtype != np.int8:
+        raise DsmnError(f"{path}: {what} must be int8 (got {x.dtype})")
+    return x

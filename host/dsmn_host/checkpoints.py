@@ -17,8 +17,6 @@ DEPLOY_FORM = 4  # 1: BN folded; 2: + channel scalars folded, equalized; 3: + po
 
 def load_float_model(run_dir, model_name=None):
     """(module in eval mode, state) from RUN_DIR/best.pt: the float network training kept."""
-    import torch
-
     from dsmn_host.models import build_model
 
     best = Path(run_dir) / "best.pt"

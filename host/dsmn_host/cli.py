@@ -54,6 +54,19 @@ def resolve_command(func):
     return func
 
 
+def _explain(exc):
+    """One line for an OSError on a path: name the file that is in the way, if one is."""
+    import errno
+    from pathlib import Path
+
+    path = Path(exc.filename)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        for p in (path, *path.parents):
+            if p.exists() and not p.is_dir():
+                return f"{path}: cannot create it: {p} is a file, not a directory"
+    return f"{path}: {exc.strerror or exc}"
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,7 +81,7 @@ def main(argv=None):
     except OSError as exc:
         if exc.filename is None:  # not about a path the user gave: a bug, keep the traceback
             raise
-        print(f"dsmn-host {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"dsmn-host {args.command}: error: {_explain(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dsmn-host {args.command}: interrupted", file=sys.stderr)

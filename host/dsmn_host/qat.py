@@ -43,7 +43,7 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
 
     import torch
 
-    from dsmn_host.calib import calibration_inputs
+    from dsmn_host.calib import calibration_inputs as read_calibration_inputs
     from dsmn_host.features import open_features
     from dsmn_host.int8io import nhwc_to_features
     from dsmn_host.models import build_model
@@ -75,7 +75,7 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     float_metrics = evaluate(model, cache, val_rows, dev)
 
     # ---- the int8 form: BN and channel scalars folded, channels equalized (same outputs)
-    calib_nhwc, clip = calibration_inputs(source, n=settings["calibration_inputs"], with_clip=True)
+    calib_nhwc, clip = read_calibration_inputs(source, n=settings["calibration_inputs"], with_clip=True)
     calib = torch.from_numpy(nhwc_to_features(calib_nhwc)).to(dev)   # N, 2, mel, time
     folded = fold_batchnorm(model).to(dev).eval()
     gains = equalize(folded, calib)

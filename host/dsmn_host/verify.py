@@ -140,9 +140,17 @@ def verify(tflite_path, *, onnx_path=None, run_dir=None, data=None, split=VAL_SP
     else:
         onnx_path = None
     run_dir = run_dir or meta.get("run_dir") or card.get("source", {}).get("run_dir")
+    recorded = not data
     data = data or meta.get("data") or card.get("source", {}).get("data")
     if not data:
         raise DsmnError(f"{tflite_path}: no validation data given (--data) or recorded in the ONNX metadata")
+    if recorded and not Path(data).exists():
+        raise DsmnError(f"{data}: the validation data recorded for {tflite_path.name} does not exist here; "
+                        "pass --data DATA_OR_CACHE")
+    if board:
+        from dsmn_host.boards import get_board
+
+        get_board(board)  # an unknown board name fails now, not after the whole split has run
     cache = open_features(data)
     idx = np.asarray(cache.indices(split))
     if limit:

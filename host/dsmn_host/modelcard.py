@@ -166,13 +166,17 @@ def build_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
         from dsmn_host.export import read_metadata
 
         meta = read_metadata(onnx_path)
+    sha = sha256_file(tflite_path)
+    previous = _previous_card(tflite_path, sha)
+    if not meta and previous.get("model"):  # regenerated without --onnx: keep what it came from
+        meta = {"model": previous["model"], **previous.get("source", {})}
     model_bytes = tflite_path.stat().st_size
     inp = dict(info["input"], layout="NHWC (batch, time, mel, channel: 0 = log-mel, 1 = delta)")
     out = dict(info["output"], layout="logits in `labels` order (10 scenes, then 3 coarse classes)")
     card = {
         "file": tflite_path.name,
         "model": meta.get("model"),
-        "sha256": sha256_file(tflite_path),
+        "sha256": sha,
         "model_bytes": model_bytes,
         "input": inp,
         "output": out,
@@ -226,9 +230,29 @@ def build_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
         card["quantization"]["qat_vs_int8_ranges"] = compare
     if conversion:
         card["conversion"] = {k: v for k, v in conversion.items() if k not in ("ops", "tflite", "onnx")}
+    old_ranges = previous.get("quantization", {}).get("qat_vs_int8_ranges")
+    if old_ranges and "qat_vs_int8_ranges" not in card["quantization"]:
+        card["quantization"]["qat_vs_int8_ranges"] = old_ranges
+    if not onnx_path and previous.get("source", {}).get("onnx"):
+        card["source"]["onnx"] = previous["source"]["onnx"]
+    if not conversion and previous.get("conversion"):
+        card["conversion"] = previous["conversion"]
+    for key in ("verification", "verified"):  # same bytes, same verification
+        if key in previous:
+            card[key] = previous[key]
     if extra:
         card.update(extra)
     return card
+
+
+def _previous_card(tflite_path, sha):
+    """The card already next to `tflite_path` if it describes these bytes, else {}."""
+    path = card_paths(tflite_path)["json"]
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) and card.get("sha256") == sha else {}
 
 
 def render_markdown(card):
@@ -247,7 +271,7 @@ def render_markdown(card):
         "",
         f"- params (stored constants of the int8 graph, {card.get('cross_kernel_zero_taps', 0):,} zero taps "
         f"included): {card['params']:,}",
-        f"- MACs (executed by the int8 graph's kernels): {card['macs']:,} ({card['macs_counted']})",
+        f"- MACs (int8 graph): {card['macs']:,} ({card['macs_counted']})",
     ]
     dcase = card.get("dcase_complexity")
     if dcase:

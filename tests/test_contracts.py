@@ -375,6 +375,10 @@ def test_export_refuses_a_run_without_qat(tmp_path, capsys):
     (run / "config.json").write_text("{}")
     (run / "best.pt").write_bytes(b"")
     assert "no qat.pt" in _error(capsys, "export", run, "--out", tmp_path / "m.onnx")
+    (run / "qat.pt").write_bytes(b"")  # a checkpoint cut off by a full disk
+    assert "qat.pt: not a readable checkpoint" in _error(capsys, "export", run, "--out", tmp_path / "m.onnx")
+    (tmp_path / "f").write_text("x")
+    assert "f is a file" in _error(capsys, "export", run, "--out", tmp_path / "f" / "m.onnx")
 
 
 def test_codegen_run_input_must_be_an_int8_npy(tmp_path, capsys):

@@ -28,6 +28,7 @@ from pathlib import Path
 from dsmn_host.calib import DEFAULT_CALIB, calibration_inputs
 from dsmn_host.errors import DsmnError
 from dsmn_host.int8io import INPUT_SHAPE
+from dsmn_host.paths import output_file
 
 BUFFER_ALIGN = 16
 
@@ -266,6 +267,7 @@ def convert(onnx_path, calib, out_path, *, n_calib=DEFAULT_CALIB, calib_split="t
         raise DsmnError(f"{onnx_path}: input {inputs[0].name} is {dims}; export with the time × mel "
                         f"layout [1, 2, 44, 256] (dsmn-host export does)")
 
+    out_path = output_file(out_path, "output .tflite")  # before the minute onnx2tf takes
     x, clip = calibration_inputs(calib, n=n_calib, split=calib_split, with_clip=True)
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="dsmn-convert-"))
@@ -282,8 +284,14 @@ def convert(onnx_path, calib, out_path, *, n_calib=DEFAULT_CALIB, calib_split="t
     seconds = time.time() - t0
     data = strip_tflite(raw) if strip else raw
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(data)
-    info = modelcard.check_io(modelcard.summarize(out_path), out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_bytes(data)
+    try:  # only a model that passes the I/O contract takes the output name
+        info = modelcard.check_io(modelcard.summarize(tmp), out_path)
+    except DsmnError:
+        tmp.unlink()
+        raise
+    os.replace(tmp, out_path)
     return {
         "tflite": str(out_path), "onnx": str(onnx_path), "calibration_inputs": int(len(x)),
         "calibration_split": calib_split, "calibration_input_clip": clip, "convert_seconds": round(seconds, 2),

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from dsmn_host.errors import DsmnError
+from dsmn_host.paths import output_file
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -189,6 +190,7 @@ def export_run(run_dir, out_path, *, exporter="dynamo", opset=18, data=None, tol
     if require_qat and not (run_dir / "qat.pt").is_file():
         raise DsmnError(f"{run_dir}: no qat.pt, so there are no QAT weights to export; run `dsmn-host qat "
                         f"{run_dir}` first, or pass --allow-float to export the float best.pt")
+    output_file(out_path, "output .onnx")
     model, info = export_ready_model(run_dir)
     info["weights"] = "qat.pt" if info.get("qat") else "best.pt (float, BN folded; no QAT in this run)"
     data = data or config.get("data") or config.get("data_path") or config.get("features")

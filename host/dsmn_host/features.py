@@ -350,7 +350,10 @@ def build_cache(data_dir, cache_dir=None, splits=DEFAULT_SPLITS, workers=None, s
         np.save(cache_dir / "done.npy", np.zeros(len(clips), dtype=np.int8))
         params_path.write_text(json.dumps(info, indent=1))
 
-    _fill(cache_dir, clips, workers, progress, chunk, skip_bad)
+    try:
+        _fill(cache_dir, clips, workers, progress, chunk, skip_bad)
+    except DsmnError as exc:  # the cache stays incomplete (resumable), never taken for finished
+        raise DsmnError(f"{exc}; `dsmn-host features {data_dir} --skip-bad` leaves such clips out") from None
     _write_device_response(cache_dir, clips, split_of)
     return FeatureCache(cache_dir)
 

@@ -412,3 +412,15 @@ def test_model_card_readers(tmp_path, capsys):
         modelcard.read_card(tmp_path / "y.card.json")
     assert "no such model card" in _error(capsys, "eval", "--port", "x", "--data", tmp_path,
                                           "--model-card", tmp_path / "missing.card.json")
+
+
+def test_demo_table_shows_both_counts_labelled():
+    from dsmn_host.demo import render_table
+
+    t = dict(clips_evaluated_on_board=2, float_accuracy=.5, qat_accuracy=.5, int8_host_accuracy=.5,
+             on_device_accuracy=.5, agreement_exact=1.0, params=45_861, macs=9_096_640, dcase_params=45_164,
+             dcase_macs=8_645_641, flash_bytes=1, ram_bytes=1, instructions_per_inference=None,
+             counter="instructions")
+    text = render_table(t)
+    assert "params (int8 graph)" in text and "(paper, DCASE count)" in text
+    assert "| 45,861 | 9,096,640 | 45,164 / 8,645,641 |" in text

@@ -25,7 +25,7 @@ def one(name, calib, work, n_calib):
     from dsmn_host.export import export_model
     from dsmn_host.modelcard import write_card
     from dsmn_host.models import TimeMelWrapper, build_model
-    from dsmn_host.qat import fold_batchnorm
+    from dsmn_host.deploy_form import fold_batchnorm
 
     torch.manual_seed(0)
     net = build_model(name).eval()

@@ -62,7 +62,7 @@ def test_legacy_exporter_also_matches(tmp_path):
 
 
 def test_int8_io_contract_and_no_layout_op_at_input(int8_tflite, int8_conversion):
-    from dsmn_host.modelcard import read_tflite
+    from dsmn_host.modelcard import summarize as read_tflite
 
     info = read_tflite(int8_tflite)
     assert info["input"]["shape"] == [1, 44, 256, 2] and info["input"]["dtype"] == "int8"
@@ -81,7 +81,7 @@ def test_int8_io_contract_and_no_layout_op_at_input(int8_tflite, int8_conversion
 def test_strip_and_reorder_keep_outputs_and_align_buffers(int8_tflite, int8_conversion):
     from ai_edge_litert import schema_py_generated as schema
 
-    from dsmn_host.modelcard import read_tflite
+    from dsmn_host.modelcard import summarize as read_tflite
 
     _, report, work = int8_conversion
     raw = next(work.glob("out/*_full_integer_quant.tflite"))
@@ -233,7 +233,7 @@ def test_convert_refuses_feature_layout_onnx(tmp_path):
 
 
 def test_corrupt_tflite_is_a_user_error(tmp_path):
-    from dsmn_host.modelcard import read_tflite
+    from dsmn_host.modelcard import summarize as read_tflite
 
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\x00" * 64)

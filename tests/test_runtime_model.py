@@ -15,7 +15,7 @@ import runtime_support as rs
 
 def _real_inputs(tflite, feature_cache_dir, n):
     """n real feature inputs quantised with the model's input scale/zero point."""
-    from dsmn_host.convert import calibration_inputs
+    from dsmn_host.calib import calibration_inputs
     from dsmn_host.tflite_reader import read_tflite
 
     g = read_tflite(tflite)

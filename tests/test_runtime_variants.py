@@ -17,7 +17,7 @@ def variant_tflite(request, feature_cache_dir, tmp_path_factory):
     from dsmn_host.convert import convert
     from dsmn_host.export import export_model
     from dsmn_host.models import TimeMelWrapper, build_model
-    from dsmn_host.qat import fold_batchnorm
+    from dsmn_host.deploy_form import fold_batchnorm
 
     name = request.param
     torch.manual_seed(0)
@@ -25,7 +25,7 @@ def variant_tflite(request, feature_cache_dir, tmp_path_factory):
     # BatchNorm statistics of real inputs (one cumulative pass in training mode): folding then
     # changes the weights, and the signal survives all five blocks, so different inputs give
     # different int8 outputs (with arbitrary statistics model3's logits barely move).
-    from dsmn_host.convert import calibration_inputs
+    from dsmn_host.calib import calibration_inputs
 
     x = torch.from_numpy(calibration_inputs(feature_cache_dir, n=32)).permute(0, 3, 1, 2)
     for m in net.modules():
@@ -43,7 +43,7 @@ def variant_tflite(request, feature_cache_dir, tmp_path_factory):
 
 def test_variant_bit_exact_with_tflm(variant_tflite, feature_cache_dir, tmp_path):
     from dsmn_host import codegen
-    from dsmn_host.convert import calibration_inputs
+    from dsmn_host.calib import calibration_inputs
     from dsmn_host.tflite_reader import read_tflite
 
     name, tflite = variant_tflite

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from dsmn_host import __version__
+from dsmn_host.clihelp import HelpFormatter
 from dsmn_host.errors import DsmnError
 
 # In pipeline order; `dsmn-host --help` lists subcommands in this order.
@@ -41,7 +42,30 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in STAGE_MODULES:
         importlib.import_module(name).register(sub)
+    for p in sub.choices.values():  # one help style for every subcommand (dsmn_host.clihelp)
+        p.formatter_class = HelpFormatter
     return parser
+
+
+def resolve_command(func):
+    """`func` may be "module:function", so a stage can name a command it must not import."""
+    if isinstance(func, str):
+        module, name = func.split(":")
+        return getattr(importlib.import_module(module), name)
+    return func
+
+
+def _explain(exc):
+    """One line for an OSError on a path: name the file that is in the way, if one is."""
+    import errno
+    from pathlib import Path
+
+    path = Path(exc.filename)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        for p in (path, *path.parents):
+            if p.exists() and not p.is_dir():
+                return f"{path}: cannot create it: {p} is a file, not a directory"
+    return f"{path}: {exc.strerror or exc}"
 
 
 def main(argv=None):
@@ -51,9 +75,14 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        code = args.func(args)
+        code = resolve_command(args.func)(args)
     except DsmnError as exc:
         print(f"dsmn-host {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug, keep the traceback
+            raise
+        print(f"dsmn-host {args.command}: error: {_explain(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dsmn-host {args.command}: interrupted", file=sys.stderr)

@@ -1581,9 +1581,8 @@ def _cmd_codegen(args):
     print(f"peak activation RAM {report['peak_activation_bytes']} B, flash {report['flash_bytes']} B")
     if args.run:
         inp, outp = args.run
-        x = np.load(inp)
-        if x.dtype != np.int8:
-            raise DsmnError(f"{inp}: inputs must be int8 (got {x.dtype})")
+        from dsmn_host.paths import read_int8_npy
+        x = read_int8_npy(inp, "--run inputs")
         y = run_batch(args.out, x, target=args.target)
         from dsmn_host.tflite_reader import read_tflite
         g = read_tflite(args.model)
@@ -1593,10 +1592,13 @@ def _cmd_codegen(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "codegen", help="compile an int8 .tflite into static C (dsmn runtime) + memory report",
         description="Generate dsmn_model.c/.h and memory.json from an int8 TFLite model; "
-                    "optionally build and run it on a batch of int8 inputs.")
+                    "optionally build and run it on a batch of int8 inputs.",
+        **style("dsmn-host codegen models/model1/model1_int8.tflite --out build/gen", "dsmn-host codegen model.tflite --out build/gen --run inputs.npy outputs.npy --target qemu-an386"))
     p.add_argument("model", help="int8 .tflite model")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--run", nargs=2, metavar=("INPUTS.npy", "OUTPUTS.npy"),

@@ -3,11 +3,11 @@
 onnx2tf is run through its Python API in a scratch directory (it writes a SavedModel and seven
 .tflite variants; only the full-integer one is kept). Calibration inputs go through exactly the
 training preprocessing (`FeatureCache.inputs`) and are then laid out NHWC (time, mel, channel),
-because onnx2tf feeds them to the already transposed TensorFlow graph.
+because onnx2tf feeds them to the already transposed TensorFlow graph (`dsmn_host.calib`).
 
 QAT activation ranges cannot be handed to onnx2tf: it always recalibrates from the
 representative data (min/max per tensor). `dsmn-host qat` therefore calibrates its ranges
-the same way on the same inputs (`calibration_inputs`, clipped), so the steps QAT trained
+the same way on the same inputs (`calib.calibration_inputs`, clipped), so the steps QAT trained
 against are the ones the int8 model gets. The card records this.
 
 The kept model is rewritten without tensor names, signatures and converter metadata, which the
@@ -25,58 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from dsmn_host.calib import DEFAULT_CALIB, calibration_inputs
 from dsmn_host.errors import DsmnError
+from dsmn_host.int8io import INPUT_SHAPE
+from dsmn_host.paths import output_file
 
-INPUT_SHAPE = (1, 44, 256, 2)   # NHWC: time, mel, channel
-OUTPUT_SHAPE = (1, 13)
-DEFAULT_CALIB = 300
-CLIP_QUANTILE = 1e-4
 BUFFER_ALIGN = 16
-
-
-def calibration_inputs(source, n=DEFAULT_CALIB, split="train", seed=0, with_clip=False):
-    """Up to `n` training inputs in NHWC (N, 44, 256, 2), float32, preprocessed as in training,
-    clipped to their [CLIP_QUANTILE, 1 - CLIP_QUANTILE] quantiles (with_clip: also return them).
-
-    The converter sets the int8 input scale from the calibration min/max. The delta channel has
-    rare spikes (±14-19 where 99.99 % of values lie within ±7), so unclipped they would double
-    the input step for every clip; clipped, the int8 model saturates those few values instead.
-    `source` is a feature cache, a TAU data directory, or a .npy already in NHWC layout.
-    Rows are drawn evenly over scenes so a small `n` still covers every class.
-    """
-    import numpy as np
-
-    source = Path(source)
-    if source.suffix == ".npy":
-        try:
-            x = np.load(source).astype(np.float32)
-        except (OSError, ValueError) as exc:
-            raise DsmnError(f"{source}: cannot read calibration array ({exc})") from None
-        if x.ndim != 4 or x.shape[1:] != INPUT_SHAPE[1:]:
-            raise DsmnError(f"{source}: calibration array must be N×44×256×2 (NHWC), got {x.shape}")
-        return _clip(x[:n], with_clip)
-    from dsmn_host.features import open_features
-
-    cache = open_features(source)
-    idx = np.asarray(cache.indices(split))
-    if len(idx) == 0:
-        raise DsmnError(f"{source}: split {split!r} is empty; nothing to calibrate on")
-    rng = np.random.default_rng(seed)
-    scene = np.asarray(cache.scene_idx)[idx]
-    per_class = [rng.permutation(idx[scene == s]) for s in np.unique(scene)]
-    order = [row[i] for i in range(max(len(r) for r in per_class)) for row in per_class if i < len(row)]
-    chosen = np.sort(np.asarray(order[:n]))
-    x = cache.inputs(chosen)                       # (N, 2, mel, time)
-    return _clip(np.ascontiguousarray(x.transpose(0, 3, 2, 1).astype(np.float32)), with_clip)  # (N, time, mel, 2)
-
-
-def _clip(x, with_clip):
-    import numpy as np
-
-    lo, hi = (float(v) for v in np.quantile(x, [CLIP_QUANTILE, 1 - CLIP_QUANTILE]))
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    x = np.clip(x, lo, hi)
-    return (x, [lo, hi]) if with_clip else x
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,32 +244,13 @@ def _run_onnx2tf(onnx_path, calib_npy, work_dir, input_name, verbose):
     return found[0].read_bytes()
 
 
-def check_io(tflite_path):
-    """Refuse a model whose I/O is not the device contract or that starts with a layout op."""
-    from dsmn_host.modelcard import read_tflite
-
-    info = read_tflite(tflite_path)
-    inp, out = info["input"], info["output"]
-    problems = []
-    if tuple(inp["shape"]) != INPUT_SHAPE or inp["dtype"] != "int8":
-        problems.append(f"input is {inp['dtype']} {inp['shape']}, expected int8 {list(INPUT_SHAPE)}")
-    if tuple(out["shape"]) != OUTPUT_SHAPE or out["dtype"] != "int8":
-        problems.append(f"output is {out['dtype']} {out['shape']}, expected int8 {list(OUTPUT_SHAPE)}")
-    if info["input_consumers"] and set(info["input_consumers"]) & {"TRANSPOSE", "RESHAPE", "PAD", "QUANTIZE"}:
-        problems.append(f"input feeds layout/conversion ops {info['input_consumers']}")
-    float_ops = [op for op in ("QUANTIZE", "DEQUANTIZE") if op in info["ops"]]
-    if float_ops:
-        problems.append(f"graph contains {', '.join(float_ops)} (not fully int8)")
-    if problems:
-        raise DsmnError(f"{tflite_path}: " + "; ".join(problems))
-    return info
-
-
 def convert(onnx_path, calib, out_path, *, n_calib=DEFAULT_CALIB, calib_split="train", strip=True,
             verbose=False, keep_work=None):
     """Convert `onnx_path` to a fully int8 TFLite at `out_path`; returns a report dict."""
     import numpy as np
     import onnx
+
+    from dsmn_host import modelcard
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
@@ -332,6 +267,7 @@ def convert(onnx_path, calib, out_path, *, n_calib=DEFAULT_CALIB, calib_split="t
         raise DsmnError(f"{onnx_path}: input {inputs[0].name} is {dims}; export with the time × mel "
                         f"layout [1, 2, 44, 256] (dsmn-host export does)")
 
+    out_path = output_file(out_path, "output .tflite")  # before the minute onnx2tf takes
     x, clip = calibration_inputs(calib, n=n_calib, split=calib_split, with_clip=True)
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="dsmn-convert-"))
@@ -348,8 +284,14 @@ def convert(onnx_path, calib, out_path, *, n_calib=DEFAULT_CALIB, calib_split="t
     seconds = time.time() - t0
     data = strip_tflite(raw) if strip else raw
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(data)
-    info = check_io(out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_bytes(data)
+    try:  # only a model that passes the I/O contract takes the output name
+        info = modelcard.check_io(modelcard.summarize(tmp), out_path)
+    except DsmnError:
+        tmp.unlink()
+        raise
+    os.replace(tmp, out_path)
     return {
         "tflite": str(out_path), "onnx": str(onnx_path), "calibration_inputs": int(len(x)),
         "calibration_split": calib_split, "calibration_input_clip": clip, "convert_seconds": round(seconds, 2),
@@ -357,30 +299,14 @@ def convert(onnx_path, calib, out_path, *, n_calib=DEFAULT_CALIB, calib_split="t
     }
 
 
-def _cmd_convert(args):
-    from dsmn_host import modelcard
-
-    report = convert(args.onnx, args.calib, args.out, n_calib=args.n_calib, calib_split=args.calib_split,
-                     strip=not args.keep_names, verbose=args.verbose)
-    print(f"wrote {report['tflite']}: {report['model_bytes']} bytes (onnx2tf wrote {report['bytes_before_strip']}), "
-          f"calibrated on {report['calibration_inputs']} {report['calibration_split']} inputs, "
-          f"{report['convert_seconds']:.1f} s")
-    card = modelcard.write_card(args.out, onnx_path=args.onnx, conversion=report)
-    print(f"wrote {card['paths']['json']} and {card['paths']['md']}: TFLM arena {card['tflm_arena_bytes']} bytes, "
-          f"{card['params']} params, {card['macs'] / 1e6:.2f} M MACs")
-    if args.no_verify:
-        return 0
-    from dsmn_host import verify
-
-    return verify.run_verify(args.out, onnx_path=args.onnx, data=args.verify_data or (None if str(args.calib).endswith(".npy") else args.calib),
-                             board=args.board, ram_limit=args.ram_limit, flash_limit=args.flash_limit)
-
-
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "convert", help="convert float ONNX to a fully int8 TFLite (onnx2tf), write its model card, verify",
         description="Full integer quantization with onnx2tf (int8 input and output, per-channel weights), "
-                    "calibrated on real training inputs; then the model card and `dsmn-host verify`.")
+                    "calibrated on real training inputs; then the model card and `dsmn-host verify`.",
+        **style("dsmn-host convert runs/m1/model1.onnx --calib data/tau22-synth.features --out runs/m1/model1_int8.tflite", "dsmn-host convert m.onnx --calib calib.npy --out m_int8.tflite --no-verify"))
     p.add_argument("onnx", help="float ONNX from `dsmn-host export`")
     p.add_argument("--calib", required=True,
                    help="feature cache, TAU data directory, or an N×44×256×2 .npy of calibration inputs")
@@ -394,4 +320,4 @@ def register(subparsers):
     p.add_argument("--ram-limit", type=int, help="RAM budget in bytes for the TFLM arena")
     p.add_argument("--flash-limit", type=int, help="flash budget in bytes for the model")
     p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
-    p.set_defaults(func=_cmd_convert)
+    p.set_defaults(func="dsmn_host.pipeline:cmd_convert")  # convert, then card and verify

@@ -33,6 +33,22 @@ def qemu_command(board, elf, serial):
     return cmd
 
 
+def check_arm_elf(path):
+    """Refuse, by name, a file QEMU would reject with a cryptic message or boot into nothing:
+    it must be a 32-bit little-endian ELF for machine ARM (EM_ARM = 40)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError as exc:
+        raise DsmnError(f"{path}: cannot read firmware ({exc.strerror})") from None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise DsmnError(f"{path}: not an ELF file (build firmware with dsmn-host build-firmware)")
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    if head[4] != 1 or head[5] != 1 or machine != 40:
+        raise DsmnError(f"{path}: ELF for machine {machine} ({'64' if head[4] == 2 else '32'}-bit), not a "
+                        "32-bit little-endian ARM (Cortex-M) firmware")
+
+
 class Emulator:
     """A running QEMU; `.url` is what pyserial (or dsmn_host.protocol.Session.open) opens."""
 
@@ -46,6 +62,7 @@ class Emulator:
         self.elf = Path(elf)
         if not self.elf.is_file():
             raise DsmnError(f"{elf}: firmware ELF not found (build it with dsmn-host build-firmware)")
+        check_arm_elf(self.elf)
         if shutil.which(QEMU) is None:
             raise DsmnError(f"{QEMU} not found on PATH (run scripts/bootstrap.sh)")
         self.tcp_port = tcp_port
@@ -147,6 +164,7 @@ def _cmd(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
     from dsmn_host.boards import BOARDS, DEFAULT_BOARD
 
     qemu_boards = [b.name for b in BOARDS.values() if b.qemu_machine]
@@ -156,8 +174,9 @@ def register(subparsers):
         description="Start qemu-system-arm headless (-icount shift=0: deterministic instruction counts) "
                     "with the board's UART on a new pty, print the port to open, and run until Ctrl-C. "
                     "QEMU boards: " + ", ".join(qemu_boards) + ".",
+        **style("dsmn-host emulate build/firmware-qemu-an386-native/dsmn_firmware.elf", "dsmn-host emulate fw.elf --board qemu-an547 --tcp 5555"),
     )
-    p.add_argument("elf", metavar="FIRMWARE.elf")
+    p.add_argument("elf", metavar="FIRMWARE.elf", help="firmware ELF from `dsmn-host build-firmware`")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"QEMU board (default {DEFAULT_BOARD})")
     p.add_argument("--tcp", type=int, metavar="PORT", help="serve the UART on 127.0.0.1:PORT instead of a pty")
     p.set_defaults(func=_cmd)

@@ -19,7 +19,9 @@ import threading
 import time
 from pathlib import Path
 
+from dsmn_host import modelcard
 from dsmn_host.errors import DsmnError
+from dsmn_host.int8io import prepare_input, quantize  # noqa: F401  (the one quantizer, as evaluate.quantize)
 
 RESULTS = "results.jsonl"
 RUN_JSON = "run.json"
@@ -109,56 +111,7 @@ def read_results(report_dir):
 
 
 # ----------------------------------------------------------------------------------------------
-# Model card, host input preparation, host int8 reference
-
-
-def load_card(path) -> dict:
-    path = Path(path)
-    try:
-        card = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DsmnError(f"{path}: model card missing") from None
-    except (OSError, ValueError) as exc:
-        raise DsmnError(f"{path}: not a model card ({exc})") from None
-    for key in ("sha256", "input", "output"):
-        if key not in card:
-            raise DsmnError(f"{path}: model card has no '{key}'")
-    card["_path"] = str(path)
-    return card
-
-
-def card_tflite(card) -> Path:
-    """The .tflite a card describes: named in it, or X.tflite next to X.card.json."""
-    path = Path(card["_path"])
-    for key in ("tflite", "model_path", "path", "file"):
-        if card.get(key):
-            p = Path(card[key])
-            p = p if p.is_absolute() else path.parent / p.name
-            if p.is_file():
-                return p
-    name = path.name
-    stem = name[: -len(".card.json")] if name.endswith(".card.json") else path.stem
-    p = path.with_name(stem + ".tflite")
-    if not p.is_file():
-        raise DsmnError(f"{path}: cannot find the model it describes ({p} missing)")
-    return p
-
-
-def quantize(x, scale, zero_point):
-    """float -> int8 as TFLite's Quantize kernel does it: round half away from zero, saturate."""
-    import numpy as np
-
-    v = np.asarray(x, dtype=np.float32) / np.float32(scale)
-    v = np.sign(v) * np.floor(np.abs(v) + 0.5)
-    return np.clip(v + int(zero_point), -128, 127).astype(np.int8)
-
-
-def prepare_input(logmel, scale, zero_point):
-    """Raw (256, 44) log-mel -> the int8 (44, 256, 2) NHWC tensor the int8 model takes."""
-    from dsmn_host.features import logmel_to_input
-
-    x = logmel_to_input(logmel)  # (2, mel, time), exactly what training feeds the network
-    return quantize(x.transpose(2, 1, 0), scale, zero_point)
+# Host int8 reference (model card: dsmn_host.modelcard; input preparation: dsmn_host.int8io)
 
 
 class HostReference:
@@ -422,10 +375,9 @@ def run_eval(ports, *, source, split="fold1_evaluate", limit=None, stratify=Fals
     out_dir = Path(out_dir)
     if card_path is None:
         from dsmn_host.firmware import DEFAULT_MODEL
-        from dsmn_host.modelcard import card_paths
 
-        card_path = card_paths(DEFAULT_MODEL)["json"]
-    card = load_card(card_path)
+        card_path = modelcard.card_paths(DEFAULT_MODEL)["json"]
+    card = modelcard.read_card(card_path)
     clips = select_clips(source, split, limit, stratify)
 
     run_path = out_dir / RUN_JSON
@@ -479,7 +431,7 @@ def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify
         + (f" (limit {limit}{', stratified' if stratify else ''})" if limit else "")
         + f"; {len(clips) - len(pending)} already in {journal.path}, {len(pending)} to go on {len(boards)} board(s)")
 
-    ref = HostReference(card_tflite(card)) if reference else None
+    ref = HostReference(modelcard.card_model(card_path, card)) if reference else None
     work = queue.Queue(maxsize=2 * len(boards) + 1)
     stop = threading.Event()
     producer_done = threading.Event()
@@ -620,6 +572,8 @@ def np_logmel(cache, row):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "eval",
         help="evaluate the int8 model on one or more boards over the serial link; write results and a report",
@@ -627,6 +581,7 @@ def register(subparsers):
         "training, to the board(s) over protocol v1; append each RESULT to OUT/results.jsonl (fsynced, "
         "so --resume after a crash repeats and loses nothing); run the same int8 tensors through the "
         "TFLite-Micro Python interpreter for agreement; write OUT/report.json, report.md, confusion.png.",
+        **style("dsmn-host eval --port /dev/ttyACM0 --data data/tau22-synth", "dsmn-host eval --port socket://127.0.0.1:5555 --cache data/tau22-synth.features --limit 100 --stratify --out build/eval"),
     )
     p.add_argument("--port", action="append", required=True, metavar="PORT",
                    help="serial port (/dev/ttyACM0, /dev/pts/N, socket://host:port); repeat for several boards")
@@ -649,8 +604,9 @@ def register(subparsers):
 
     r = subparsers.add_parser("eval-report", help="recompute the report of an eval directory from its results.jsonl",
                               description="Rewrite REPORT_DIR/report.json, report.md and confusion.png from "
-                              "results.jsonl and run.json (no board needed).")
-    r.add_argument("report_dir", metavar="REPORT_DIR")
+                              "results.jsonl and run.json (no board needed).",
+        **style("dsmn-host eval-report build/eval"))
+    r.add_argument("report_dir", metavar="REPORT_DIR", help="directory of an earlier `dsmn-host eval`")
     r.set_defaults(func=_cmd_report)
 
 

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from dsmn_host.errors import DsmnError
+from dsmn_host.paths import output_file
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -160,46 +161,38 @@ def _real_inputs(data_path, n=8):
     import numpy as np
 
     from dsmn_host.features import open_features
+    from dsmn_host.int8io import features_to_time_mel
 
     cache = open_features(data_path)
     idx = cache.indices("evaluate")[:n]
     if len(idx) == 0:
         return None
-    return np.ascontiguousarray(cache.inputs(idx).transpose(0, 1, 3, 2))
+    return features_to_time_mel(np.asarray(cache.inputs(idx)))
 
 
-def _load_for_export(run_dir, config):
-    """The QAT-trained, BN-folded float graph (qat.export_ready_model falls back to best.pt)."""
+def export_run(run_dir, out_path, *, exporter="dynamo", opset=18, data=None, tolerance=DEFAULT_TOLERANCE,
+               require_qat=False):
+    """Export the QAT-trained weights of RUN_DIR (BN folded) as float ONNX; without qat.pt the
+    float best.pt (BN folded), unless `require_qat`."""
     import torch
 
-    try:
-        from dsmn_host.qat import export_ready_model
-    except ImportError:
-        export_ready_model = None
-    if export_ready_model is not None:
-        model, info = export_ready_model(run_dir)
-        weights = "qat.pt" if info.get("qat") else "best.pt (float, BN folded; no QAT in this run)"
-        return model, dict(info, weights=weights)
-    best = run_dir / "best.pt"
-    if not best.is_file():
-        raise DsmnError(f"{run_dir}: no best.pt to export")
-    from dsmn_host.models import TimeMelWrapper, build_model
-
-    ckpt = torch.load(best, map_location="cpu", weights_only=False)
-    net = build_model(ckpt.get("model_name") or config.get("model"))
-    net.load_state_dict(ckpt["model"])
-    return TimeMelWrapper(net.eval()).eval(), {"model": net.variant, "weights": "best.pt (float; no QAT module)"}
-
-
-def export_run(run_dir, out_path, *, exporter="dynamo", opset=18, data=None, tolerance=DEFAULT_TOLERANCE):
-    """Export the QAT-trained weights of RUN_DIR (BN folded) as float ONNX."""
-    import torch
+    from dsmn_host.checkpoints import export_ready_model
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DsmnError(f"{run_dir}: no such run directory")
     if not (run_dir / "config.json").is_file():
         raise DsmnError(f"{run_dir}: not a run directory (no config.json)")
-    config = json.loads((run_dir / "config.json").read_text())
-    model, info = _load_for_export(run_dir, config)
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except ValueError as exc:
+        raise DsmnError(f"{run_dir / 'config.json'}: not valid JSON ({exc})") from None
+    if require_qat and not (run_dir / "qat.pt").is_file():
+        raise DsmnError(f"{run_dir}: no qat.pt, so there are no QAT weights to export; run `dsmn-host qat "
+                        f"{run_dir}` first, or pass --allow-float to export the float best.pt")
+    output_file(out_path, "output .onnx")
+    model, info = export_ready_model(run_dir)
+    info["weights"] = "qat.pt" if info.get("qat") else "best.pt (float, BN folded; no QAT in this run)"
     data = data or config.get("data") or config.get("data_path") or config.get("features")
     check = None
     if data and Path(data).exists():
@@ -223,7 +216,7 @@ def export_run(run_dir, out_path, *, exporter="dynamo", opset=18, data=None, tol
 
 def _cmd_export(args):
     report = export_run(args.run_dir, args.out, exporter=args.exporter, opset=args.opset,
-                        data=args.data, tolerance=args.tolerance)
+                        data=args.data, tolerance=args.tolerance, require_qat=not args.allow_float)
     print(f"wrote {report['onnx']} ({report['onnx_bytes']} bytes, {report['exporter']} exporter, "
           f"opset {report['opset']})")
     print(f"onnxruntime vs PyTorch on {report['inputs_checked']} inputs: max |diff| "
@@ -232,10 +225,13 @@ def _cmd_export(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "export", help="export a trained run as float ONNX (batch 1, time × mel), checked with onnxruntime",
         description="Export the QAT-trained weights of RUN_DIR (BatchNorm folded) as a float ONNX graph "
-                    "taking 1×2×44×256 (channel, time, mel) and check it against PyTorch with onnxruntime.")
+                    "taking 1×2×44×256 (channel, time, mel) and check it against PyTorch with onnxruntime.",
+        **style("dsmn-host export runs/m1 --out runs/m1/model1.onnx"))
     p.add_argument("run_dir", help="run directory written by `dsmn-host train` (and `dsmn-host qat`)")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
@@ -244,4 +240,6 @@ def register(subparsers):
     p.add_argument("--data", help="feature cache or data dir for the check inputs (default: the run's data)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"max allowed |PyTorch − onnxruntime| on logits (default {DEFAULT_TOLERANCE:g})")
+    p.add_argument("--allow-float", action="store_true",
+                   help="export the float best.pt (BN folded) when the run has no qat.pt, instead of refusing")
     p.set_defaults(func=_cmd_export)

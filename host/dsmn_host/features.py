@@ -170,7 +170,7 @@ def clip_features(wav_path):
 # CACHE/params.json   feature parameters + data dir + fingerprint of the clip list
 # CACHE/index.npz     per-clip filename, scene_idx, coarse_idx, device, city, identifier, split
 # CACHE/logmel.npy    (N, 256, 44) float32, opened as a memmap
-# CACHE/done.npy      (N,) bool: which rows are computed (makes the build resumable)
+# CACHE/done.npy      (N,) int8: which rows are computed (makes the build resumable; see BAD)
 # CACHE/device_response.npz   rows of (device - a) mean log-mel, from the training split
 # CACHE/skipped.json  clips left out with --skip-bad, and why
 
@@ -200,7 +200,7 @@ class FeatureCache:
         except (OSError, ValueError, KeyError) as exc:
             raise DsmnError(f"{self.path}: incomplete or corrupt feature cache ({exc}); delete it and rebuild") from None
         if not done.all():
-            raise DsmnError(f"{self.path}: feature cache incomplete ({int(done.sum())}/{done.size} clips); "
+            raise DsmnError(f"{self.path}: feature cache incomplete ({int((done != 0).sum())}/{done.size} clips); "
                             "run `dsmn-host features` again to resume")
         self.params = self.info["params"]
         if self.params != PARAMS:
@@ -208,10 +208,12 @@ class FeatureCache:
                             f"delete it or choose another --out ({_param_diff(self.params)})")
         for key in ("filename", "scene_idx", "coarse_idx", "device", "city", "identifier", "segment", "split"):
             setattr(self, key, index[key])
-        self._splits = {name: index[f"split_{name}"] for name in self.info["splits"]}
+        bad = np.flatnonzero(done == BAD)  # clips --skip-bad left out while computing them
+        self._splits = {name: np.setdiff1d(index[f"split_{name}"], bad) if len(bad) else index[f"split_{name}"]
+                        for name in self.info["splits"]}
         self.device_response = response["table"]
         self.device_response_device = response["device"]
-        self.skipped = self.info.get("skipped", [])
+        self.skipped = self.info.get("skipped", []) + _late_skips(self.path, bad, self.split, self.filename)
 
     def __len__(self):
         return len(self.filename)
@@ -225,6 +227,25 @@ class FeatureCache:
     def inputs(self, idx):
         """Model input for rows `idx` (no augmentation): (len(idx), 2, 256, 44) float32."""
         return logmel_to_input(np.asarray(self.logmel[idx]))
+
+
+# done.npy per row: 0 to do, 1 computed, BAD left out by --skip-bad (its samples could not be
+# used: NaN/inf or undecodable), with the reason in bad.jsonl. Rows marked BAD belong to no split.
+BAD = 2
+
+
+def _late_skips(cache_dir, bad, split, filename):
+    reasons = {}
+    path = Path(cache_dir) / "bad.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                reasons[int(rec["row"])] = rec["reason"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from a killed run; the row is still marked in done.npy
+    return [{"split": str(split[r]), "filename": str(filename[r]),
+             "reason": reasons.get(int(r), "samples unusable (found while computing features)")} for r in bad]
 
 
 def _param_diff(other) -> str:
@@ -265,6 +286,19 @@ def _compute_rows(paths):
     return np.stack([logmel(tau.load_wav(p)) for p in paths])
 
 
+def _compute_rows_skipping(paths):
+    """(rows, [(i, reason)]): like _compute_rows, but a clip whose samples cannot be used (NaN or
+    infinite samples, undecodable) becomes a zero row and a reason instead of an abort."""
+    rows, bad = [], []
+    for i, p in enumerate(paths):
+        try:
+            rows.append(logmel(tau.load_wav(p)))
+        except DsmnError as exc:
+            rows.append(np.zeros((N_MELS, N_FRAMES), np.float32))
+            bad.append((i, str(exc)))
+    return np.stack(rows), bad
+
+
 def build_cache(data_dir, cache_dir=None, splits=DEFAULT_SPLITS, workers=None, skip_bad=False,
                 progress=True, chunk=32) -> FeatureCache:
     """Compute (or finish computing) the log-mel cache of `data_dir`; reuse a complete one.
@@ -273,7 +307,13 @@ def build_cache(data_dir, cache_dir=None, splits=DEFAULT_SPLITS, workers=None, s
     than silently reused or overwritten.
     """
     data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DsmnError(f"{data_dir}: no such data directory")
+    if not data_dir.is_dir():
+        raise DsmnError(f"{data_dir}: is a file, not a TAU22 data directory")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise DsmnError(f"{cache_dir}: is a file; the feature cache must be a directory (choose another --out)")
     # fold1_test.csv is optional: the test split repeats evaluate's clips without labels.
     splits = [s for s in splits if s != "test" or tau.split_csv(data_dir, s).is_file()]
     params_path = cache_dir / "params.json"
@@ -300,17 +340,20 @@ def build_cache(data_dir, cache_dir=None, splits=DEFAULT_SPLITS, workers=None, s
             return FeatureCache(cache_dir)
     else:
         # A build killed before params.json was written leaves only our own files: start over.
-        ours = {"index.npz", "logmel.npy", "done.npy"}
+        ours = {"index.npz", "logmel.npy", "done.npy", "bad.jsonl"}
         if cache_dir.exists() and not {p.name for p in cache_dir.iterdir()} <= ours:
             raise DsmnError(f"{cache_dir}: exists and is not a feature cache; choose another --out")
         cache_dir.mkdir(parents=True, exist_ok=True)
         _write_index(cache_dir, clips, split_of, split_rows)
         np.lib.format.open_memmap(cache_dir / "logmel.npy", mode="w+", dtype=np.float32,
                                   shape=(len(clips), N_MELS, N_FRAMES)).flush()
-        np.save(cache_dir / "done.npy", np.zeros(len(clips), dtype=bool))
+        np.save(cache_dir / "done.npy", np.zeros(len(clips), dtype=np.int8))
         params_path.write_text(json.dumps(info, indent=1))
 
-    _fill(cache_dir, clips, workers, progress, chunk)
+    try:
+        _fill(cache_dir, clips, workers, progress, chunk, skip_bad)
+    except DsmnError as exc:  # the cache stays incomplete (resumable), never taken for finished
+        raise DsmnError(f"{exc}; `dsmn-host features {data_dir} --skip-bad` leaves such clips out") from None
     _write_device_response(cache_dir, clips, split_of)
     return FeatureCache(cache_dir)
 
@@ -327,25 +370,32 @@ def _write_index(cache_dir, clips, split_of, split_rows):
     )
 
 
-def _fill(cache_dir, clips, workers, progress, chunk):
+def _fill(cache_dir, clips, workers, progress, chunk, skip_bad=False):
     from tqdm import tqdm
 
-    done = np.load(cache_dir / "done.npy")
-    todo = np.flatnonzero(~done)
+    done = np.load(cache_dir / "done.npy").astype(np.int8)  # bool in caches from before BAD
+    todo = np.flatnonzero(done == 0)
     if todo.size == 0:
         return
     out = np.load(cache_dir / "logmel.npy", mmap_mode="r+")
     batches = [todo[i: i + chunk] for i in range(0, todo.size, chunk)]
     jobs = [[clips[i].path for i in b] for b in batches]
     workers = workers or min(os.cpu_count() or 1, 8)
-    bar = tqdm(total=len(clips), initial=int(done.sum()), unit="clip", desc="log-mel",
+    bar = tqdm(total=len(clips), initial=int((done != 0).sum()), unit="clip", desc="log-mel",
                disable=not progress)
     last_save = time.monotonic()
 
-    def store(rows, values):
+    compute = _compute_rows_skipping if skip_bad else _compute_rows
+
+    def store(rows, result):
         nonlocal last_save
+        values, bad = result if skip_bad else (result, [])
         out[rows] = values
-        done[rows] = True
+        if bad:  # reasons first: a row marked BAD in done.npy always has its line (or a torn one)
+            with open(cache_dir / "bad.jsonl", "a") as f:
+                f.writelines(json.dumps({"row": int(rows[i]), "reason": r}) + "\n" for i, r in bad)
+        done[rows] = 1
+        done[[rows[i] for i, _ in bad]] = BAD
         bar.update(len(rows))
         if time.monotonic() - last_save > 10:
             out.flush()
@@ -355,7 +405,7 @@ def _fill(cache_dir, clips, workers, progress, chunk):
     try:
         if workers <= 1 or len(batches) <= 2:
             for rows, paths in zip(batches, jobs):
-                store(rows, _compute_rows(paths))
+                store(rows, compute(paths))
         else:
             import multiprocessing
 
@@ -363,8 +413,8 @@ def _fill(cache_dir, clips, workers, progress, chunk):
             # a __main__ guard. Workers only run numpy FFTs, so nothing forked can deadlock.
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(workers) as pool:
-                for rows, values in zip(batches, pool.imap(_compute_rows, jobs)):
-                    store(rows, values)
+                for rows, result in zip(batches, pool.imap(compute, jobs)):
+                    store(rows, result)
     finally:
         out.flush()
         np.save(cache_dir / "done.npy", done)
@@ -376,11 +426,13 @@ def _write_device_response(cache_dir, clips, split_of):
     whose segment was also recorded by a, the per-band difference of time-averaged log10 mel
     power (device - a). Only the training split is used, so unseen devices stay unseen."""
     lm = np.load(cache_dir / "logmel.npy", mmap_mode="r")
+    bad = set(np.flatnonzero(np.load(cache_dir / "done.npy") == BAD).tolist())
     ref_row = {c.segment: i for i, c in enumerate(clips)
-               if c.device == tau.REFERENCE_DEVICE and split_of[i] == "train"}
+               if c.device == tau.REFERENCE_DEVICE and split_of[i] == "train" and i not in bad}
     rows, devices = [], []
     for i, c in enumerate(clips):
-        if split_of[i] == "train" and c.device != tau.REFERENCE_DEVICE and c.segment in ref_row:
+        if (split_of[i] == "train" and c.device != tau.REFERENCE_DEVICE and c.segment in ref_row
+                and i not in bad):
             rows.append(lm[i].mean(axis=-1) - lm[ref_row[c.segment]].mean(axis=-1))
             devices.append(c.device)
     table = np.array(rows, dtype=np.float32).reshape(-1, N_MELS)
@@ -391,6 +443,10 @@ def open_features(path, build=True, **build_kwargs) -> FeatureCache:
     """A FeatureCache from a cache directory, or from a TAU data directory (its default cache
     next to it, built or finished if needed)."""
     path = Path(path)
+    if not path.exists():
+        raise DsmnError(f"{path}: no such feature cache or data directory")
+    if not path.is_dir():
+        raise DsmnError(f"{path}: is a file, not a feature cache or TAU22 data directory")
     if (path / "params.json").is_file():
         return FeatureCache(path)
     if (path / "meta.csv").is_file():
@@ -406,12 +462,15 @@ def open_features(path, build=True, **build_kwargs) -> FeatureCache:
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "features",
         help="compute log-mel features of a data set into a cache (or of one WAV)",
         description="Compute the paper's log-mel features (44.1 kHz, 4096/1024, 256 HTK mels, "
         "Slaney norm, log10) of every clip of a TAU22-layout data set into a resumable on-disk cache, "
         "plus the device-response table; or, with --wav, of one clip into an .npz.",
+        **style("dsmn-host features data/tau22-synth --workers 2 --skip-bad", "dsmn-host features --wav clip.wav --npz clip.npz"),
     )
     p.add_argument("data", nargs="?", help="TAU22-layout data directory")
     p.add_argument("--out", help="cache directory (default: DATA.features next to DATA)")
@@ -427,11 +486,14 @@ def register(subparsers):
 
 def _cmd_features(args):
     if args.wav:
+        from dsmn_host.paths import output_file
+
         if not args.npz:
             raise DsmnError("--wav needs --npz OUT.npz")
+        npz = output_file(args.npz, "--npz file", suffix=".npz", create_parent=False)
         lm, x = clip_features(args.wav)
-        np.savez(args.npz, logmel=lm, input=x)
-        print(f"wrote {args.npz}: logmel {lm.shape}, input {x.shape}")
+        np.savez(npz, logmel=lm, input=x)
+        print(f"wrote {npz}: logmel {lm.shape}, input {x.shape}")
         return 0
     if not args.data:
         raise DsmnError("give a data directory (or --wav CLIP.wav --npz OUT.npz)")

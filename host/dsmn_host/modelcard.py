@@ -21,10 +21,6 @@ from pathlib import Path
 
 from dsmn_host.errors import DsmnError
 
-_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8"}
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "bool": 1, "int16": 2, "int8": 1}
-_WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
-
 
 def card_paths(tflite_path):
     p = Path(tflite_path)
@@ -32,99 +28,85 @@ def card_paths(tflite_path):
     return {"json": Path(f"{stem}.card.json"), "md": Path(f"{stem}.card.md")}
 
 
-def _op_names():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
-
-def _op_name(code, names):
-    # Builtin codes above 127 live in `builtinCode`; the deprecated byte field saturates at 127.
-    value = max(code.builtinCode, code.deprecatedBuiltinCode)
-    if value == 32:  # CUSTOM
-        return f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}"
-    return names.get(value, f"BUILTIN_{value}")
-
-
-def read_tflite(path):
-    """Tensors, ops, I/O quantization, params and MACs of the first subgraph."""
+def summarize(path):
+    """Tensors, ops, I/O quantization, params and MACs of a .tflite, read with the one graph
+    reader (`tflite_reader`) and its MAC and parameter counts."""
     import numpy as np
-    from ai_edge_litert import schema_py_generated as schema
+
+    from dsmn_host.tflite_reader import op_macs, read_tflite, stored_params
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-        if len(data) < 8 or data[4:8] != b"TFL3":
-            raise ValueError("missing TFL3 identifier")
-        model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    except (OSError, ValueError, IndexError) as exc:
-        raise DsmnError(f"{path}: not a TFLite flatbuffer ({exc})") from None
-    if not model.subgraphs:
-        raise DsmnError(f"{path}: TFLite model has no subgraph")
-    names = _op_names()
-    sub = model.subgraphs[0]
-    codes = [_op_name(c, names) for c in model.operatorCodes]
+    g = read_tflite(path)
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise DsmnError(f"{path}: expected one input and one output, found {len(g.inputs)} and {len(g.outputs)}")
 
     def tensor_info(i):
-        t = sub.tensors[i]
-        q = t.quantization
-        scale = [] if q is None or q.scale is None else [float(s) for s in np.atleast_1d(q.scale)]
-        zp = [] if q is None or q.zeroPoint is None else [int(z) for z in np.atleast_1d(q.zeroPoint)]
-        return {"shape": [int(d) for d in (t.shape if t.shape is not None else [])],
-                "dtype": _DTYPES.get(t.type, str(t.type)),
+        t = g.tensors[i]
+        scale = [float(s) for s in np.atleast_1d(t.scale)]
+        zp = [int(z) for z in np.atleast_1d(t.zero_point)]
+        return {"shape": [int(d) for d in t.shape], "dtype": np.dtype(t.dtype).name,
                 "scale": scale[0] if len(scale) == 1 else scale,
                 "zero_point": zp[0] if len(zp) == 1 else zp}
 
-    def is_const(i):
-        b = sub.tensors[i].buffer
-        return b > 0 and model.buffers[b].data is not None and len(model.buffers[b].data) > 0
-
-    ops = collections.Counter()
-    macs = 0
-    params = 0
-    seen_const = set()
-    consumers = collections.defaultdict(list)
-    for op in sub.operators:
-        name = codes[op.opcodeIndex]
-        ops[name] += 1
-        ins = [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
-        outs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
-        for i in ins:
-            consumers[i].append(name)
-        if name in _WEIGHT_OPS and len(ins) >= 2:
-            out_elems = int(np.prod(sub.tensors[outs[0]].shape))
-            w = [int(d) for d in sub.tensors[ins[1]].shape]
-            if name == "CONV_2D":            # filter O×KH×KW×(I/groups)
-                macs += out_elems * w[1] * w[2] * w[3]
-            elif name == "DEPTHWISE_CONV_2D":  # filter 1×KH×KW×O
-                macs += out_elems * w[1] * w[2]
-            elif name == "FULLY_CONNECTED":    # filter O×I
-                macs += out_elems * w[1]
-            else:
-                macs += out_elems * int(np.prod(w[1:]))
-            # weights and bias of weight-bearing ops, plus any other float/int8 constants
-        for i in ins:
-            if i in seen_const or not is_const(i):
-                continue
-            seen_const.add(i)
-            t = sub.tensors[i]
-            dtype = _DTYPES.get(t.type)
-            # int32 constants are shape/axis operands unless they are a bias (3rd input of a weight op)
-            if dtype == "int32" and not (name in _WEIGHT_OPS and len(ins) > 2 and i == ins[2]):
-                continue
-            params += int(np.prod(t.shape)) if t.shape is not None and len(t.shape) else 1
-
-    if len(sub.inputs) != 1 or len(sub.outputs) != 1:
-        raise DsmnError(f"{path}: expected one input and one output, found {len(sub.inputs)} and {len(sub.outputs)}")
-    inp, out = int(sub.inputs[0]), int(sub.outputs[0])
+    inp, out = g.inputs[0], g.outputs[0]
+    ops = collections.Counter(op.name for op in g.operators)
     return {
         "input": tensor_info(inp), "output": tensor_info(out),
-        "ops": dict(sorted(ops.items())), "n_ops": int(sum(ops.values())),
-        "op_sequence": [codes[op.opcodeIndex] for op in sub.operators],
-        "input_consumers": consumers.get(inp, []),
-        "params": params, "macs": int(macs), "n_tensors": len(sub.tensors),
-        "has_tensor_names": any(t.name for t in sub.tensors),
+        "ops": dict(sorted(ops.items())), "n_ops": len(g.operators),
+        "op_sequence": [op.name for op in g.operators],
+        "input_consumers": [op.name for op in g.operators if inp in op.inputs],
+        "params": stored_params(g), "macs": int(sum(op_macs(g, op) for op in g.operators)),
+        "cross_kernel_zero_taps": _cross_zero_taps(g),
+        "n_tensors": len(g.tensors), "has_tensor_names": any(t.name for t in g.tensors),
     }
+
+
+def _cross_zero_taps(g):
+    """Taps held at zero in cross-shaped 3×3 depthwise kernels (all four corners zero in every
+    channel): stored, counted in `params`, and multiplied by kernels that do not skip them."""
+    n = 0
+    for op in g.operators:
+        if op.name != "DEPTHWISE_CONV_2D":
+            continue
+        w = g.tensors[op.inputs[1]].data
+        if w is not None and w.ndim == 4 and w.shape[1:3] == (3, 3):
+            corners = w[:, [0, 0, 2, 2], [0, 2, 0, 2], :]
+            if not corners.any():
+                n += corners.size
+    return n
+
+
+def dcase_complexity(model_name):
+    """The paper's / DCASE tools' count for a known variant (`dsmn-host complexity`), or None."""
+    from dsmn_host.complexity import COUNTED
+
+    if model_name not in COUNTED:
+        return None
+    params, macs = COUNTED[model_name]
+    return {"params": params, "macs": macs,
+            "counted": "DCASE 2023 Task 1 convention on the float PyTorch model (dsmn-host complexity): "
+                       "conv weights+biases x output positions, BatchNorm and linear layers once"}
+
+
+def check_io(info, path, *, dsmn_shape=True):
+    """Refuse a model that is not fully int8 at its I/O (a float model), contains QUANTIZE /
+    DEQUANTIZE, starts with a layout op, or (dsmn_shape) is not DSMN's 1×44×256×2 -> 1×13."""
+    from dsmn_host.int8io import INPUT_SHAPE, OUTPUT_SHAPE
+
+    inp, out = info["input"], info["output"]
+    problems = []
+    for what, t, shape in (("input", inp, INPUT_SHAPE), ("output", out, OUTPUT_SHAPE)):
+        if t["dtype"] != "int8" or (dsmn_shape and tuple(t["shape"]) != shape):
+            want = f"int8 {list(shape)}" if dsmn_shape else "int8"
+            problems.append(f"{what} is {t['dtype']} {t['shape']}, expected {want}")
+    if info["input_consumers"] and set(info["input_consumers"]) & {"TRANSPOSE", "RESHAPE", "PAD", "QUANTIZE"}:
+        problems.append(f"input feeds layout/conversion ops {info['input_consumers']}")
+    float_ops = [op for op in ("QUANTIZE", "DEQUANTIZE") if op in info["ops"]]
+    if float_ops:
+        problems.append(f"graph contains {', '.join(float_ops)} (not fully int8)")
+    if problems:
+        raise DsmnError(f"{path}: " + "; ".join(problems))
+    return info
 
 
 @contextlib.contextmanager
@@ -177,20 +159,24 @@ def build_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
     from dsmn_host import features, tau
 
     tflite_path = Path(tflite_path)
-    info = read_tflite(tflite_path)
+    info = check_io(summarize(tflite_path), tflite_path, dsmn_shape=False)  # refuse float models
     arena, missing, tflm_error = tflm_measure(tflite_path)
     meta = {}
     if onnx_path and Path(onnx_path).is_file():
         from dsmn_host.export import read_metadata
 
         meta = read_metadata(onnx_path)
+    sha = sha256_file(tflite_path)
+    previous = _previous_card(tflite_path, sha)
+    if not meta and previous.get("model"):  # regenerated without --onnx: keep what it came from
+        meta = {"model": previous["model"], **previous.get("source", {})}
     model_bytes = tflite_path.stat().st_size
     inp = dict(info["input"], layout="NHWC (batch, time, mel, channel: 0 = log-mel, 1 = delta)")
     out = dict(info["output"], layout="logits in `labels` order (10 scenes, then 3 coarse classes)")
     card = {
         "file": tflite_path.name,
         "model": meta.get("model"),
-        "sha256": sha256_file(tflite_path),
+        "sha256": sha,
         "model_bytes": model_bytes,
         "input": inp,
         "output": out,
@@ -201,8 +187,13 @@ def build_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
         "ops": info["ops"],
         "n_ops": info["n_ops"],
         "params": info["params"],
+        "params_counted": "elements of every constant the int8 graph stores (weights, int32 biases, other "
+                          "constants; zero taps included)",
+        "cross_kernel_zero_taps": info["cross_kernel_zero_taps"],
         "macs": info["macs"],
-        "macs_counted": "CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED multiply-accumulates",
+        "macs_counted": "CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED multiply-accumulates the int8 graph's "
+                        "kernels execute (zero taps included)",
+        "dcase_complexity": dcase_complexity(meta.get("model")),
         "tflm_arena_bytes": arena,
         "tflm_missing_ops": missing,
         "tflm_error": tflm_error,
@@ -211,7 +202,8 @@ def build_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
         "preprocessing": {
             **features.PARAMS,
             "input": "per clip: log-mel and its delta, each normalised to zero mean / unit std, "
-                     "transposed to time × mel; quantize with round(x / scale) + zero_point, clamp to int8",
+                     "laid out NHWC (time × mel × channel); quantize with round(x / scale) + zero_point, "
+                     "ties away from zero (TFLite QUANTIZE; dsmn_host.int8io.quantize), clamp to int8",
         },
         "quantization": {
             "weights": "int8 per-channel (symmetric), biases int32",
@@ -238,9 +230,29 @@ def build_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
         card["quantization"]["qat_vs_int8_ranges"] = compare
     if conversion:
         card["conversion"] = {k: v for k, v in conversion.items() if k not in ("ops", "tflite", "onnx")}
+    old_ranges = previous.get("quantization", {}).get("qat_vs_int8_ranges")
+    if old_ranges and "qat_vs_int8_ranges" not in card["quantization"]:
+        card["quantization"]["qat_vs_int8_ranges"] = old_ranges
+    if not onnx_path and previous.get("source", {}).get("onnx"):
+        card["source"]["onnx"] = previous["source"]["onnx"]
+    if not conversion and previous.get("conversion"):
+        card["conversion"] = previous["conversion"]
+    for key in ("verification", "verified"):  # same bytes, same verification
+        if key in previous:
+            card[key] = previous[key]
     if extra:
         card.update(extra)
     return card
+
+
+def _previous_card(tflite_path, sha):
+    """The card already next to `tflite_path` if it describes these bytes, else {}."""
+    path = card_paths(tflite_path)["json"]
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) and card.get("sha256") == sha else {}
 
 
 def render_markdown(card):
@@ -257,8 +269,15 @@ def render_markdown(card):
         f"| input | {'×'.join(map(str, inp['shape']))} | {inp['dtype']} | {inp['scale']} | {inp['zero_point']} | {inp['layout']} |",
         f"| output | {'×'.join(map(str, out['shape']))} | {out['dtype']} | {out['scale']} | {out['zero_point']} | {out['layout']} |",
         "",
-        f"- params (stored constants): {card['params']:,}",
-        f"- MACs: {card['macs']:,} ({card['macs_counted']})",
+        f"- params (stored constants of the int8 graph, {card.get('cross_kernel_zero_taps', 0):,} zero taps "
+        f"included): {card['params']:,}",
+        f"- MACs (int8 graph): {card['macs']:,} ({card['macs_counted']})",
+    ]
+    dcase = card.get("dcase_complexity")
+    if dcase:
+        lines.append(f"- params / MACs as the paper and `dsmn-host complexity` count them (DCASE convention, "
+                     f"float model): {dcase['params']:,} / {dcase['macs']:,}")
+    lines += [
         f"- TFLM arena: {arena:,} bytes ({card['tflm_arena_note']})" if arena else
         f"- TFLM arena: not measured ({card.get('tflm_error')})",
     ]
@@ -295,29 +314,103 @@ def render_markdown(card):
                           f"(rounding only the float logits onto the int8 output grid agrees "
                           f"{g['rounding_only_agreement']:.4f}):", "",
                       "| margin (output steps) | clips | flips |", "|---|---|---|"]
-            from dsmn_host.verify import margin_span
-
             lines += [f"| {margin_span(b)} | {b['clips']} | {b['flips']} |" for b in g["by_margin"]]
     return "\n".join(lines) + "\n"
 
 
-def write_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
-    """Write X.card.json and X.card.md next to X.tflite; returns the card with its paths."""
-    card = build_card(tflite_path, onnx_path=onnx_path, conversion=conversion, extra=extra)
+def _write(tflite_path, card):
+    """X.card.json and X.card.md, each replaced whole (never left half-written)."""
     paths = card_paths(tflite_path)
-    paths["json"].write_text(json.dumps(card, indent=2) + "\n")
-    paths["md"].write_text(render_markdown(card))
+    card = {k: v for k, v in card.items() if k != "paths"}
+    for key, text in (("json", json.dumps(card, indent=2) + "\n"), ("md", render_markdown(card))):
+        tmp = paths[key].with_name(paths[key].name + ".tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, paths[key])
+        except OSError as exc:
+            raise DsmnError(f"{paths[key]}: cannot write the model card ({exc.strerror or exc})") from None
     return dict(card, paths={k: str(v) for k, v in paths.items()})
 
 
+def write_card(tflite_path, *, onnx_path=None, conversion=None, extra=None):
+    """Write X.card.json and X.card.md next to X.tflite; returns the card with its paths."""
+    return _write(tflite_path, build_card(tflite_path, onnx_path=onnx_path, conversion=conversion, extra=extra))
+
+
+def record_verification(tflite_path, card, report, verify_path):
+    """The card carries the headline numbers; the full table stays in X.verify.json."""
+    card = {k: v for k, v in card.items() if k != "paths"}
+    card["verification"] = verify_path.name
+    card["verified"] = {
+        "split": report["split"], "n": report["n"],
+        "acc": {k: round(v["acc"], 4) for k, v in report["columns"].items()},
+        "log_loss": {k: round(v["log_loss"], 4) for k, v in report["columns"].items()},
+        "top1_agreement": {k: round(v["top1_agreement"], 4) for k, v in report["pairs"].items()},
+    }
+    if report.get("output_grid"):
+        g = report["output_grid"]
+        card["verified"]["output_grid"] = {"reference": g["reference"],
+                                           "rounding_only_agreement": round(g["rounding_only_agreement"], 4),
+                                           "by_margin": g["by_margin"]}
+    if "tflm_vs_ref" in report:
+        card["verified"]["tflm_vs_ref"] = report["tflm_vs_ref"]
+    return _write(tflite_path, card)
+
+
+def margin_span(margin_bin):
+    """'0-1' or '>= 3': a bin's float top-2 margin range in output steps, for tables."""
+    lo, hi = margin_bin["margin_steps"]
+    return f"{lo:g}-{hi:g}" if hi is not None else f">= {lo:g}"
+
+
+REQUIRED_KEYS = ("file", "sha256", "input", "output")
+
+
+def read_card(card_path):
+    """A model card from its X.card.json path, with the keys every reader relies on."""
+    path = Path(card_path)
+    if path.is_dir():
+        raise DsmnError(f"{path}: is a directory, not a model card (X.card.json)")
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DsmnError(f"{path}: no such model card") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DsmnError(f"{path}: corrupt model card ({exc})") from None
+    if not isinstance(card, dict):
+        raise DsmnError(f"{path}: not a model card (a JSON {type(card).__name__})")
+    missing = [k for k in REQUIRED_KEYS if k not in card]
+    if missing:
+        raise DsmnError(f"{path}: model card has no {', '.join(repr(k) for k in missing)}")
+    return card
+
+
 def load_card(tflite_path):
+    """The card of X.tflite (X.card.json next to it)."""
     path = card_paths(tflite_path)["json"]
     if not path.is_file():
         raise DsmnError(f"{path}: no model card next to {tflite_path}")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise DsmnError(f"{path}: corrupt model card ({exc})") from None
+    return read_card(path)
+
+
+def card_model(card_path, card=None):
+    """The .tflite a card describes: its `file`, next to the card."""
+    path = Path(card_path)
+    card = card if card is not None else read_card(path)
+    model = path.parent / card["file"]
+    if not model.is_file():
+        raise DsmnError(f"{path}: the model it describes is missing ({model})")
+    return model
+
+
+def checked_card(tflite_path):
+    """The card of X.tflite, refused if it describes another file (sha256 differs)."""
+    card = load_card(tflite_path)
+    sha = sha256_file(tflite_path)
+    if card["sha256"] != sha:
+        raise DsmnError(f"{tflite_path}: model card says sha256 {card['sha256']} but the file has {sha}; "
+                        "regenerate the card (dsmn-host card)")
+    return card
 
 
 def _cmd_card(args):
@@ -327,9 +420,12 @@ def _cmd_card(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser("card", help="(re)write the model card of an int8 .tflite",
                               description="Write X.card.json and X.card.md next to X.tflite, all read from or "
-                                          "measured on the flatbuffer (TFLM arena with the tflite-micro interpreter).")
+                                          "measured on the flatbuffer (TFLM arena with the tflite-micro interpreter).",
+        **style("dsmn-host card models/model1/model1_int8.tflite", "dsmn-host card runs/m1/model1_int8.tflite --onnx runs/m1/model1.onnx"))
     p.add_argument("tflite", help="the .tflite model")
     p.add_argument("--onnx", help="the ONNX it came from (adds model name and source to the card)")
     p.set_defaults(func=_cmd_card)

@@ -11,7 +11,7 @@ Deviations from the released code, all deliberate:
   materialise as large constant tensors;
 - model2/model3 are named after the published table (the released files are swapped);
 - model4 does not build in the released code; it is reconstructed as model1's design with
-  channels [24, 128, 128, 128, 128] and a 512-wide classifier input (see MODEL_NOTES).
+  channels [24, 128, 128, 128, 128] and a 512-wide classifier input (see dsmn_host.complexity.MODEL_NOTES).
 """
 
 import torch
@@ -27,19 +27,6 @@ VARIANTS = {
     "model3": (("full",) * 5, (24, 32, 64, 64, 64)),
     "model4": (("split",) * 5, (24, 128, 128, 128, 128)),
 }
-
-MODEL_NOTES = {
-    "model1": "All five blocks split the mel axis (Spatblock_spilt). Published: 45.2k params, 8.65 M MACs.",
-    "model2": "First block split, four full Spatblocks. Published: 56.1k params, 16.74 M MACs "
-              "(the released file model3.py).",
-    "model3": "Five full Spatblocks. Published: 56.5k params, 25.44 M MACs (the released file model2.py).",
-    "model4": "Reconstruction: model1's design with channels [24, 128, 128, 128, 128] and classifier "
-              "input 512 (the released model4.py does not build). Published: 121.8k params, 20.92 M MACs. "
-              "The MACs match (20.920 M); this reconstruction has 140,748 params (+18.9k, +15.6 %), "
-              "which exceeds the 128 kB int8 limit, so the published model4 must differ in some detail "
-              "the released code does not record.",
-}
-
 
 def model_names():
     return sorted(VARIANTS)

@@ -319,6 +319,8 @@ def write_synthetic_set(out_dir, clips_per_class=DEFAULT_CLIPS_PER_CLASS, seed=0
     d = _difficulty(difficulty)
     if clips_per_class < 6:
         raise DsmnError(f"clips per class {clips_per_class}: need at least 6 (train and evaluate locations)")
+    if out.exists() and not out.is_dir():
+        raise DsmnError(f"{out}: is a file; the synthetic set is written into a directory")
     if out.exists() and any(out.iterdir()):
         if not (force and (out / "meta.csv").is_file()):
             raise DsmnError(f"{out}: exists and is not empty (use --force to replace an earlier synthetic set)")
@@ -376,12 +378,15 @@ def _write_tsv(path, header, rows):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "synth-data",
         help="write a synthetic data set in the TAU22 Mobile layout",
         description="Write a synthetic acoustic-scene data set in exactly the TAU Urban Acoustic Scenes "
         "2022 Mobile layout (24-bit 44.1 kHz 1 s WAVs, meta.csv, evaluation_setup/fold1_*.csv): 10 scenes "
         "recorded through simulated devices a, b, c, s1-s6 (s4-s6 only in the evaluate split).",
+        **style("dsmn-host synth-data data/tau22-synth", "dsmn-host synth-data data/tau22-hard --clips-per-class 300 --difficulty hard --seed 1"),
     )
     p.add_argument("out", help="output directory")
     p.add_argument("--clips-per-class", type=int, default=DEFAULT_CLIPS_PER_CLASS,

@@ -127,3 +127,47 @@ def _s(x):
     if x is None:
         return ""
     return x.decode() if isinstance(x, bytes) else str(x)
+
+
+# Ops whose second input is a weight tensor; their multiply-accumulates are what `op_macs` counts.
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def op_macs(graph, op):
+    """Multiply-accumulates one weight op executes as stored (zero taps included), else 0.
+
+    CONV_2D filter O×KH×KW×(I/groups), DEPTHWISE_CONV_2D 1×KH×KW×O, FULLY_CONNECTED O×I: each
+    output element costs one MAC per filter tap that feeds it.
+    """
+    ins = [i for i in op.inputs if i >= 0]
+    if op.name not in WEIGHT_OPS or len(ins) < 2:
+        return 0
+    out_elems = int(np.prod(graph.tensors[op.outputs[0]].shape, dtype=np.int64))
+    w = graph.tensors[ins[1]].shape
+    if op.name == "CONV_2D":
+        per_out = w[1] * w[2] * w[3]
+    elif op.name == "DEPTHWISE_CONV_2D":
+        per_out = w[1] * w[2]
+    elif op.name == "FULLY_CONNECTED":
+        per_out = w[1]
+    else:
+        per_out = int(np.prod(w[1:]))
+    return out_elems * int(per_out)
+
+
+def stored_params(graph):
+    """Elements of every constant an op reads, each counted once: weights, int32 biases of
+    weight ops, other float/int8 constants; int32 shape/axis operands are not parameters."""
+    seen, params = set(), 0
+    for op in graph.operators:
+        ins = [i for i in op.inputs if i >= 0]
+        for i in ins:
+            t = graph.tensors[i]
+            if i in seen or not t.is_const:
+                continue
+            seen.add(i)
+            is_bias = op.name in WEIGHT_OPS and len(ins) > 2 and i == ins[2]
+            if t.dtype == np.int32 and not is_bias:
+                continue
+            params += int(np.prod(t.shape, dtype=np.int64)) if len(t.shape) else 1
+    return params

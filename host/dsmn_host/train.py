@@ -360,6 +360,8 @@ def _run(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "train",
         help="train a DSMN model with the paper's recipe",
@@ -367,8 +369,10 @@ def register(subparsers):
                     "paper's recipe: RAdam, warm-up + cosine, PCGrad over the scene and coarse heads, mixup, "
                     "device-response augmentation, SpecAugment. Writes config.json, best.pt, last.pt, "
                     "metrics.jsonl and curves.png to --out.",
+        **style("dsmn-host train --model model1 --data data/tau22-synth --out runs/m1", "dsmn-host train --out runs/m1 --resume"),
     )
-    p.add_argument("--model", default="model1", choices=("model1", "model2", "model3", "model4"))
+    p.add_argument("--model", default="model1", choices=("model1", "model2", "model3", "model4"),
+                   help="network variant")
     p.add_argument("--data", help="TAU22-layout data directory or feature cache (not needed with --resume)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--epochs", type=int, help=f"default {RECIPE['epochs']}")
@@ -379,14 +383,14 @@ def register(subparsers):
     p.add_argument("--warmup-lr", type=float, help=f"default {RECIPE['warmup_lr']}")
     p.add_argument("--min-lr", type=float, help=f"cosine floor (default {RECIPE['min_lr']})")
     p.add_argument("--mixup-alpha", type=float, help=f"Beta(a, a) of mixup (default {RECIPE['mixup_alpha']})")
-    p.add_argument("--no-mixup", action="store_true")
+    p.add_argument("--no-mixup", action="store_true", help="train without mixup")
     p.add_argument("--no-pcgrad", action="store_true", help="sum the two head losses instead of PCGrad")
-    p.add_argument("--no-device-response", action="store_true")
-    p.add_argument("--no-specaug", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-device-response", action="store_true", help="without device-response augmentation")
+    p.add_argument("--no-specaug", action="store_true", help="without SpecAugment")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--stop-after", type=int, help="stop after this many epochs of this invocation")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)

@@ -49,11 +49,13 @@ def output_grid_check(float_logits, int8_logits, scale, zero_point):
     """
     import numpy as np
 
+    from dsmn_host.int8io import dequantize, quantize
+
     f, q = float_logits[:, :N_SCENES], int8_logits[:, :N_SCENES]
     top_f, top_q = f.argmax(1), q.argmax(1)
     ranked = np.sort(f, axis=1)
     margin = (ranked[:, -1] - ranked[:, -2]) / scale
-    rounded = (_quantize(f, scale, zero_point).astype(np.int32) - zero_point) * scale
+    rounded = dequantize(quantize(f, scale, zero_point), scale, zero_point)
     bins = []
     for lo, hi in zip(MARGIN_BINS, MARGIN_BINS[1:] + (None,)):
         sel = (margin >= lo) & (margin < hi) if hi is not None else margin >= lo
@@ -62,18 +64,6 @@ def output_grid_check(float_logits, int8_logits, scale, zero_point):
                      "agreement": float((top_f == top_q)[sel].mean()) if n else None})
     return {"output_step": float(scale), "rounding_only_agreement": float((rounded.argmax(1) == top_f).mean()),
             "by_margin": bins}
-
-
-def margin_span(margin_bin):
-    """'0-1' or '>= 3': a bin's float top-2 margin range in output steps, for tables."""
-    lo, hi = margin_bin["margin_steps"]
-    return f"{lo:g}-{hi:g}" if hi is not None else f">= {lo:g}"
-
-
-def _quantize(x, scale, zero_point):
-    import numpy as np
-
-    return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
 
 
 def _tflite_ref_runner(path):
@@ -104,33 +94,19 @@ def _tflm_runner(path):
 
 def _torch_models(run_dir, model_name):
     """{column: callable(x NCHW feature layout) -> logits} for the PyTorch forms in a run dir."""
-    import torch
-
-    from dsmn_host.models import build_model
+    from dsmn_host import checkpoints
+    from dsmn_host.int8io import features_to_time_mel
 
     out = {}
     run_dir = Path(run_dir)
-    best = run_dir / "best.pt"
-    if best.is_file():
-        ckpt = torch.load(best, map_location="cpu", weights_only=False)
-        net = build_model(ckpt.get("model_name") or model_name)
-        net.load_state_dict(ckpt["model"])
-        net.eval()
+    if (run_dir / "best.pt").is_file():
+        net, _state = checkpoints.load_float_model(run_dir, model_name)
         out["float"] = lambda x, net=net: net(x)
-    try:
-        from dsmn_host import qat
-    except ImportError:
-        qat = None
-    if qat is not None and (run_dir / "qat.pt").is_file():
-        fake = getattr(qat, "load_qat_model", None)
-        if fake is not None:  # the fake-quantized network QAT trained, if qat.py exposes it
-            net_q = fake(run_dir)
-            net_q = net_q[0] if isinstance(net_q, tuple) else net_q
-            net_q.eval()
-            out["qat"] = lambda x, m=net_q: m(x)
-        model, _info = qat.export_ready_model(run_dir)
-        model.eval()
-        out["qat_float"] = lambda x, m=model: m(x.transpose(2, 3))
+    if (run_dir / "qat.pt").is_file():
+        net_q, _info = checkpoints.load_qat_model(run_dir)   # the fake-quantized network QAT trained
+        out["qat"] = lambda x, m=net_q: m(x)
+        model, _info = checkpoints.export_ready_model(run_dir)
+        out["qat_float"] = lambda x, m=model: m(features_to_time_mel(x))
     return out
 
 
@@ -142,10 +118,13 @@ def verify(tflite_path, *, onnx_path=None, run_dir=None, data=None, split=VAL_SP
 
     from dsmn_host import modelcard
     from dsmn_host.features import open_features
+    from dsmn_host.int8io import dequantize, features_to_nhwc, features_to_time_mel, quantize
 
     tflite_path = Path(tflite_path)
     if not tflite_path.is_file():
         raise DsmnError(f"{tflite_path}: no such .tflite")
+    # a float model or one of another shape cannot be fed DSMN's int8 inputs: say so first
+    modelcard.check_io(modelcard.summarize(tflite_path), tflite_path)
     try:
         card = modelcard.load_card(tflite_path)
     except DsmnError:
@@ -161,9 +140,17 @@ def verify(tflite_path, *, onnx_path=None, run_dir=None, data=None, split=VAL_SP
     else:
         onnx_path = None
     run_dir = run_dir or meta.get("run_dir") or card.get("source", {}).get("run_dir")
+    recorded = not data
     data = data or meta.get("data") or card.get("source", {}).get("data")
     if not data:
         raise DsmnError(f"{tflite_path}: no validation data given (--data) or recorded in the ONNX metadata")
+    if recorded and not Path(data).exists():
+        raise DsmnError(f"{data}: the validation data recorded for {tflite_path.name} does not exist here; "
+                        "pass --data DATA_OR_CACHE")
+    if board:
+        from dsmn_host.boards import get_board
+
+        get_board(board)  # an unknown board name fails now, not after the whole split has run
     cache = open_features(data)
     idx = np.asarray(cache.indices(split))
     if limit:
@@ -199,20 +186,20 @@ def verify(tflite_path, *, onnx_path=None, run_dir=None, data=None, split=VAL_SP
             xt = torch.from_numpy(x)
             for name, fn in runners.items():
                 logits[name].append(fn(xt).float().numpy())
-        x_tm = np.ascontiguousarray(x.transpose(0, 1, 3, 2))        # (B, 2, time, mel)
+        x_tm = features_to_time_mel(x)                              # (B, 2, time, mel)
         if sess:
             logits["onnx"].append(np.concatenate([sess.run(None, {in_name: x_tm[i:i + 1]})[0] for i in range(len(x))]))
-        x_nhwc = np.ascontiguousarray(x.transpose(0, 3, 2, 1))      # (B, time, mel, 2)
+        x_nhwc = features_to_nhwc(x)                                # (B, time, mel, 2)
         for i in range(len(x)):
-            q = _quantize(x_nhwc[i:i + 1], in_q["scale"], in_q["zero_point"])
+            q = quantize(x_nhwc[i:i + 1], in_q["scale"], in_q["zero_point"])
             raw_ref.append(ref(q))
             if tflm:
                 raw_tflm.append(tflm(q))
     raw_ref = np.concatenate(raw_ref).astype(np.int32)
-    logits["int8_ref"] = [(raw_ref - out_q["zero_point"]) * out_q["scale"]]
+    logits["int8_ref"] = [dequantize(raw_ref, out_q["scale"], out_q["zero_point"])]
     if tflm:
         raw_tflm = np.concatenate(raw_tflm).astype(np.int32)
-        logits["int8_tflm"] = [(raw_tflm - out_q["zero_point"]) * out_q["scale"]]
+        logits["int8_tflm"] = [dequantize(raw_tflm, out_q["scale"], out_q["zero_point"])]
     logits = {k: np.concatenate(v).astype(np.float64) for k, v in logits.items()}
 
     columns = {k: _metrics(v, scene, coarse, devices) for k, v in logits.items()}
@@ -244,32 +231,8 @@ def verify(tflite_path, *, onnx_path=None, run_dir=None, data=None, split=VAL_SP
     out = tflite_path.with_suffix("").with_name(tflite_path.with_suffix("").name + ".verify.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     report["path"] = str(out)
-    _summarise_into_card(tflite_path, card, report, out)
+    modelcard.record_verification(tflite_path, card, report, out)
     return report
-
-
-def _summarise_into_card(tflite_path, card, report, verify_path):
-    """The card carries the headline numbers; the full table stays in X.verify.json."""
-    from dsmn_host import modelcard
-
-    card = {k: v for k, v in card.items() if k != "paths"}
-    card["verification"] = verify_path.name
-    card["verified"] = {
-        "split": report["split"], "n": report["n"],
-        "acc": {k: round(v["acc"], 4) for k, v in report["columns"].items()},
-        "log_loss": {k: round(v["log_loss"], 4) for k, v in report["columns"].items()},
-        "top1_agreement": {k: round(v["top1_agreement"], 4) for k, v in report["pairs"].items()},
-    }
-    if report.get("output_grid"):
-        g = report["output_grid"]
-        card["verified"]["output_grid"] = {"reference": g["reference"],
-                                           "rounding_only_agreement": round(g["rounding_only_agreement"], 4),
-                                           "by_margin": g["by_margin"]}
-    if "tflm_vs_ref" in report:
-        card["verified"]["tflm_vs_ref"] = report["tflm_vs_ref"]
-    paths = modelcard.card_paths(tflite_path)
-    paths["json"].write_text(json.dumps(card, indent=2) + "\n")
-    paths["md"].write_text(modelcard.render_markdown(card))
 
 
 def board_check(card, *, board=None, ram_limit=None, flash_limit=None):
@@ -297,6 +260,8 @@ def board_check(card, *, board=None, ram_limit=None, flash_limit=None):
 
 
 def format_report(report):
+    from dsmn_host import modelcard
+
     cols = report["columns"]
     lines = [f"{report['split']} split, {report['n']} clips ({report['data']})", "",
              f"{'':<11}{'acc':>8}{'log loss':>10}{'coarse':>8}   per device"]
@@ -317,7 +282,7 @@ def format_report(report):
                      f"{grid['rounding_only_agreement']:.3f}")
         for b in grid["by_margin"]:
             agree = f"{b['agreement']:.3f}" if b["agreement"] is not None else "-"
-            lines.append(f"  margin {margin_span(b) + ' steps':<12} {b['clips']:>5} clips {b['flips']:>4} flips   "
+            lines.append(f"  margin {modelcard.margin_span(b) + ' steps':<12} {b['clips']:>5} clips {b['flips']:>4} flips   "
                          f"agreement {agree}")
     problems = report["board"]["problems"]
     lines.append("board check: " + ("; ".join(problems) if problems else "ok"))
@@ -337,12 +302,15 @@ def _cmd_verify(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "verify", help="compare float / QAT / ONNX / int8 (TFLite reference kernels, TFLM) on the validation split",
         description="Accuracy and log loss per form and per device, pairwise top-1 agreement and max |Δlogit|, "
                     "TFLM vs TFLite reference kernels bit for bit, the float-vs-int8 flips binned by how many "
                     "int8 output steps separated the float top two (with the agreement that rounding only the "
-                    "float logits onto the int8 output grid would give), and whether the model fits a board.")
+                    "float logits onto the int8 output grid would give), and whether the model fits a board.",
+        **style("dsmn-host verify runs/m1/model1_int8.tflite --board nucleo-h743zi2", "dsmn-host verify models/model1/model1_int8.tflite --data data/tau22-synth --limit 200"))
     p.add_argument("tflite", help="int8 .tflite (with its .card.json next to it)")
     p.add_argument("--onnx", help="the float ONNX it came from (default: recorded in the card)")
     p.add_argument("--run-dir", help="training run directory (default: recorded in the ONNX metadata)")

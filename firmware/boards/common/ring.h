@@ -19,6 +19,10 @@ typedef struct {
     uint8_t data[RING_BYTES];
 } ring_t;
 
+/* The UART receive ring (boards/common/uart_rx.c): filled by the board's ISR, drained by
+ * board_uart_getc. */
+extern ring_t board_rx;
+
 static inline void ring_put(ring_t *r, uint8_t b)
 {
     uint32_t h = r->head;

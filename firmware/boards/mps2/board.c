@@ -20,7 +20,6 @@
 #define INT_RX (1u << 1)
 #define INT_RXOVR (1u << 3)
 
-static ring_t rx;
 
 void board_init(void)
 {
@@ -42,14 +41,12 @@ void board_uart_irq_handler(void)
      * receive buffer the UART then stops accepting input for good. */
     UART_INT = INT_RX | INT_RXOVR;
     if (UART_STATE & STATE_RXOVR) {
-        rx.dropped++;
+        board_rx.dropped++;
         UART_STATE = STATE_RXOVR; /* write-one-to-clear */
     }
     while (UART_STATE & STATE_RXFULL)
-        ring_put(&rx, (uint8_t)UART_DATA);
+        ring_put(&board_rx, (uint8_t)UART_DATA);
 }
-
-int board_uart_getc(void) { return ring_get(&rx); }
 
 void board_uart_write(const uint8_t *data, size_t n)
 {
@@ -58,14 +55,4 @@ void board_uart_write(const uint8_t *data, size_t n)
             ;
         UART_DATA = data[i];
     }
-}
-
-void board_idle(void)
-{
-    /* Sleep only if nothing arrived since the caller looked: WFI wakes on a pending
-     * interrupt even with PRIMASK set, so no byte can slip in between check and sleep. */
-    cpu_irq_disable();
-    if (rx.head == rx.tail)
-        cpu_wfi();
-    cpu_irq_enable();
 }

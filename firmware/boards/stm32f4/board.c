@@ -60,7 +60,6 @@
 #define HSI_HZ 16000000u
 #define READY_SPINS 200000u
 
-static ring_t rx;
 static uint32_t sysclk_hz = HSI_HZ;
 static uint32_t apb1_hz = HSI_HZ;
 
@@ -139,13 +138,11 @@ void board_uart_irq_handler(void)
     while ((sr = USART_SR) & (SR_RXNE | SR_ORE)) {
         uint8_t b = (uint8_t)USART_DR;
         if (sr & SR_ORE)
-            rx.dropped++;
+            board_rx.dropped++;
         if (sr & SR_RXNE)
-            ring_put(&rx, b);
+            ring_put(&board_rx, b);
     }
 }
-
-int board_uart_getc(void) { return ring_get(&rx); }
 
 void board_uart_write(const uint8_t *data, size_t n)
 {
@@ -154,14 +151,4 @@ void board_uart_write(const uint8_t *data, size_t n)
             ;
         USART_DR = data[i];
     }
-}
-
-void board_idle(void)
-{
-    /* Sleep only if nothing arrived since the caller looked: WFI wakes on a pending
-     * interrupt even with PRIMASK set, so no byte can slip in between check and sleep. */
-    cpu_irq_disable();
-    if (rx.head == rx.tail)
-        cpu_wfi();
-    cpu_irq_enable();
 }

@@ -32,7 +32,6 @@
 #define ISR_TXE (1u << 7)
 #define ICR_ORECF (1u << 3)
 
-static ring_t rx;
 
 void board_init(void)
 {
@@ -57,14 +56,12 @@ void board_uart_irq_handler(void)
 {
     uint32_t isr = USART_ISR;
     if (isr & ISR_ORE) {
-        rx.dropped++;
+        board_rx.dropped++;
         USART_ICR = ICR_ORECF;
     }
     while (USART_ISR & ISR_RXNE)
-        ring_put(&rx, (uint8_t)USART_RDR);
+        ring_put(&board_rx, (uint8_t)USART_RDR);
 }
-
-int board_uart_getc(void) { return ring_get(&rx); }
 
 void board_uart_write(const uint8_t *data, size_t n)
 {
@@ -73,12 +70,4 @@ void board_uart_write(const uint8_t *data, size_t n)
             ;
         USART_TDR = data[i];
     }
-}
-
-void board_idle(void)
-{
-    cpu_irq_disable();
-    if (rx.head == rx.tail)
-        cpu_wfi();
-    cpu_irq_enable();
 }

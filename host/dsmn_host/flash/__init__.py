@@ -44,8 +44,13 @@ def wait_for_hello(port, timeout, since=None):
 
     parser = protocol.FrameParser()
     deadline = time.monotonic() + timeout
+    import serial
+
     while time.monotonic() < deadline:
-        data = port.read(4096)
+        try:
+            data = port.read(4096)
+        except (serial.SerialException, OSError) as exc:
+            raise DsmnError(f"serial port {port.name} went away while waiting for the boot banner ({exc})") from None
         if not data:
             continue
         for f in parser.feed(data):

@@ -23,6 +23,9 @@ CPU_ARCH = {11: "v6-M", 12: "v6S-M", 10: "v7", 13: "v7E-M", 16: "v8-M.base", 17:
             21: "v8.1-M.main"}
 CORE_ARCH = {"cortex-m0": "v6-M", "cortex-m0plus": "v6-M", "cortex-m3": "v7", "cortex-m4": "v7E-M",
              "cortex-m7": "v7E-M", "cortex-m33": "v8-M.main", "cortex-m55": "v8.1-M.main"}
+# Tag_FP_arch: 6 = VFPv4-D16 (the M4's FPv4-SP), 8 = FP-D16 of Armv8 (the M7's and M55's FPv5).
+FP_ARCH = {0: "no FPU", 6: "FPv4", 8: "FPv5"}
+BOARD_FP = {"": 0, "fpv4-sp-d16": 6, "fpv5-sp-d16": 8, "fpv5-d16": 8, "auto": 8}
 
 
 @dataclass
@@ -31,8 +34,9 @@ class Image:
     kind: str                                     # "elf", "hex" or "bin"
     segments: list                                # [(address, bytes)], sorted, non-overlapping
     ram: list = field(default_factory=list)       # [(address, size)] the ELF runs from (VMA)
-    cpu_name: str = ""                            # Tag_CPU_name of an ELF's build attributes
+    cpu_name: str = ""                            # Tag_CPU_name of an ELF's build attributes (GCC: "7E-M")
     cpu_arch: str = ""                            # Tag_CPU_arch, as CPU_ARCH names it
+    fp_arch: int = 0                              # Tag_FP_arch (0: no FP instructions)
     firmware: dict = None                         # {"version", "board", "runtime"} from the banner
 
     @property
@@ -96,14 +100,16 @@ def _from_elf(path, data):
                 segments.append((paddr, data[off:off + filesz]))
             if memsz and (vaddr != paddr or memsz > filesz):  # .data copied to RAM, .bss
                 ram.append((vaddr, memsz))
-        cpu_name = cpu_arch = ""
+        attrs = {}
         for i in range(e_shnum):
             sh = struct.unpack_from("<10I", data, e_shoff + i * e_shentsize)
             if sh[1] == SHT_ARM_ATTRIBUTES:
-                cpu_name, cpu_arch = _cpu_attributes(data[sh[4]:sh[4] + sh[5]])
+                attrs = _attributes(data[sh[4]:sh[4] + sh[5]])
     except struct.error:
         raise bad("truncated headers") from None
-    return Image(path, "elf", _merge(segments), ram=ram, cpu_name=cpu_name, cpu_arch=cpu_arch)
+    arch = attrs.get(6)
+    return Image(path, "elf", _merge(segments), ram=ram, cpu_name=attrs.get(5, ""),
+                 cpu_arch=CPU_ARCH.get(arch, f"arch {arch}") if arch is not None else "", fp_arch=attrs.get(10, 0))
 
 
 def _uleb(buf, i):
@@ -117,12 +123,12 @@ def _uleb(buf, i):
             return v, i
 
 
-def _cpu_attributes(sec):
-    """(Tag_CPU_name, Tag_CPU_arch name) from an .ARM.attributes section; ("", "") if absent."""
-    name, arch = "", ""
+def _attributes(sec):
+    """{tag: value} of the file-scope "aeabi" build attributes of an .ARM.attributes section."""
+    attrs = {}
     try:
         if not sec or sec[0] != ord("A"):
-            return name, arch
+            return attrs
         i = 1
         while i < len(sec):
             (length,) = struct.unpack_from("<I", sec, i)
@@ -142,20 +148,17 @@ def _cpu_attributes(sec):
                         t, j = _uleb(sec, j)
                         if t in (4, 5, 67) or (t > 32 and t % 2):
                             s_end = sec.index(b"\0", j)
-                            if t == 5:
-                                name = sec[j:s_end].decode("ascii", "replace").lower()
+                            attrs[t] = sec[j:s_end].decode("ascii", "replace")
                             j = s_end + 1
                         elif t == 32:
                             _, j = _uleb(sec, j)
                             j = sec.index(b"\0", j) + 1
                         else:
-                            v, j = _uleb(sec, j)
-                            if t == 6:
-                                arch = CPU_ARCH.get(v, f"arch {v}")
+                            attrs[t], j = _uleb(sec, j)
             i = end
     except (IndexError, ValueError, struct.error):
         pass  # malformed attributes only lose the core check; the memory map still decides
-    return name, arch
+    return attrs
 
 
 def _parse_ihex(path, data):
@@ -225,12 +228,16 @@ def check_target(img, board):
     if fw and fw["board"] != board.name:
         raise DsmnError(f"{where} was built for board {fw['board']}, not {board.name}; "
                         f"rebuild with dsmn-host build-firmware --board {board.name}")
+    # The core, from the ELF's build attributes (GCC records the architecture, not the core):
+    # the architecture must be the board's, and the FPU no newer than the board's (an M4F image
+    # runs on an M7; an M7 image with double-precision FP faults on an M4F).
     want_arch = CORE_ARCH.get(board.core)
-    if img.cpu_name and img.cpu_name != board.core and not (
-            img.cpu_name == "cortex-m4" and board.core == "cortex-m7"):
-        raise DsmnError(f"{where} was compiled for {img.cpu_name}, but {board.name} has a {board.core}")
-    if img.cpu_arch and want_arch and not img.cpu_name and img.cpu_arch != want_arch:
+    if img.cpu_arch and want_arch and img.cpu_arch != want_arch:
         raise DsmnError(f"{where} was compiled for Arm {img.cpu_arch}, but {board.name}'s {board.core} is {want_arch}")
+    have_fp = BOARD_FP.get(board.fpu, 8)
+    if img.fp_arch > have_fp:
+        raise DsmnError(f"{where} uses the {FP_ARCH.get(img.fp_arch, f'FP arch {img.fp_arch}')} FPU, but "
+                        f"{board.name}'s {board.core} has {board.fpu or 'none'}: it was compiled for another core")
     f0, f1 = board.flash.origin, board.flash.origin + board.flash.length
     lo, hi = img.span
     for addr, data in img.segments:

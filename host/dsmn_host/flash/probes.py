@@ -82,6 +82,7 @@ class GdbProbe:
         if shutil.which(GDB) is None:
             raise DsmnError(f"{GDB} not found on PATH (apt-get install gdb-multiarch, or run scripts/bootstrap.sh)")
         script = ["set pagination off", "set confirm off", "set width 0", "set remotetimeout 10",
+                  "set tcp connect-timeout 3",
                   f"target extended-remote {self.host}:{self.port}", "echo @@CONNECTED\\n"] + commands + [end]
         with tempfile.NamedTemporaryFile("w", suffix=".gdb", delete=False) as f:
             f.write("\n".join(script) + "\n")
@@ -120,20 +121,26 @@ class GdbProbe:
                             + (errs[-1] if errs else "gdb load did not complete"))
         return out
 
-    def verify(self, img):
+    def read(self, ranges, extra=(), elf=None):
+        """Bytes at each (address, size) in one gdb session (after the `extra` commands);
+        returns (list of bytes, gdb output)."""
         with tempfile.TemporaryDirectory() as tmp:
-            cmds = []
-            if img.kind == "elf":
-                cmds.append("compare-sections")
-            for i, (addr, data) in enumerate(img.segments):
-                cmds.append(f"dump binary memory {tmp}/seg{i}.bin 0x{addr:x} 0x{addr + len(data):x}")
+            cmds = list(extra)
+            for i, (addr, size) in enumerate(ranges):
+                cmds.append(f"dump binary memory {tmp}/seg{i}.bin 0x{addr:x} 0x{addr + size:x}")
             cmds.append("echo @@DUMPED\\n")
-            out = self._gdb(cmds, elf=img.path if img.kind == "elf" else None, what="verify")
+            out = self._gdb(cmds, elf=elf, what="read-back")
             if "@@DUMPED" not in out:
-                raise DsmnError(f"reading the flash back through {self.name} failed: {out.strip().splitlines()[-1]}")
-            files = {addr: Path(tmp) / f"seg{i}.bin" for i, (addr, _) in enumerate(img.segments)}
-            n = compare_readback(img, lambda a, size: files[a].read_bytes() if files[a].is_file() else b"",
-                                 self.name)
+                raise DsmnError(f"reading memory back through {self.name} failed: {out.strip().splitlines()[-1]}")
+            files = [Path(tmp) / f"seg{i}.bin" for i in range(len(ranges))]
+            return [f.read_bytes() if f.is_file() else b"" for f in files], out
+
+    def verify(self, img):
+        elf = img.path if img.kind == "elf" else None
+        got, out = self.read([(a, len(d)) for a, d in img.segments],
+                             extra=["compare-sections"] if elf else [], elf=elf)
+        by_addr = {a: g for (a, _), g in zip(img.segments, got)}
+        n = compare_readback(img, lambda a, size: by_addr[a], self.name)
         if "MIS-MATCHED" in out:  # read-back agreed but the server's CRC did not: trust neither
             bad = next(ln for ln in out.splitlines() if "MIS-MATCHED" in ln)
             raise DsmnError(f"verify failed on {self.name}: compare-sections says {bad.strip()}")
@@ -347,11 +354,12 @@ class MountProbe:
                 names = {p.name.upper() for p in self.mount.iterdir()}
             except OSError:
                 continue  # the drive is away, re-enumerating
+            if dest.name.upper() in names:
+                continue  # not taken yet
             if "FAIL.TXT" in names:
                 text = (self.mount / "FAIL.TXT").read_text(errors="replace").strip().replace("\n", " ")
                 raise DsmnError(f"the board's drive rejected the image: FAIL.TXT says {text!r}")
-            if dest.name.upper() not in names:
-                log("drive came back without the file and without FAIL.TXT: programmed")
-                return "the probe's own check (no FAIL.TXT)"
+            log("drive came back without the file and without FAIL.TXT: programmed")
+            return "the probe's own check (no FAIL.TXT)"
         raise DsmnError(f"{dest} is still on {self.mount} after {self.timeout:.0f} s: the drive did not take the "
                         "image (is this the ST-LINK/DAPLink drive, not a plain folder?)")

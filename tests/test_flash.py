@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -218,6 +219,14 @@ def test_no_gdb_server_and_no_banner(fw, blank, tmp_path):
 
     line = _one_line_error(["flash", str(fw["elf"]), "--probe", f"gdb://127.0.0.1:{free_port()}"])
     assert "no GDB server at 127.0.0.1:" in line
+    # Busy: another client holds the stub (it serves one at a time).
+    from dsmn_host.flash.probes import GdbProbe
+
+    with socket.create_connection(("127.0.0.1", blank.gdb_port)):
+        time.sleep(0.2)
+        with pytest.raises(DsmnError, match="accepted the connection but did not answer within 2 s: busy"):
+            GdbProbe("127.0.0.1", blank.gdb_port, connect_timeout=2).write(load_image(fw["elf"]))
+    time.sleep(0.2)
     # A board that never prints: a real image whose reset handler spins.
     dead = load_image(_tiny_elf(tmp_path, "spin", ["-mcpu=cortex-m4"], "for (;;) {}"))
     assert dead.firmware is None

@@ -101,7 +101,7 @@ def flash_firmware(firmware, *, board=None, probe=None, port=None, baud=None, ca
         how = prb.program(img, log)
         t_reset = time.monotonic()
         rep = {"firmware": str(img.path), "board": b.name, "probe": prb.name, "bytes": img.size,
-               "verify": how, "seconds_to_reset": round(t_reset - t0, 3)}
+               "verify": how, "seconds_to_reset": round(t_reset - t0, 3), "steps": getattr(prb, "timings", {})}
         if ser is None:
             log(f"{b.name} flashed and verified ({how}); pass --port to check the model it boots with")
             return rep

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,32 +75,56 @@ class GdbProbe:
     """Any GDB server. Each step is one batch gdb session that ends with `disconnect` (the target
     stays halted) except `reset`, which ends with `detach` (the target runs)."""
 
-    def __init__(self, host, port, timeout=20.0):
-        self.host, self.port, self.timeout = host, port, timeout
+    def __init__(self, host, port, timeout=300.0, connect_timeout=8.0):
+        # `timeout` covers a whole step (erasing 2 MiB of STM32H7 flash takes tens of seconds);
+        # `connect_timeout` the handshake, so a server busy with another client is told quickly.
+        self.host, self.port = host, port
+        self.timeout, self.connect_timeout = timeout, connect_timeout
         self.name = f"GDB server {host}:{port}"
 
     def _gdb(self, commands, elf=None, what="gdb", end="disconnect"):
         if shutil.which(GDB) is None:
             raise DsmnError(f"{GDB} not found on PATH (apt-get install gdb-multiarch, or run scripts/bootstrap.sh)")
-        script = ["set pagination off", "set confirm off", "set width 0", "set remotetimeout 10",
+        script = ["set pagination off", "set confirm off", "set width 0", "set remotetimeout 5",
                   "set tcp connect-timeout 3",
                   f"target extended-remote {self.host}:{self.port}", "echo @@CONNECTED\\n"] + commands + [end]
         with tempfile.NamedTemporaryFile("w", suffix=".gdb", delete=False) as f:
             f.write("\n".join(script) + "\n")
         argv = [GDB, "-nx", "-batch", "-x", f.name] + ([str(elf)] if elf else [])
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        lines, connected = [], threading.Event()
+
+        def pump():
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("@@CONNECTED"):
+                    connected.set()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
         try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
-                               stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise DsmnError(f"{self.name} did not answer within {self.timeout:.0f} s during {what} "
-                            "(is another debugger attached to it? a GDB server serves one client)") from None
+            t0 = time.monotonic()
+            while not connected.is_set() and proc.poll() is None and time.monotonic() - t0 < self.connect_timeout:
+                connected.wait(0.05)
+            if not connected.is_set() and proc.poll() is None:
+                raise DsmnError(f"{self.name} accepted the connection but did not answer within "
+                                f"{self.connect_timeout:.0f} s: busy with another debugger? (a GDB server "
+                                "serves one client at a time)")
+            try:
+                proc.wait(max(1.0, self.timeout - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                raise DsmnError(f"{self.name} did not finish the {what} within {self.timeout:.0f} s") from None
         finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join(2)
             os.unlink(f.name)
-        out = r.stdout + r.stderr
+        out = "".join(lines)
         if "@@CONNECTED" not in out:
             why = next((ln for ln in out.splitlines() if f"{self.host}:{self.port}" in ln or "refused" in ln
-                        or "timed out" in ln), out.strip().splitlines()[-1:] or ["no output"])
-            why = why if isinstance(why, str) else why[0]
+                        or "timed out" in ln), None) or (out.strip().splitlines() or ["no output"])[-1]
             raise DsmnError(f"no GDB server at {self.host}:{self.port} ({why.strip()}); start one "
                             "(openocd, pyocd gdbserver, JLinkGDBServer, ST-LINK_gdbserver, or "
                             "dsmn-host emulate --wait-for-flash --gdb PORT)")
@@ -180,10 +205,14 @@ class GdbProbe:
     def program(self, img, log):
         t0 = time.monotonic()
         self.write(img)
-        log(f"wrote {img.size} bytes through {self.name} in {time.monotonic() - t0:.2f} s")
+        t1 = time.monotonic()
+        log(f"wrote {img.size} bytes through {self.name} in {t1 - t0:.2f} s")
         how = self.verify(img)
+        t2 = time.monotonic()
         log(f"verified: {how}")
         log(f"reset ({self.reset()})")
+        self.timings = {"write_s": round(t1 - t0, 3), "verify_s": round(t2 - t1, 3),
+                        "reset_s": round(time.monotonic() - t2, 3)}
         return how
 
 

@@ -136,7 +136,7 @@ def test_corrupted_write_is_caught_by_verify(fw, blank):
     assert "verify failed" in msg and "0x00001234 reads" in msg and "1 of 14" in msg and "\n" not in msg
 
 
-def test_firmware_for_another_board_is_refused_before_anything_is_written(fw, blank):
+def test_firmware_for_another_board_is_refused_before_anything_is_written(fw, blank, tmp_path):
     from dsmn_host.flash import check_target, flash_firmware, load_image
 
     with pytest.raises(DsmnError, match="built for board nucleo-f446re, not qemu-an386"):
@@ -146,6 +146,11 @@ def test_firmware_for_another_board_is_refused_before_anything_is_written(fw, bl
     img.firmware = None
     with pytest.raises(DsmnError, match="outside qemu-an386's flash 0x00000000-0x003fffff: it was linked for another"):
         check_target(img, blank.board)
+    # A card for another model than the one the firmware was built with: refused before writing too.
+    card = tmp_path / "other.card.json"
+    card.write_text(json.dumps({"sha256": "ab" * 32}))
+    with pytest.raises(DsmnError, match=f"was built for model sha256 {fw['sha']} .* but .*other.card.json is model abab"):
+        flash_firmware(fw["elf"], probe=blank.probe, port=blank.url, card=card, log=lambda m: None)
     # Nothing reached the board: its memory is still blank.
     (got,), _ = _gdb(blank).read([(0, 4096)])
     assert got == bytes(4096)
@@ -313,3 +318,19 @@ def test_emulate_ends_its_qemu_however_it_ends(fw, sig):
     except psutil.TimeoutExpired:
         qemu.kill()
         raise AssertionError(f"QEMU still running after {sig.name} to dsmn-host emulate")
+
+
+def test_board_table_probe_settings_exist_in_pyocd_and_openocd():
+    """Each Nucleo's pyOCD target is built into pyOCD or comes with a pack to install, and its
+    OpenOCD configs are files OpenOCD ships (OpenOCD finds them in its scripts directory)."""
+    from pyocd.target import TARGET
+
+    from dsmn_host.boards import BOARDS
+
+    scripts = Path("/usr/share/openocd/scripts")
+    nucleos = [b for b in BOARDS.values() if b.name.startswith("nucleo-")]
+    assert len(nucleos) == 3
+    for b in nucleos:
+        assert b.pyocd_target and (b.pyocd_target in TARGET) != bool(b.pyocd_pack), b.name
+        if scripts.is_dir():
+            assert (scripts / b.openocd_interface).is_file() and (scripts / b.openocd_target).is_file(), b.name

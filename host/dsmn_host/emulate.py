@@ -12,8 +12,10 @@ With a GDB port the emulated board behaves like one on a probe: QEMU starts halt
 through the stub exactly as `dsmn-host flash --probe gdb://` writes a board. Not `-kernel`,
 because QEMU keeps a -kernel ELF as ROM blobs and copies them back on every system reset: on
 mps2 (code in RAM at 0) a reset after flashing another image brings the -kernel image back
-(tests/test_flash.py shows it), where a board keeps what was flashed. Memory written through
-the stub survives a reset, as flash does.
+(tests/test_flash.py shows it), where a board keeps what was flashed. (netduinoplus2's flash is
+a ROM region, which QEMU fills from the blobs only on the first reset: there a write through the
+stub survived two resets even under -kernel.) Memory written through the stub survives a reset,
+as flash does.
 """
 
 import re

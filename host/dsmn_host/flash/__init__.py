@@ -24,21 +24,29 @@ def _expected_model(firmware, card_path):
     memory.json build-firmware wrote beside the image. (None, None, None) if neither exists."""
     from dsmn_host.modelcard import card_paths
 
+    mem = Path(firmware).with_name("memory.json")
+    m = json.loads(mem.read_text()) if mem.is_file() else None
     if card_path:
         p = Path(card_path)
         if not p.is_file():
             raise DsmnError(f"{p}: model card not found")
-        card = json.loads(p.read_text())
+        try:
+            card = json.loads(p.read_text())
+            card["sha256"]
+        except (ValueError, KeyError, TypeError):
+            raise DsmnError(f"{p}: not a model card (no sha256); make one with dsmn-host card") from None
+        if m and m.get("model_sha256") and m["model_sha256"] != card["sha256"]:
+            # Refuse before writing: the board would boot a model the card does not describe.
+            raise DsmnError(f"{Path(firmware).name} was built for model sha256 {m['model_sha256']} ({mem}), "
+                            f"but {p} is model {card['sha256']}: pass the matching --model-card or firmware")
         return card["sha256"], p, card.get("name") or p.name.replace(".card.json", "")
-    mem = Path(firmware).with_name("memory.json")
-    if mem.is_file():
-        m = json.loads(mem.read_text())
+    if m:
         card = card_paths(m["model"])["json"] if m.get("model") else None
         return m.get("model_sha256"), card if card and Path(card).is_file() else None, Path(m["model"]).name
     return None, None, None
 
 
-def wait_for_hello(port, timeout, since=None):
+def wait_for_hello(port, timeout):
     """Banner text and boot HELLO (msg_id 0) from an open serial port, or a one-line error."""
     from dsmn_host import protocol
 

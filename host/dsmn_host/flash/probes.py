@@ -246,8 +246,7 @@ class PyocdProbe:
         if len(probes) > 1:
             ids = ", ".join(p.unique_id for p in probes)
             raise DsmnError(f"{len(probes)} debug probes connected ({ids}); choose one with --probe pyocd:UID")
-        options = {"target_override": target, "connect_mode": "under-reset" if self.board.family.startswith("stm32")
-                   else "halt"}
+        options = {"target_override": target}
         try:
             session = ConnectHelper.session_with_chosen_probe(blocking=False, unique_id=probes[0].unique_id,
                                                               auto_open=False, options=options)

@@ -232,6 +232,13 @@ def test_no_gdb_server_and_no_banner(fw, blank, tmp_path):
         with pytest.raises(DsmnError, match="accepted the connection but did not answer within 2 s: busy"):
             GdbProbe("127.0.0.1", blank.gdb_port, connect_timeout=2).write(load_image(fw["elf"]))
     time.sleep(0.2)
+    # Memory the board does not have (--force past the memory-map check): the read-back says where.
+    from dsmn_host.flash.image import Image, to_ihex
+
+    far = tmp_path / "far.hex"
+    far.write_text(to_ihex(Image(far, "hex", [(0xF0000000, b"\xde\xad\xbe\xef")])))
+    with pytest.raises(DsmnError, match="through GDB server .* failed: read-back 0xf0000000 - 0xf0000004: Cannot access memory"):
+        flash_firmware(far, board="qemu-an386", probe=blank.probe, force=True, log=lambda m: None)
     # A board that never prints: a real image whose reset handler spins.
     dead = load_image(_tiny_elf(tmp_path, "spin", ["-mcpu=cortex-m4"], "for (;;) {}"))
     assert dead.firmware is None

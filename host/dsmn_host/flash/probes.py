@@ -85,9 +85,25 @@ class GdbProbe:
     def _gdb(self, commands, elf=None, what="gdb", end="disconnect"):
         if shutil.which(GDB) is None:
             raise DsmnError(f"{GDB} not found on PATH (apt-get install gdb-multiarch, or run scripts/bootstrap.sh)")
+        # The steps run from gdb's Python (a "py:" step is Python itself) so that a failing one
+        # stops the rest but never the final `disconnect`: a plain gdb script stops at the error,
+        # and gdb's exit would then resume the target with a half-written image.
+        steps = "\n".join([
+            "python",
+            f"steps = {list(commands)!r}",
+            "for step in steps:",
+            "    try:",
+            "        exec(step[3:]) if step.startswith('py:') else gdb.execute(step)",
+            "    except gdb.error as exc:",
+            "        what = ('python step' if step.startswith('py:') else",
+            "                'read-back ' + ' - '.join(step.split()[-2:]) if step.startswith('dump') else step)",
+            "        print('@@ERROR %s: %s' % (what, exc))",
+            "        break",
+            f"gdb.execute({end!r})",
+            "end"])
         script = ["set pagination off", "set confirm off", "set width 0", "set remotetimeout 5",
                   "set tcp connect-timeout 3",
-                  f"target extended-remote {self.host}:{self.port}", "echo @@CONNECTED\\n"] + commands + [end]
+                  f"target extended-remote {self.host}:{self.port}", "echo @@CONNECTED\\n", steps]
         with tempfile.NamedTemporaryFile("w", suffix=".gdb", delete=False) as f:
             f.write("\n".join(script) + "\n")
         argv = [GDB, "-nx", "-batch", "-x", f.name] + ([str(elf)] if elf else [])
@@ -128,42 +144,47 @@ class GdbProbe:
             raise DsmnError(f"no GDB server at {self.host}:{self.port} ({why.strip()}); start one "
                             "(openocd, pyocd gdbserver, JLinkGDBServer, ST-LINK_gdbserver, or "
                             "dsmn-host emulate --wait-for-flash --gdb PORT)")
+        err = next((ln for ln in out.splitlines() if ln.startswith("@@ERROR ")), None)
+        if err:
+            raise DsmnError(f"{what} through {self.name} failed: {err[len('@@ERROR '):].strip()}")
         return out
+
+    def _load(self, img, tmp):
+        """gdb commands that write `img` (a .bin has no addresses: gdb gets it as Intel HEX at
+        the flash origin), and the ELF to give gdb."""
+        if img.kind == "elf":
+            return ["load"], img.path
+        from dsmn_host.flash.image import to_ihex
+
+        hexfile = Path(tmp) / "image.hex"
+        hexfile.write_text(to_ihex(img))
+        return [f"load {hexfile}"], None
 
     def write(self, img):
         with tempfile.TemporaryDirectory() as tmp:
-            if img.kind == "elf":
-                out = self._gdb(["load", "echo @@LOADED\\n"], elf=img.path, what="load")
-            else:  # a .bin has no addresses: hand gdb the image as Intel HEX at the flash origin
-                from dsmn_host.flash.image import to_ihex
+            cmds, elf = self._load(img, tmp)
+            return self._gdb(cmds, elf=elf, what=f"writing {img.path.name}")
 
-                hexfile = Path(tmp) / "image.hex"
-                hexfile.write_text(to_ihex(img))
-                out = self._gdb([f"load {hexfile}", "echo @@LOADED\\n"], what="load")
-        if "@@LOADED" not in out or "Load failed" in out:
-            errs = [ln.strip() for ln in out.splitlines() if "rror" in ln or "failed" in ln.lower()]
-            raise DsmnError(f"writing {img.path.name} through {self.name} failed: "
-                            + (errs[-1] if errs else "gdb load did not complete"))
-        return out
-
-    def read(self, ranges, extra=(), elf=None):
+    def read(self, ranges, extra=(), elf=None, what="reading memory back"):
         """Bytes at each (address, size) in one gdb session (after the `extra` commands);
         returns (list of bytes, gdb output)."""
         with tempfile.TemporaryDirectory() as tmp:
             cmds = list(extra)
             for i, (addr, size) in enumerate(ranges):
                 cmds.append(f"dump binary memory {tmp}/seg{i}.bin 0x{addr:x} 0x{addr + size:x}")
-            cmds.append("echo @@DUMPED\\n")
-            out = self._gdb(cmds, elf=elf, what="read-back")
-            if "@@DUMPED" not in out:
-                raise DsmnError(f"reading memory back through {self.name} failed: {out.strip().splitlines()[-1]}")
+            out = self._gdb(cmds, elf=elf, what=what)
             files = [Path(tmp) / f"seg{i}.bin" for i in range(len(ranges))]
             return [f.read_bytes() if f.is_file() else b"" for f in files], out
 
-    def verify(self, img):
-        elf = img.path if img.kind == "elf" else None
-        got, out = self.read([(a, len(d)) for a, d in img.segments],
-                             extra=["compare-sections"] if elf else [], elf=elf)
+    def verify(self, img, load=False):
+        """Read every segment back (after writing it, in the same session, with `load`) and
+        compare; for an ELF also gdb's compare-sections (the server's CRC where it has one)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            cmds, elf = self._load(img, tmp) if load else ([], img.path if img.kind == "elf" else None)
+            if elf:
+                cmds.append("compare-sections")
+            got, out = self.read([(a, len(d)) for a, d in img.segments], extra=cmds, elf=elf,
+                                 what=f"writing and reading back {img.path.name}" if load else "reading back")
         by_addr = {a: g for (a, _), g in zip(img.segments, got)}
         n = compare_readback(img, lambda a, size: by_addr[a], self.name)
         if "MIS-MATCHED" in out:  # read-back agreed but the server's CRC did not: trust neither
@@ -181,20 +202,18 @@ class GdbProbe:
         # stub hands monitor commands to its HMP, where the command is `system_reset`. A server
         # without monitor commands gets a core reset: SP and PC from the vector table.
         script = [
-            "python",
-            "import gdb",
-            "try:",
-            "    out = gdb.execute('monitor reset', to_string=True)",
-            "    if 'unknown command' in out:",
-            "        gdb.execute('monitor system_reset', to_string=True)",
-            "        print('@@RESET system_reset')",
-            "    else:",
-            "        print('@@RESET monitor reset')",
-            "except gdb.error:",
-            "    gdb.execute('set $sp = *(unsigned int *)0')",
-            "    gdb.execute('set $pc = *(unsigned int *)4')",
-            "    print('@@RESET core (vector table)')",
-            "end",
+            "py:"
+            "try:\n"
+            "    out = gdb.execute('monitor reset', to_string=True)\n"
+            "    if 'unknown command' in out:\n"
+            "        gdb.execute('monitor system_reset', to_string=True)\n"
+            "        print('@@RESET system_reset')\n"
+            "    else:\n"
+            "        print('@@RESET monitor reset')\n"
+            "except gdb.error:\n"
+            "    gdb.execute('set $sp = *(unsigned int *)0')\n"
+            "    gdb.execute('set $pc = *(unsigned int *)4')\n"
+            "    print('@@RESET core (vector table)')\n",
         ]
         out = self._gdb(script, what="reset", end="detach")
         line = next((ln for ln in out.splitlines() if ln.startswith("@@RESET")), None)
@@ -203,16 +222,14 @@ class GdbProbe:
         return line.split(" ", 1)[1]
 
     def program(self, img, log):
+        # Write and read back in one gdb session (the comparison runs here, before the reset, so
+        # a board whose flash did not take is left halted, not started); then reset in another.
         t0 = time.monotonic()
-        self.write(img)
+        how = self.verify(img, load=True)
         t1 = time.monotonic()
-        log(f"wrote {img.size} bytes through {self.name} in {t1 - t0:.2f} s")
-        how = self.verify(img)
-        t2 = time.monotonic()
-        log(f"verified: {how}")
+        log(f"wrote {img.size} bytes through {self.name}; verified: {how} ({t1 - t0:.2f} s)")
         log(f"reset ({self.reset()})")
-        self.timings = {"write_s": round(t1 - t0, 3), "verify_s": round(t2 - t1, 3),
-                        "reset_s": round(time.monotonic() - t2, 3)}
+        self.timings = {"write_verify_s": round(t1 - t0, 3), "reset_s": round(time.monotonic() - t1, 3)}
         return how
 
 

@@ -341,3 +341,32 @@ def test_board_table_probe_settings_exist_in_pyocd_and_openocd():
         assert b.pyocd_target and (b.pyocd_target in TARGET) != bool(b.pyocd_pack), b.name
         if scripts.is_dir():
             assert (scripts / b.openocd_interface).is_file() and (scripts / b.openocd_target).is_file(), b.name
+
+
+@pytest.mark.parametrize("fail", [None, "The interface firmware FAILED to reach the target MCU"])
+def test_mount_probe_waits_for_the_drive_and_reads_fail_txt(fw, tmp_path, fail):
+    """No ST-LINK drive here: a thread plays its part (takes the copied file away, as the drive
+    does when it re-enumerates after programming, and leaves FAIL.TXT when it could not)."""
+    import threading
+
+    from dsmn_host.flash import load_image
+    from dsmn_host.flash.probes import MountProbe
+
+    def drive():
+        dest = tmp_path / "dsmn_firmware.bin"
+        while not dest.exists():
+            time.sleep(0.05)
+        time.sleep(0.3)
+        if fail:  # the drive comes back with its new listing at once: FAIL.TXT there, the file gone
+            (tmp_path / "FAIL.TXT").write_text(fail + "\n")
+        dest.unlink()
+
+    t = threading.Thread(target=drive, daemon=True)
+    t.start()
+    probe = MountProbe(tmp_path, timeout=10)
+    if fail:
+        with pytest.raises(DsmnError, match=f"the board's drive rejected the image: FAIL.TXT says '{fail}'"):
+            probe.program(load_image(fw["other_elf"]), log=lambda m: None)
+    else:
+        assert probe.program(load_image(fw["other_elf"]), log=lambda m: None) == "the probe's own check (no FAIL.TXT)"
+    t.join(5)

@@ -5,7 +5,7 @@ compiler flags, `board_config.h` and the linker's MEMORY block; `emulate.py` tur
 QEMU command line. Adding a board of a known family is one entry in BOARDS.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dsmn_host.errors import DsmnError
 
@@ -41,6 +41,11 @@ class Board:
     qemu_cpu_hz: int = 0      # the emulated core clock SysTick counts (for instructions)
     defines: dict = field(default_factory=dict)  # family-specific numbers for board_config.h
     arena_ram: Region = None  # a separate RAM for the activation arena, when one region is too small
+    # How `dsmn-host flash` reaches the part (the flash origin and size are `flash` above).
+    pyocd_target: str = ""       # pyOCD target type (`pyocd list --targets`)
+    pyocd_pack: str = ""         # part to `pyocd pack install` when the target is not built into pyOCD
+    openocd_interface: str = ""  # OpenOCD interface config, e.g. interface/stlink.cfg
+    openocd_target: str = ""     # OpenOCD target config, e.g. target/stm32f4x.cfg
 
     @property
     def cpu_flags(self):
@@ -102,6 +107,16 @@ BOARDS = {b.name: b for b in [
           uart="USART3 (PD8/PD9, ST-LINK VCP: /dev/ttyACM0)", uart_rx_irq=39, num_irq=150,
           baud=921600, counter="dwt"),
 ]}
+
+# The Nucleos' probe settings (dsmn-host flash). F429 and H743 are built into pyOCD 0.46; the
+# F446 comes from ST's CMSIS pack (Keil.STM32F4xx_DFP), installed once by `pyocd pack install`.
+for _name, _probe in {
+    "nucleo-f446re": dict(pyocd_target="stm32f446retx", pyocd_pack="stm32f446re"),
+    "nucleo-f429zi": dict(pyocd_target="stm32f429xi"),
+    "nucleo-h743zi2": dict(pyocd_target="stm32h743xx", openocd_target="target/stm32h7x.cfg"),
+}.items():
+    _probe = {"openocd_interface": "interface/stlink.cfg", "openocd_target": "target/stm32f4x.cfg", **_probe}
+    BOARDS[_name] = replace(BOARDS[_name], **_probe)
 
 DEFAULT_BOARD = "qemu-an386"
 

@@ -27,6 +27,7 @@ STAGE_MODULES = [
     "dsmn_host.codegen",
     "dsmn_host.compare",
     "dsmn_host.firmware",
+    "dsmn_host.flash",
     "dsmn_host.emulate",
     "dsmn_host.evaluate",
     "dsmn_host.demo",

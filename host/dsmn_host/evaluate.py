@@ -600,6 +600,9 @@ def register(subparsers):
     p.add_argument("--no-reference", action="store_true", help="skip the host TFLM reference (no agreement metrics)")
     p.add_argument("--reopen-timeout", type=float, default=30.0, metavar="S",
                    help="how long to keep reopening a port that disappeared (default %(default)s s)")
+    from dsmn_host.flash import add_flash_arguments
+
+    add_flash_arguments(p, firmware_flag=True)
     p.set_defaults(func=_cmd_eval)
 
     r = subparsers.add_parser("eval-report", help="recompute the report of an eval directory from its results.jsonl",
@@ -615,6 +618,10 @@ def _cmd_eval(args):
         raise DsmnError("--limit must be positive")
     if args.stratify and args.limit is None:
         raise DsmnError("--stratify needs --limit N")
+    if args.flash:
+        from dsmn_host.flash import flash_for_eval
+
+        flash_for_eval(args)
     rep = run_eval(args.port, source=args.data or args.cache, split=args.split, limit=args.limit,
                    stratify=args.stratify, card_path=args.model_card, out_dir=args.out, resume=args.resume,
                    baud=args.baud, force=args.force, reference=not args.no_reference,

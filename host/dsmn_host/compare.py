@@ -275,6 +275,8 @@ def _cmd_compare(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "compare", help="per-layer int8 comparison of the generated C with TFLite's reference kernels",
         description="Run the dsmn runtime's generated code with every intermediate tensor kept "
@@ -286,8 +288,8 @@ def register(subparsers):
                     "on per-channel FULLY_CONNECTED). Exit status 0 when no op differs by more "
                     "than --tolerance and the final output equals TFLM's (or, without the "
                     "tflite_micro package, every tensor equals TFLite's), 1 otherwise.",
-        epilog="example: dsmn-host compare model_int8.tflite inputs.npy --target qemu-an386 "
-               "--json compare.json   (inputs.npy: N x input-shape int8)")
+        **style("dsmn-host compare model_int8.tflite inputs.npy",
+                "dsmn-host compare model_int8.tflite inputs.npy --target qemu-an386 --json compare.json"))
     p.add_argument("model", help="int8 .tflite model")
     p.add_argument("inputs", help=".npy of N x input-shape int8 inputs")
     p.add_argument("--target", choices=("host", "qemu-an386"), default="host",

@@ -83,11 +83,13 @@ def _from_elf(path, data):
         return DsmnError(f"{path}: corrupt or unsupported ELF ({why})")
 
     if len(data) < 52 or data[4] != 1 or data[5] != 1:
-        raise bad("not a 32-bit little-endian ELF")
+        width = {1: "32-bit", 2: "64-bit"}.get(data[4] if len(data) > 4 else 0, "unknown-class")
+        order = {1: "little-endian", 2: "big-endian"}.get(data[5] if len(data) > 5 else 0, "unknown-order")
+        raise DsmnError(f"{path}: {width} {order} ELF, not a 32-bit little-endian ARM (Cortex-M) firmware")
     (e_type, e_machine, _, _, e_phoff, e_shoff, _, _, e_phentsize, e_phnum, e_shentsize, e_shnum,
      _) = struct.unpack_from("<HHIIIIIHHHHHH", data, 16)
     if e_machine != EM_ARM:
-        raise DsmnError(f"{path}: ELF for machine {e_machine}, not ARM (40); this is not Cortex-M firmware")
+        raise DsmnError(f"{path}: ELF for machine {e_machine}, not a 32-bit little-endian ARM (Cortex-M) firmware")
     segments, ram = [], []
     try:
         for i in range(e_phnum):

@@ -112,6 +112,11 @@ typedef struct {
 /* MEAN over a contiguous block of axes. `acc` is scratch of outer*inner int32. */
 void dsmn_mean_s8(const dsmn_mean_params *p, const int8_t *in, int32_t *acc, int8_t *out);
 
+/* MEAN in pieces, for a time-tiled caller: acc (inner int32, zeroed by the caller) += n rows
+ * of `inner` values; finish requantises one outer row of sums exactly as dsmn_mean_s8. */
+void dsmn_mean_accumulate_s8(int32_t inner, int32_t n, const int8_t *in, int32_t *acc);
+void dsmn_mean_finish_s8(const dsmn_mean_params *p, const int32_t *acc, int8_t *out);
+
 typedef struct {
     int32_t stride_h, stride_w, filter_h, filter_w, pad_h, pad_w;
     int32_t act_min, act_max;

@@ -323,6 +323,7 @@ def search(graph, steps):
                 cuts.discard(k)
             else:
                 rc ^= {k}
+                cuts.discard(k)   # the reduction runs in the unit producing its input
             cand = evaluate(graph, steps, cuts, rc)
             if key(cand) < key(cur):
                 cur = cand

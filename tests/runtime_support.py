@@ -150,3 +150,58 @@ def fix_dynamic_reshape(model_bytes):
     b = flatbuffers.Builder(1024)
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
     return bytes(b.Output())
+
+
+def _op_code(model, op):
+    code = model.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def requantize_output(model_bytes, op_name, scale_factor=1.0, zero_point=None, nth=0,
+                      same_as_input=False, scale_fn=None):
+    """Copy of the model with the output quantisation of the `nth` op named `op_name` changed:
+    scale multiplied by `scale_factor` (zero point set to `zero_point` if given), or made equal
+    to the op's first input's (`same_as_input`), or set to scale_fn(input scales). Reaches quantisations the converter's
+    calibration rarely produces (effective multipliers >= 0.5, equal in/out quantisation),
+    which switch kernels between their fast and exact paths; TFLM runs the patched model as
+    the reference."""
+    import flatbuffers
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model_bytes), 0))
+    sg = model.subgraphs[0]
+    want = getattr(schema.BuiltinOperator, op_name)
+    ops = [op for op in sg.operators if _op_code(model, op) == want]
+    assert len(ops) > nth, f"no {op_name} #{nth} in the model"
+    op = ops[nth]
+    q = sg.tensors[op.outputs[0]].quantization
+    if same_as_input:
+        qi = sg.tensors[op.inputs[0]].quantization
+        q.scale, q.zeroPoint = list(qi.scale), list(qi.zeroPoint)
+    elif scale_fn is not None:
+        ins = [float(sg.tensors[i].quantization.scale[0]) for i in op.inputs if i >= 0
+               and sg.tensors[i].quantization is not None and sg.tensors[i].quantization.scale is not None]
+        q.scale = [float(np.float32(scale_fn(ins)))]
+    else:
+        q.scale = [float(np.float32(s * scale_factor)) for s in q.scale]
+        if zero_point is not None:
+            q.zeroPoint = [int(zero_point)] * len(q.zeroPoint)
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def assert_bit_exact(model_bytes, xs, workdir, target="host"):
+    """Run the generated code and the TFLM interpreter on `xs`; fail with a summary (elements
+    differing, max |delta|, first differing values) unless every output byte is equal.
+    Returns the codegen report."""
+    got, report = ours_run(model_bytes, xs, workdir, target=target)
+    ref = tflm_run(model_bytes, xs)
+    got = got.reshape(ref.shape)
+    d = np.abs(got.astype(np.int32) - ref.astype(np.int32))
+    if d.any():
+        k = np.flatnonzero(d.reshape(-1))[:16]
+        raise AssertionError(f"{int((d > 0).sum())}/{d.size} elements differ, max |delta| "
+                             f"{int(d.max())}; at {k.tolist()}: ref={ref.reshape(-1)[k].tolist()} "
+                             f"got={got.reshape(-1)[k].tolist()} (ops {report['op_counts']})")
+    return report

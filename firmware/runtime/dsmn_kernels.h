@@ -104,12 +104,13 @@ void dsmn_requantize_s8(const dsmn_requant_params *p, int32_t count, const int8_
 
 typedef struct {
     int32_t outer, reduce, inner; /* input viewed as (outer, reduce, inner) */
-    int32_t same_quant;           /* 1: plain integer mean (TFLite's path when scales match) */
     int32_t input_zero_point, output_zero_point;
     int32_t multiplier, shift;    /* already divided by `reduce` on the host */
 } dsmn_mean_params;
 
-/* MEAN over a contiguous block of axes. `acc` is scratch of outer*inner int32. */
+/* MEAN over a contiguous block of axes. `acc` is scratch of outer*inner int32. Always
+ * requantised, also when input and output quantisation are equal: TFLM's int8 MEAN has no
+ * plain-division path (it rounds where a truncating integer mean would not). */
 void dsmn_mean_s8(const dsmn_mean_params *p, const int8_t *in, int32_t *acc, int8_t *out);
 
 /* MEAN in pieces, for a time-tiled caller: acc (inner int32, zeroed by the caller) += n rows

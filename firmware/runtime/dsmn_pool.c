@@ -15,13 +15,9 @@ void dsmn_mean_finish_s8(const dsmn_mean_params *p, const int32_t *acc, int8_t *
 {
     const int32_t red = p->reduce;
     for (int32_t i = 0; i < p->inner; i++) {
-        if (p->same_quant) {
-            out[i] = (int8_t)(acc[i] / red); /* truncating, like the reference */
-        } else {
-            int32_t v = dsmn_mbqm(acc[i] - p->input_zero_point * red, p->multiplier, p->shift)
-                        + p->output_zero_point;
-            out[i] = (int8_t)dsmn_clamp(v, -128, 127);
-        }
+        int32_t v = dsmn_mbqm(acc[i] - p->input_zero_point * red, p->multiplier, p->shift)
+                    + p->output_zero_point;
+        out[i] = (int8_t)dsmn_clamp(v, -128, 127);
     }
 }
 

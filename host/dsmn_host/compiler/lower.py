@@ -461,15 +461,14 @@ class Lowering(IR):
         red = int(np.prod(shape[axes[0]:axes[-1] + 1]))
         inner = int(np.prod(shape[axes[-1] + 1:]))
         (si, zi), (so, zo) = self.qp(x), self.qp(y)
-        same = int(zi == zo and np.float32(si) == np.float32(so))
         m, s = quantize_multiplier(float(si) / float(so))
         # Fold 1/red into the multiplier exactly as reference_ops::QuantizedMeanOrSum does.
         sh = red.bit_length() - 1
         sh = min(sh, 32, 31 + s)
         m = int((m << sh) // red) if sh >= 0 else int((m >> -sh) // red)
         s = s - sh
-        p = self.e.struct("dsmn_mean_params", f"{{{outer}, {red}, {inner}, {same}, {zi}, {zo}, {m}, {s}}}",
-                          "mn", 32)
+        p = self.e.struct("dsmn_mean_params", f"{{{outer}, {red}, {inner}, {zi}, {zo}, {m}, {s}}}",
+                          "mn", 28)
 
         def code(ptr, scratch):
             return f"dsmn_mean_s8(&{p}, {ptr[x]}, (int32_t *){scratch}, {ptr[y]});"

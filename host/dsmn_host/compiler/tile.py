@@ -51,9 +51,9 @@ class Unit:
     materialized: set = field(default_factory=set)
     streamed: set = field(default_factory=set)
     externals: list = field(default_factory=list)
-    rows: list = field(default_factory=list)        # rows[j][i]: rows of step j done after i
+    runs: list = field(default_factory=list)        # (iteration, step j, lo, hi, lows) in order
+    bases: list = field(default_factory=list)       # per run: streamed t -> first row held
     buffers: dict = field(default_factory=dict)     # streamed t -> (offset, cap rows, row bytes)
-    lows: dict = field(default_factory=dict)        # streamed t -> [first row still read at i]
     accum: dict = field(default_factory=dict)       # j -> scratch offset (reductions)
     scratch_bytes: int = 0
     call_scratch: int = 0
@@ -136,7 +136,38 @@ def materialize_sets(graph, units):
 
 
 def analyse(graph, u):
-    """Rows per iteration, line buffer sizes, scratch layout and cost counters of a unit."""
+    """analyse_order under the better of two orders within an iteration: graph order, and
+    graph order with the steps off the longest path moved to the end (a residual shortcut
+    then writes its next row after the join has read the old one: one row less held)."""
+    if len(u.steps) <= 1:
+        return analyse_order(graph, u, list(range(len(u.steps))))
+    steps = u.steps
+    produced = {t: j for j, st in enumerate(steps) for t in st.outputs}
+    depth = [0] * len(steps)
+    for j in range(len(steps) - 1, -1, -1):
+        cons = [c for c in range(j + 1, len(steps)) if set(steps[j].outputs) & set(steps[c].inputs)]
+        depth[j] = 1 + max([depth[c] for c in cons] or [0])
+    longest = max(depth)
+    start = [0] * len(steps)
+    for j, st in enumerate(steps):
+        start[j] = max([start[produced[t]] + 1 for t in st.inputs if t in produced] or [0])
+    critical = [start[j] + depth[j] == longest for j in range(len(steps))]
+    late = [j for j in range(len(steps)) if critical[j]] + [j for j in range(len(steps)) if not critical[j]]
+    best = None
+    for order in (list(range(len(steps))), late):
+        analyse_order(graph, u, order)
+        if best is None or u.scratch_bytes < best[0]:
+            best = (u.scratch_bytes, order)
+    return analyse_order(graph, u, best[1])
+
+
+def analyse_order(graph, u, order):
+    """Rows per iteration, line buffer sizes, scratch layout and cost counters of a unit.
+
+    Each iteration runs the unit's steps in `order`; a step reads the rows its producers
+    have made so far (this iteration's when they ran before it). Sources (steps reading nothing the unit produces) advance one band per
+    iteration; every other step runs as far as its inputs allow, at most its own rate, so
+    line buffers stay a kernel window tall; the last iterations drain the chain."""
     steps = u.steps
     produced = {}
     for j, st in enumerate(steps):
@@ -151,53 +182,48 @@ def analyse(graph, u):
     u.externals = ext
     if not u.tiled:
         st = steps[0]
-        u.rows, u.scratch_bytes, u.calls = [[st.band.rows if st.band else 1]], st.scratch_bytes, 1
+        u.scratch_bytes, u.calls = st.scratch_bytes, 1
         return u
     consumers = {}
     for j, st in enumerate(steps):
         for t in st.inputs:
             if t in produced:
                 consumers.setdefault(t, []).append(j)
-    # Sources (steps reading nothing the unit produces) advance one band per iteration;
-    # every other step then runs as far as its inputs allow (data-driven), so a row is
-    # consumed as soon as it can be and line buffers stay a kernel window tall.
-    # Sources (steps reading nothing the unit produces) advance one band per iteration;
-    # every other step then runs as far as its inputs allow (data-driven), at most its own
-    # rate per iteration, so a row is consumed as soon as it can be and line buffers stay a
-    # kernel window tall; the iterations after the sources finish drain the chain.
     source = [not any(t in produced for t in st.inputs) for st in steps]
     n = max([st.band.rows for st, s in zip(steps, source) if s] or [1])
-    R = [[] for _ in steps]
+    cur = [0] * len(steps)
+    need_cap = {t: 1 for t in u.streamed}
+    runs = []          # (iteration, j, lo, hi, {t: first row still read}) in execution order
     i = 0
-    while True:
-        for j, st in enumerate(steps):
-            h = st.band.rows
-            prev = R[j][i - 1] if i else 0
+    while not all(cur[j] >= st.band.rows for j, st in enumerate(steps)) and i <= 4 * n + 64:
+        for j in order:
+            st = steps[j]
+            h, lo = st.band.rows, cur[j]
             if source[j]:
-                R[j].append(min(h, math.ceil((i + 1) * h / n)))
+                hi = min(h, math.ceil((i + 1) * h / n))
+            else:
+                hi, top = lo, min(h, lo + max(1, math.ceil(h / n)))
+                while hi < top and all(st.band.maps[t].need(hi + 1) <= cur[produced[t]]
+                                       for t in st.inputs if t in produced):
+                    hi += 1
+            if hi <= lo:
                 continue
-            k, top = prev, min(h, prev + max(1, math.ceil(h / n)))
-            while k < top and all(st.band.maps[t].need(k + 1) <= R[produced[t]][i]
-                                  for t in st.inputs if t in produced):
-                k += 1
-            R[j].append(k)
+            cur[j] = hi
+            lows = {}
+            for t in st.outputs:
+                if t in u.streamed and produced[t] == j:
+                    cs = consumers.get(t, [])
+                    lows[t] = min([steps[c].band.maps[t].first(cur[c]) for c in cs] or [hi])
+                    need_cap[t] = max(need_cap[t], hi - lows[t])
+            runs.append((i, j, lo, hi, lows))
         i += 1
-        if all(R[j][-1] >= st.band.rows for j, st in enumerate(steps)) or i > 4 * n + 64:
-            break
-    n = u.bands = i
-    u.rows = R
-    off, u.buffers, u.lows, u.accum = 0, {}, {}, {}
+    u.bands = i
+    u.runs = runs
+    off, u.buffers, u.accum = 0, {}, {}
     for t in sorted(u.streamed):
-        j = produced[t]
-        lows = []
-        for i in range(n):
-            lo = [steps[c].band.maps[t].first(R[c][i - 1] if i else 0) for c in consumers.get(t, [])]
-            lows.append(min(lo) if lo else R[j][i])
-        cap = max([R[j][i] - lows[i] for i in range(n)] + [1])
         rb = row_bytes(graph.tensors[t])
-        u.buffers[t] = (off, cap, rb)
-        u.lows[t] = lows
-        off = _align(off + cap * rb)
+        u.buffers[t] = (off, need_cap[t], rb)
+        off = _align(off + need_cap[t] * rb)
     per_call = 0
     for j, st in enumerate(steps):
         if st.band.reduce:
@@ -207,43 +233,24 @@ def analyse(graph, u):
             per_call = max(per_call, st.scratch_bytes)
     u.call_scratch = off
     u.scratch_bytes = off + _align(per_call)
-    u.calls = sum(1 for j in range(len(steps)) for i in range(n)
-                  if R[j][i] > (R[j][i - 1] if i else 0))
-    u.moved_bytes = _simulate_moves(u)
+    u.calls = len(runs)
+    u.moved_bytes = sum(nbytes for _, _, _, nbytes in _schedule_moves(u))
     return u
 
 
-def _simulate_moves(u):
-    moved = 0
-    for _, _, nbytes in _moves(u):
-        moved += nbytes
-    return moved
-
-
-def _moves(u):
-    """(iteration, step j, bytes) of every line-buffer shift, in execution order; also keeps
-    u._base[(i, j, t)] = the buffer's first row when step j runs in iteration i."""
+def _schedule_moves(u):
+    """(run index, tensor, (old first row, new first row, rows up to), bytes) of every
+    line-buffer shift; fills u.bases[run index] = {tensor: first held row} at that run."""
     base = {t: 0 for t in u.streamed}
-    u._base = {}
-    produced = {}
-    for j, st in enumerate(u.steps):
-        for t in st.outputs:
-            produced.setdefault(t, j)
-    for i in range(u.bands):
-        for j, st in enumerate(u.steps):
-            lo = u.rows[j][i - 1] if i else 0
-            hi = u.rows[j][i]
-            if hi > lo:
-                for t in st.outputs:
-                    if t in u.streamed and produced[t] == j:
-                        _, cap, rb = u.buffers[t]
-                        if hi - base[t] > cap:
-                            nb = u.lows[t][i]
-                            count = max(0, lo - nb) * rb
-                            yield i, j, count
-                            u._base[("move", i, j, t)] = (base[t], nb, lo)
-                            base[t] = nb
-            u._base[(i, j)] = dict(base)
+    u.bases, moves = [], []
+    for k, (i, j, lo, hi, lows) in enumerate(u.runs):
+        for t, low in lows.items():
+            _, cap, rb = u.buffers[t]
+            if hi - base[t] > cap:
+                moves.append((k, t, (base[t], low, lo), max(0, lo - low) * rb))
+                base[t] = low
+        u.bases.append(dict(base))
+    return moves
 
 
 def unit_cost(graph, u):
@@ -351,16 +358,12 @@ def emit_unit(graph, u, ptr_full, arena_off):
     """C statements of a tiled unit. ptr_full(t, row): address of row `row` of a tensor held
     whole (external or materialized); the unit's line buffers start at arena offset
     `arena_off`."""
-    produced = {}
-    for j, st in enumerate(u.steps):
-        for t in st.outputs:
-            produced.setdefault(t, j)
-    list(_moves(u))  # fills u._base
+    moves = {}
+    for k, t, mv, _ in _schedule_moves(u):
+        moves.setdefault(k, []).append((t, mv))
     lines = []
 
-    def make_ptr(i, j):
-        base = u._base[(i, j)]
-
+    def make_ptr(base):
         def ptr(t, row):
             if t in u.streamed:
                 off0, _, rb = u.buffers[t]
@@ -372,26 +375,19 @@ def emit_unit(graph, u, ptr_full, arena_off):
     for j, st in enumerate(u.steps):
         if st.band.reduce:
             lines.append(st.band.init(f"(dsmn_arena + {arena_off + u.accum[j]})"))
-    for i in range(u.bands):
-        for j, st in enumerate(u.steps):
-            lo = u.rows[j][i - 1] if i else 0
-            hi = u.rows[j][i]
-            if hi <= lo:
-                continue
-            for t in st.outputs:
-                mv = u._base.get(("move", i, j, t))
-                if mv:
-                    old, new, upto = mv
-                    off0, _, rb = u.buffers[t]
-                    if upto > new:
-                        lines.append(f"memmove(dsmn_arena + {arena_off + off0}, dsmn_arena + "
-                                     f"{arena_off + off0 + (new - old) * rb}, {(upto - new) * rb});")
-            scratch = (f"(dsmn_arena + {arena_off + u.accum[j]})" if st.band.reduce
-                       else f"(dsmn_arena + {arena_off + u.call_scratch})")
-            lines.append(f"/* band {i}: {st.op_name} op {st.op_index} rows [{lo}, {hi}) */")
-            lines.append(st.band.code(make_ptr(i, j), lo, hi, scratch))
+    for k, (i, j, lo, hi, _) in enumerate(u.runs):
+        st = u.steps[j]
+        for t, (old, new, upto) in moves.get(k, []):
+            off0, _, rb = u.buffers[t]
+            if upto > new:
+                lines.append(f"memmove(dsmn_arena + {arena_off + off0}, dsmn_arena + "
+                             f"{arena_off + off0 + (new - old) * rb}, {(upto - new) * rb});")
+        scratch = (f"(dsmn_arena + {arena_off + u.accum[j]})" if st.band.reduce
+                   else f"(dsmn_arena + {arena_off + u.call_scratch})")
+        lines.append(f"/* band {i}: op {st.op_index} {st.op_name} rows [{lo}, {hi}) */")
+        lines.append(st.band.code(make_ptr(u.bases[k]), lo, hi, scratch))
+    final = u.bases[-1] if u.bases else {}
     for j, st in enumerate(u.steps):
         if st.band.reduce:
-            lines.append(st.band.finish(make_ptr(u.bands - 1, j),
-                                        f"(dsmn_arena + {arena_off + u.accum[j]})"))
+            lines.append(st.band.finish(make_ptr(final), f"(dsmn_arena + {arena_off + u.accum[j]})"))
     return lines

@@ -26,12 +26,16 @@ def emit(graph, tp, decls, model_name):
             return f"(output + {off})" if off else "output"
         return f"(dsmn_arena + {plan.offsets[b] + off})"
 
-    calls, marks = [], []
+    calls, marks, units = [], [], []
     for k, (u, st) in enumerate(zip(tp.units, tp.steps)):
         if st.kind == "alias":
             continue
         if u.tiled:
-            code = "\n    ".join(emit_unit(graph, u, ptr_full, plan.offsets[plan.scratch[k]]))
+            # one function per tiled unit: small functions compile fast and profile per unit
+            fname = f"dsmn_unit{k}"
+            units.append({"name": fname,
+                          "code": "\n    ".join(emit_unit(graph, u, ptr_full, plan.offsets[plan.scratch[k]]))})
+            code = f"{fname}(input, output);"
             label = (f"ops {', '.join(str(s.op_index) for s in u.steps)}: "
                      f"{len(u.steps)} steps in {u.bands} bands")
             kernel = "tiled"
@@ -48,7 +52,7 @@ def emit(graph, tp, decls, model_name):
     tail = []
     if plan.owner[graph.outputs[0]] == "in":
         tail.append(f"memcpy(output, input, {gout.nbytes});")
-    ctx = dict(model_name=model_name, decls=decls, calls=calls, tail=tail,
+    ctx = dict(model_name=model_name, decls=decls, calls=calls, tail=tail, units=units,
                arena_bytes=max(plan.arena_bytes, ALIGN), input_bytes=gin.nbytes,
                output_bytes=gout.nbytes, input_shape=list(gin.shape), output_shape=list(gout.shape),
                input_scale=float(gin.scale[0]) if len(gin.scale) else 0.0,

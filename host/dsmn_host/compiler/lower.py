@@ -204,9 +204,8 @@ class Lowering(IR):
         def band_code(ptr, lo, hi, scratch):
             out = []
             for (t, p, do), (_, y0, _, dims) in zip(calls, wins):
-                out.append(f"{{ dsmn_conv_params p_ = {p}; dsmn_dims d_ = {{1, {hi - lo}, {dims[2]}, {dims[3]}}}; "
-                           f"p_.out_y0 = {y0 + lo}; {fn}(&p_, &{q}, &{di}, {ptr(x, 0)}, &{df}, {wd}, {bd}, "
-                           f"&d_, {ptr(t, lo)}); }}")
+                out.append(f"{fn[:-3]}_rows_s8(&{p}, &{q}, &{di}, {ptr(x, 0)}, &{df}, {wd}, {bd}, "
+                           f"&{do}, {lo}, {hi - lo}, {ptr(t, lo)});")
             return "\n    ".join(out)
         band = None
         if rows_of(c["ish"]) and rows_of(c["osh"]) and all(y0 == 0 for _, y0, _, _ in wins):
@@ -419,8 +418,8 @@ class Lowering(IR):
                 pa, pb = operand(a, ca, lo, ptr), operand(b, cb, lo, ptr)
                 if bc == "NULL":
                     return f"{fn}(&{p}, NULL, {(hi - lo) * ry}, {pa}, {pb}, {ptr(y, lo)});"
-                return (f"{{ dsmn_broadcast b_ = {bc[1:]}; b_.dims[1] = {hi - lo}; "
-                        f"{fn}(&{p}, &b_, {(hi - lo) * ry}, {pa}, {pb}, {ptr(y, lo)}); }}")
+                return (f"{fn[:-3]}_rows_s8(&{p}, {bc}, {hi - lo}, {(hi - lo) * ry}, {pa}, {pb}, "
+                        f"{ptr(y, lo)});")
             band = RowBand({i: RowMap(h=self.t(i).shape[1] if len(self.t(i).shape) == 4 else 1,
                                       whole=rows_of(self.t(i).shape) != h)
                             for i in ins}, band_code, rows=h)
@@ -511,8 +510,8 @@ class Lowering(IR):
         def band_code(ptr, lo, hi, scratch):
             out = []
             for (t, p, do), (_, y0, _, dims) in zip(calls, wins):
-                out.append(f"{{ dsmn_pool_params p_ = {p}; dsmn_dims d_ = {{1, {hi - lo}, {dims[2]}, {dims[3]}}}; "
-                           f"p_.out_y0 = {y0 + lo}; {fn}(&p_, &{di}, {ptr(x, 0)}, &d_, {ptr(t, lo)}); }}")
+                out.append(f"{fn[:-3]}_rows_s8(&{p}, &{di}, {ptr(x, 0)}, &{do}, {lo}, {hi - lo}, "
+                           f"{ptr(t, lo)});")
             return "\n    ".join(out)
         band = None
         if rows_of(ish) and rows_of(osh) and all(y0 == 0 for _, y0, _, _ in wins):

@@ -22,17 +22,18 @@ from dsmn_host.errors import DsmnError
 PLANS = ("fast", "min")
 
 
-def compile_plans(graph):
-    """Lower, schedule, and search the tiled plans of `graph`: (lowering, plans)."""
+def compile_plans(graph, band_rows=1):
+    """Lower, schedule, and search the tiled plans of `graph`: (lowering, plans). band_rows:
+    rows a tiled unit's sources advance per iteration (1: the smallest line buffers)."""
     low = Lowering(graph)
     steps = low.lower()
     reordered = schedule_steps(graph, steps)
     if plan_memory(graph, reordered).arena_bytes < plan_memory(graph, steps).arena_bytes:
         steps = reordered
-    return low, search(graph, steps)
+    return low, search(graph, steps, band_rows)
 
 
-def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None):
+def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, band_rows=1):
     """Write dsmn_model.c, dsmn_model.h, memory.json and memory.txt for `tflite_path`.
 
     plan: "fast" (untiled), "min" (smallest arena), or None: the fastest plan whose arena
@@ -42,7 +43,7 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None):
         raise DsmnError(f"unknown plan {plan!r}; use one of {', '.join(PLANS)}")
     tflite_path, out_dir = Path(tflite_path), Path(out_dir)
     graph = read_model(tflite_path)
-    low, plans = compile_plans(graph)
+    low, plans = compile_plans(graph, band_rows)
     chosen = choose(plans, ram_budget, plan)
     if chosen is None:
         smallest = min(p.peak for p in plans)

@@ -47,6 +47,7 @@ def step_cost(graph, st):
 class Unit:
     steps: list
     bands: int = 1
+    band_rows: int = 1     # rows the sources advance per iteration
     # filled by analyse()
     materialized: set = field(default_factory=set)
     streamed: set = field(default_factory=set)
@@ -65,7 +66,7 @@ class Unit:
         return len(self.steps) > 1
 
 
-def build_units(steps, cuts, recompute):
+def build_units(steps, cuts, recompute, band_rows=1):
     """Units of the scheduled `steps`: tileable runs split at `cuts` (step positions), each
     non-tileable step alone; then recompute closures for the reductions in `recompute`
     (positions of reduce steps)."""
@@ -84,6 +85,8 @@ def build_units(steps, cuts, recompute):
         cur.append(st)
     if cur:
         units.append(Unit(cur))
+    for u in units:
+        u.band_rows = band_rows
     pos = {id(st): k for k, st in enumerate(steps)}
     for k in sorted(recompute):
         red = steps[k]
@@ -190,7 +193,7 @@ def analyse_order(graph, u, order):
             if t in produced:
                 consumers.setdefault(t, []).append(j)
     source = [not any(t in produced for t in st.inputs) for st in steps]
-    n = max([st.band.rows for st, s in zip(steps, source) if s] or [1])
+    n = math.ceil(max([st.band.rows for st, s in zip(steps, source) if s] or [1]) / u.band_rows)
     cur = [0] * len(steps)
     need_cap = {t: 1 for t in u.streamed}
     runs = []          # (iteration, j, lo, hi, {t: first row still read}) in execution order
@@ -292,11 +295,19 @@ class TiledPlan:
                 "keep": sum(1 for u in tiled for s in u.steps if s.band.reduce) - len(self.recompute)}
 
 
-def evaluate(graph, steps, cuts, recompute):
-    units = build_units(steps, cuts, recompute)
+def evaluate(graph, steps, cuts, recompute, cache=None, band_rows=1):
+    """The plan for these cuts and recompute choices; `cache` (dict) reuses the analysis of
+    units that recur between the plans a search evaluates."""
+    units = build_units(steps, cuts, recompute, band_rows)
     materialize_sets(graph, units)
-    for u in units:
+    for k, u in enumerate(units):
+        key = (tuple(id(s) for s in u.steps), frozenset(u.materialized), band_rows)
+        if cache is not None and key in cache:
+            units[k] = cache[key]
+            continue
         analyse(graph, u)
+        if cache is not None:
+            cache[key] = u
     pseudo = [pseudo_step(u) for u in units]
     plan = plan_memory(graph, pseudo)
     cost = sum(unit_cost(graph, u) for u in units)
@@ -307,13 +318,14 @@ def _footprint(tp):
     return sum(tp.plan.sizes[b] for b in tp.plan.sizes if b not in ("in", "out"))
 
 
-def search(graph, steps):
+def search(graph, steps, band_rows=1):
     """Plans from the untiled one (fast) towards the smallest peak (min), each accepted move
     lowering the peak or, at equal peak, the bytes allocated. Returns the list of plans."""
     all_cuts = {k for k in range(1, len(steps))
                 if steps[k].band is not None and steps[k - 1].band is not None}
     reducers = [k for k, st in enumerate(steps) if st.band is not None and st.band.reduce]
-    cur = evaluate(graph, steps, all_cuts, set())
+    cache = {}
+    cur = evaluate(graph, steps, all_cuts, set(), cache, band_rows)
     plans = [cur]
 
     def key(tp):
@@ -331,7 +343,7 @@ def search(graph, steps):
             else:
                 rc ^= {k}
                 cuts.discard(k)   # the reduction runs in the unit producing its input
-            cand = evaluate(graph, steps, cuts, rc)
+            cand = evaluate(graph, steps, cuts, rc, cache, band_rows)
             if key(cand) < key(cur):
                 cur = cand
                 plans.append(cur)

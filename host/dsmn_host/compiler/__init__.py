@@ -52,7 +52,7 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
                         f"smallest activation arena reachable is {smallest} B (--plan min)")
     name = plan or ("fast" if chosen is plans[0] else
                     "min" if chosen.peak == min(p.peak for p in plans) else "budget")
-    h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name)
+    h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name, low.e.struct_sizes)
     report = build_report(graph, chosen, low.e.flash, tflite_path, plans, name, ram_budget,
                           marks, low.folded)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ def render(name, **ctx):
     return env.get_template(name).render(**ctx)
 
 
-def emit(graph, tp, decls, model_name):
+def emit(graph, tp, decls, model_name, struct_sizes=None):
     """(dsmn_model.h, dsmn_model.c, marks): marks label every DSMN_MARK (unit) in order."""
     plan = tp.plan
 
@@ -53,6 +53,7 @@ def emit(graph, tp, decls, model_name):
     if plan.owner[graph.outputs[0]] == "in":
         tail.append(f"memcpy(output, input, {gout.nbytes});")
     ctx = dict(model_name=model_name, decls=decls, calls=calls, tail=tail, units=units,
+               struct_sizes=sorted((struct_sizes or {}).items()),
                arena_bytes=max(plan.arena_bytes, ALIGN), input_bytes=gin.nbytes,
                output_bytes=gout.nbytes, input_shape=list(gin.shape), output_shape=list(gout.shape),
                input_scale=float(gin.scale[0]) if len(gin.scale) else 0.0,

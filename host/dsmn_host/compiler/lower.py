@@ -24,10 +24,15 @@ SUPPORTED_OPS = (
 )
 
 
+# Structs holding pointers differ in size between the host (64-bit) and Cortex-M builds.
+POINTER_STRUCTS = ("dsmn_requant", "dsmn_sparable_params", "dsmn_tail_op")
+
+
 class Emitter:
     def __init__(self):
         self.decls = []
         self.flash = {"weights": 0, "bias": 0, "requant": 0, "params": 0, "tables": 0}
+        self.struct_sizes = {}
         self._n = 0
 
     def name(self, base):
@@ -46,6 +51,10 @@ class Emitter:
         return n
 
     def struct(self, ctype, fields, base, size):
+        """A const struct; `size` is what the flash accounting assumes (the Cortex-M layout),
+        checked by a _Static_assert in the generated C for the pointer-free structs."""
+        if size and ctype not in POINTER_STRUCTS:
+            self.struct_sizes[ctype] = size
         n = self.name(base)
         self.decls.append(f"static const {ctype} {n} = {fields};")
         self.flash["params"] += size

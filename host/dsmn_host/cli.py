@@ -24,6 +24,7 @@ STAGE_MODULES = [
     "dsmn_host.modelcard",
     "dsmn_host.verify",
     "dsmn_host.codegen",
+    "dsmn_host.compare",
     "dsmn_host.firmware",
     "dsmn_host.emulate",
     "dsmn_host.evaluate",

@@ -19,11 +19,17 @@ RUNNER_DIR = RUNTIME_DIR / "runner"
 
 
 
+def _kernel_flags(cflags):
+    """DSMN_TRACE only changes the generated model and the runners, not the kernels: traced
+    builds reuse the cached kernel objects of a normal build."""
+    return [f for f in cflags if f != "-DDSMN_TRACE"]
+
+
 def build_host_runner(gen_dir, exe=None, cflags=()):
     """Compile the generated model + kernels + host runner; returns the executable path."""
     gen_dir = Path(gen_dir)
     exe = Path(exe or gen_dir / "dsmn_runner")
-    objs = runtime_objects("gcc", [*HOST_FLAGS, *cflags])
+    objs = runtime_objects("gcc", [*HOST_FLAGS, *_kernel_flags(cflags)])
     srcs = [gen_dir / "dsmn_model.c", RUNNER_DIR / "host_runner.c"]
     cmd = ["gcc", *HOST_FLAGS, *cflags, f"-I{gen_dir}", f"-I{RUNTIME_DIR}",
            *map(str, srcs), *map(str, objs), "-o", str(exe)]
@@ -72,7 +78,7 @@ def build_qemu_runner(gen_dir, elf=None, cflags=()):
     gen_dir = Path(gen_dir)
     elf = Path(elf or gen_dir / "dsmn_runner_an386.elf")
     flags = [*ARM_FLAGS, *ARM_OPT, *cflags]
-    objs = runtime_objects(gcc, flags)
+    objs = runtime_objects(gcc, [*ARM_FLAGS, *ARM_OPT, *_kernel_flags(cflags)])
     cmd = [gcc, *flags, f"-I{gen_dir}", f"-I{RUNTIME_DIR}", str(gen_dir / "dsmn_model.c"),
            str(QEMU_RUNNER_DIR / "qemu_runner.c"), *map(str, objs), "-nostartfiles",
            "--specs=nano.specs", "-Wl,--gc-sections", f"-T{QEMU_RUNNER_DIR / 'link.ld'}",
@@ -83,9 +89,10 @@ def build_qemu_runner(gen_dir, elf=None, cflags=()):
     return elf
 
 
-def run_qemu(elf, inputs, output_bytes, timeout=600):
+def run_qemu(elf, inputs, output_bytes, timeout=600, extra_files=()):
     """Run a runner ELF on QEMU mps2-an386 (-icount shift=0); returns (outputs, stats) where
-    stats has per-inference instruction counts converted from SysTick ticks."""
+    stats has per-inference instruction counts converted from SysTick ticks, and
+    stats["files"] the bytes of each of `extra_files` the runner wrote by semihosting."""
     qemu = shutil.which("qemu-system-arm")
     if not qemu:
         raise DsmnError("qemu-system-arm not found (run scripts/bootstrap.sh)")
@@ -107,6 +114,7 @@ def run_qemu(elf, inputs, output_bytes, timeout=600):
             raise DsmnError(f"QEMU runner failed (exit {r.returncode}): {r.stderr[-2000:]}")
         out = np.fromfile(d / "out.bin", dtype=np.int8)
         stats_txt = (d / "stats.txt").read_text()
+        files = {f: (d / f).read_bytes() for f in extra_files if (d / f).exists()}
     if out.size != n * output_bytes:
         raise DsmnError(f"QEMU runner wrote {out.size} bytes, expected {n * output_bytes}")
     cal_instr, cal_ticks, ticks, steps = 0, 0, [], {}
@@ -122,7 +130,8 @@ def run_qemu(elf, inputs, output_bytes, timeout=600):
     stats = {"ticks": ticks, "instructions_per_tick": per_tick,
              "instructions": [round(t * per_tick) for t in ticks],
              "calibration": {"instructions": cal_instr, "ticks": cal_ticks},
-             "step_instructions": {k: round(v * per_tick / max(n, 1)) for k, v in steps.items()}}
+             "step_instructions": {k: round(v * per_tick / max(n, 1)) for k, v in steps.items()},
+             "files": files}
     return out.reshape(n, output_bytes), stats
 
 

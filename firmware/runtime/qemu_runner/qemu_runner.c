@@ -117,6 +117,21 @@ void dsmn_profile_mark(int step)
 }
 #endif
 
+#ifdef DSMN_TRACE
+/* Every step's output tensors, written by semihosting to "trace.bin" as records of int32
+ * tensor index, int32 byte count, bytes (dsmn-host compare reads them). */
+static int32_t trace_fd = -1;
+
+void dsmn_trace_tensor(int tensor, const int8_t *data, int32_t bytes)
+{
+    const int32_t hdr[2] = {tensor, bytes};
+    if (trace_fd >= 0) {
+        sh_write(trace_fd, hdr, sizeof hdr);
+        sh_write(trace_fd, data, (uint32_t)bytes);
+    }
+}
+#endif
+
 static int8_t in_buf[DSMN_INPUT_BYTES] __attribute__((aligned(16)));
 static int8_t out_buf[DSMN_OUTPUT_BYTES] __attribute__((aligned(16)));
 static char stats[64 * 1024];
@@ -133,6 +148,12 @@ int main(void)
     if (fi < 0 || fo < 0 || fs < 0) {
         return 1;
     }
+#ifdef DSMN_TRACE
+    trace_fd = sh_open("trace.bin", 5); /* "wb" */
+    if (trace_fd < 0) {
+        return 1;
+    }
+#endif
     uint32_t n = 0;
     if (sh_read(fi, &n, 4) != 0) {
         return 1;
@@ -180,6 +201,9 @@ int main(void)
     sh_close(fi);
     sh_close(fo);
     sh_close(fs);
+#ifdef DSMN_TRACE
+    sh_close(trace_fd);
+#endif
     return 0;
 }
 

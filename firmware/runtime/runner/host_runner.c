@@ -5,6 +5,21 @@
 
 #include "dsmn_model.h"
 
+#ifdef DSMN_TRACE
+/* Every step's output tensors, appended to the file named by DSMN_TRACE_FILE as records of
+ * int32 tensor index, int32 byte count, bytes (dsmn-host compare reads them). */
+static FILE *trace_file;
+
+void dsmn_trace_tensor(int tensor, const int8_t *data, int32_t bytes)
+{
+    const int32_t hdr[2] = {tensor, bytes};
+    if (trace_file) {
+        fwrite(hdr, sizeof hdr[0], 2, trace_file);
+        fwrite(data, 1, (size_t)bytes, trace_file);
+    }
+}
+#endif
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -18,6 +33,14 @@ int main(int argc, char **argv)
         return 2;
     }
     long n = strtol(argv[3], NULL, 10);
+#ifdef DSMN_TRACE
+    const char *trace_path = getenv("DSMN_TRACE_FILE");
+    trace_file = trace_path ? fopen(trace_path, "wb") : NULL;
+    if (!trace_file) {
+        fprintf(stderr, "DSMN_TRACE build: set DSMN_TRACE_FILE to a writable path\n");
+        return 2;
+    }
+#endif
     static int8_t in[DSMN_INPUT_BYTES];
     static int8_t out[DSMN_OUTPUT_BYTES];
     for (long i = 0; i < n; i++) {
@@ -33,5 +56,8 @@ int main(int argc, char **argv)
     }
     fclose(fi);
     fclose(fo);
+#ifdef DSMN_TRACE
+    fclose(trace_file);
+#endif
     return 0;
 }

@@ -73,6 +73,7 @@ def model1_table(work, xs, ref):
 
 def model1_firmware(work, xs, ref):
     from dsmn_host import firmware, protocol
+    from dsmn_host.boards import get_board
     from dsmn_host.emulate import Emulator
 
     model = ROOT / "models" / "model1" / "model1_int8.tflite"
@@ -81,7 +82,10 @@ def model1_firmware(work, xs, ref):
     ok = True
     with Emulator(rep["elf"], board="qemu-stm32f405") as emu:
         with protocol.Session.open(emu.url, response_timeout=300) as s:
-            hz = s.hello.core_clock_hz
+            # QEMU's SysTick counts the emulated core clock (board.qemu_cpu_hz); HELLO reports
+            # the clock the firmware thinks it runs at (the HSI there: QEMU has no RCC model)
+            hz = get_board("qemu-stm32f405").qemu_cpu_hz
+            hello_hz = s.hello.core_clock_hz
             for i, x in enumerate(xs[:2]):
                 r = s.infer(i + 1, x)
                 ok &= bool(np.array_equal(np.frombuffer(r.output, np.int8), ref[i].reshape(-1)))
@@ -89,7 +93,8 @@ def model1_firmware(work, xs, ref):
     return {"board": "qemu-stm32f405", "plan": rep["native"]["plan"],
             "arena_bytes": rep["ram"]["activations"], "ram_bytes": rep["ram_bytes"],
             "ram": rep["ram"], "board_ram_bytes": rep["board_ram_bytes"], "flash_bytes": rep["flash_bytes"],
-            "instructions": int(round(np.mean(counters) * 1e9 / hz)), "bit_exact": ok}
+            "instructions": int(round(np.mean(counters) * 1e9 / hz)), "systick_hz": hz,
+            "hello_core_clock_hz": hello_hz, "bit_exact": ok}
 
 
 def variant_tflite(name, cache, work):

@@ -179,3 +179,22 @@ def test_random_chain_tiled_bit_exact(tmp_path_factory, h, w, c, k1, k2, dil, st
     tiled = [u for u in report["units"] if u["tiled"]]
     assert tiled, report["units"]
     assert report["peak_activation_bytes"] <= report["tradeoff"][0]["peak_bytes"]
+
+
+def test_convert_uses_the_one_scheduler():
+    """convert.schedule_operators orders TFLite operators with compiler.schedule: from the
+    shipped model's operators reversed it finds a topological order no worse than theirs."""
+    from dsmn_host import convert
+
+    schema = convert._schema()
+    m = schema.ModelT.InitFromPackedBuf(bytearray(SHIPPED_MODEL.read_bytes()), 0)
+    sub = m.subgraphs[0]
+    sub.operators = sub.operators[::-1]
+    order = convert.schedule_operators(m, sub)
+    assert sorted(order) == list(range(len(sub.operators)))
+    done = set(sub.inputs)
+    for k in order:
+        op = sub.operators[k]
+        consts = {i for i, t in enumerate(sub.tensors) if m.buffers[t.buffer].data is not None}
+        assert all(t in done or t in consts or t < 0 for t in op.inputs), k
+        done.update(op.outputs)

@@ -5,6 +5,7 @@ Passes, one module each, over one IR (ir.py):
 `generate` runs them and writes dsmn_model.c/.h, memory.json and memory.txt.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,20 +21,27 @@ from dsmn_host.compiler.tile import choose, search
 from dsmn_host.errors import DsmnError
 
 PLANS = ("fast", "min")
+_PLANS = {}   # the last model's lowering and plans: generate() reads, never changes them
 
 
-def compile_plans(graph, band_rows=1):
+def compile_plans(graph, band_rows=None):
     """Lower, schedule, and search the tiled plans of `graph`: (lowering, plans). band_rows:
-    rows a tiled unit's sources advance per iteration (1: the smallest line buffers)."""
+    rows a tiled unit's sources advance per iteration (None: plans for 1, 2 and 4 rows)."""
     low = Lowering(graph)
     steps = low.lower()
     reordered = schedule_steps(graph, steps)
     if plan_memory(graph, reordered).arena_bytes < plan_memory(graph, steps).arena_bytes:
         steps = reordered
-    return low, search(graph, steps, band_rows)
+    if band_rows is not None:
+        return low, search(graph, steps, band_rows)
+    # taller bands: fewer kernel calls (each re-does its setup), a few more rows held
+    plans = search(graph, steps, 1)
+    for rows in (2, 4):
+        plans += search(graph, steps, rows)[1:]
+    return low, plans
 
 
-def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, band_rows=1):
+def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, band_rows=None):
     """Write dsmn_model.c, dsmn_model.h, memory.json and memory.txt for `tflite_path`.
 
     plan: "fast" (untiled), "min" (smallest arena), or None: the fastest plan whose arena
@@ -42,8 +50,15 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
     if plan is not None and plan not in PLANS:
         raise DsmnError(f"unknown plan {plan!r}; use one of {', '.join(PLANS)}")
     tflite_path, out_dir = Path(tflite_path), Path(out_dir)
-    graph = read_model(tflite_path)
-    low, plans = compile_plans(graph, band_rows)
+    key = (hashlib.sha256(tflite_path.read_bytes()).hexdigest() if tflite_path.is_file() else None,
+           band_rows)
+    if key in _PLANS:   # same model again (another budget / plan): reuse the search
+        graph, low, plans = _PLANS[key]
+    else:
+        graph = read_model(tflite_path)
+        low, plans = compile_plans(graph, band_rows)
+        _PLANS.clear()
+        _PLANS[key] = (graph, low, plans)
     chosen = choose(plans, ram_budget, plan)
     if chosen is None:
         smallest = min(p.peak for p in plans)

@@ -292,6 +292,7 @@ class TiledPlan:
     def describe(self):
         tiled = [u for u in self.units if u.tiled]
         return {"peak_bytes": self.peak, "estimated_instructions": int(round(self.cost)),
+                "band_rows": max([u.band_rows for u in self.units if u.tiled] or [0]),
                 "tiled_units": len(tiled),
                 "tiled_steps": sum(len(u.steps) for u in tiled),
                 "recompute": len(self.recompute),

@@ -42,7 +42,7 @@ def fw_card(fw_model):
 
 # model1 (untiled: ~225 KB of activations) fits the 128 KiB STM32F4 parts through the
 # compiler's time-tiled plan, which build-firmware picks from the board's RAM by default.
-BOARD_MODEL = {}
+BOARD_MODEL = {"nucleo-f429zi": "small_model"}
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +185,20 @@ def test_hardware_boards_build_fit_and_vector_their_uart(board, built):
     assert reset == _symbol(report["elf"], "Reset_Handler") | 1
     (uart_vec,) = struct.unpack_from("<I", image, 4 * (16 + b.uart_rx_irq))
     assert uart_vec == _symbol(report["elf"], "board_uart_irq_handler") | 1
+
+
+def test_stack_goes_to_ccm_where_the_board_has_one(built):
+    """nucleo-f429zi: 64 KiB of CCM at 0x10000000 (board table); the linker puts the stack
+    there, so the main RAM holds only the arena and the buffers."""
+    import struct
+
+    b = get_board("nucleo-f429zi")
+    assert b.ccm is not None and b.ccm.origin == 0x10000000 and b.ccm.length == 64 * 1024
+    report, _ = built("nucleo-f429zi")
+    sp, _ = struct.unpack_from("<II", Path(report["bin"]).read_bytes(), 0)
+    assert b.ccm.origin < sp <= b.ccm.origin + b.ccm.length and sp % 8 == 0
+    assert report["board_ram_regions"]["ccm"] == b.ccm.length
+    assert report["ram_bytes"] <= report["board_ram_bytes"]
 
 
 def test_tflm_arena_passes_the_size_check_on_h743(fw_card):

@@ -59,7 +59,7 @@ def register(subparsers):
                     "few rows of RAM: --ram-budget picks the fastest plan that fits, --plan "
                     "forces an end.",
         epilog="examples:\n  dsmn-host codegen model.tflite --out gen\n"
-               "  dsmn-host codegen model.tflite --out gen --ram-budget 64K\n"
+               "  dsmn-host codegen model.tflite --out gen --ram-budget 96K\n"
                "  dsmn-host codegen model.tflite --out gen --plan min --run x.npy y.npy",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("model", help="int8 .tflite model")

@@ -40,9 +40,9 @@ def fw_card(fw_model):
     return _card(fw_model)
 
 
-# model1's native activations (~225 KB) do not fit the 128 KiB STM32F4 parts; their USART/RCC
-# path is tested with the small model instead (test_model_too_big... covers the refusal).
-BOARD_MODEL = {"qemu-stm32f405": "small_model", "nucleo-f446re": "small_model"}
+# model1 (untiled: ~225 KB of activations) fits the 128 KiB STM32F4 parts through the
+# compiler's time-tiled plan, which build-firmware picks from the board's RAM by default.
+BOARD_MODEL = {"nucleo-f429zi": "small_model"}
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +68,15 @@ def test_unknown_board_names_the_known_ones():
 
 
 def test_model_too_big_is_refused_before_compiling(tmp_path):
-    # model1 itself is too big for a 128 KiB STM32F405; without it, a model made to be too big
-    big = SHIPPED_MODEL if SHIPPED_MODEL.is_file() else big_activation_tflite(tmp_path / "m")
+    # a model made too big for a 128 KiB STM32F405 even at its smallest (min) plan
+    big = big_activation_tflite(tmp_path / "m")
     out = tmp_path / "build"
     with pytest.raises(DsmnError) as e:
         firmware.build_firmware(tflite=big, board="qemu-stm32f405", out=out, quiet=True)
     msg = str(e.value)
-    needs = int(msg.split("RAM: needs ")[1].split(" ")[0])
-    assert needs > 128 * 1024 and f"has {128 * 1024}" in msg and "qemu-stm32f405" in msg, msg
+    needs = int(msg.split("smallest activation arena reachable is ")[1].split(" ")[0])
+    budget = int(msg.split("RAM budget of ")[1].split(" ")[0])
+    assert needs > budget and f"has {128 * 1024}" in msg and "qemu-stm32f405" in msg, msg
     assert not (out / "CMakeCache.txt").exists(), "refused only after configuring/compiling"
 
 
@@ -96,6 +97,10 @@ def test_firmware_runs_in_qemu_bit_exact(board, built):
     assert mem["flash_bytes"] <= b.flash.length and mem["ram_bytes"] <= b.ram.length
     assert mem["flash"]["model"] > 0 and mem["flash"]["runtime"] > 0
     assert 0 <= mem["ram"]["activations"] - report["native"]["peak_activation_bytes"] < 16
+    # the arena the compiler planned is the one the linker placed (map: .arena)
+    gen_mem = json.loads((Path(report["elf"]).parent / "gen" / "memory.json").read_text())
+    assert gen_mem["arena_bytes"] == report["native"]["peak_activation_bytes"]
+    assert mem["ram"]["activations"] == max(16, (gen_mem["arena_bytes"] + 15) // 16 * 16)
     # the pre-compile estimate that refuses models must not be below what the linker needs
     assert mem["estimate"]["flash_bytes"] >= mem["flash_bytes"] and mem["estimate"]["ram_bytes"] >= mem["ram_bytes"]
     assert Path(report["bin"]).stat().st_size > 0 and Path(report["hex"]).stat().st_size > 0
@@ -180,6 +185,20 @@ def test_hardware_boards_build_fit_and_vector_their_uart(board, built):
     assert reset == _symbol(report["elf"], "Reset_Handler") | 1
     (uart_vec,) = struct.unpack_from("<I", image, 4 * (16 + b.uart_rx_irq))
     assert uart_vec == _symbol(report["elf"], "board_uart_irq_handler") | 1
+
+
+def test_stack_goes_to_ccm_where_the_board_has_one(built):
+    """nucleo-f429zi: 64 KiB of CCM at 0x10000000 (board table); the linker puts the stack
+    there, so the main RAM holds only the arena and the buffers."""
+    import struct
+
+    b = get_board("nucleo-f429zi")
+    assert b.ccm is not None and b.ccm.origin == 0x10000000 and b.ccm.length == 64 * 1024
+    report, _ = built("nucleo-f429zi")
+    sp, _ = struct.unpack_from("<II", Path(report["bin"]).read_bytes(), 0)
+    assert b.ccm.origin < sp <= b.ccm.origin + b.ccm.length and sp % 8 == 0
+    assert report["board_ram_regions"]["ccm"] == b.ccm.length
+    assert report["ram_bytes"] <= report["board_ram_bytes"]
 
 
 def test_tflm_arena_passes_the_size_check_on_h743(fw_card):

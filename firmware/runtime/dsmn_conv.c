@@ -475,9 +475,9 @@ static int dw_fast(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_
                    const dsmn_dims *od, int8_t *out)
 {
     const int32_t C = od->c, kt = fd->h * fd->w;
+    /* any band of whole rows (out_y0, od->h) is fine: input rows are global */
     if (p->depth_multiplier != 1 || p->stride_h != 1 || p->stride_w != 1 || id->c != C || C > DWF_MAXC
-        || od->h != id->h || od->w != id->w || p->out_y0 != 0 || p->out_x0 != 0 || kt > DWF_MAXT
-        || fd->c != C) {
+        || od->w != id->w || p->out_x0 != 0 || kt > DWF_MAXT || fd->c != C) {
         return 0;
     }
     int8_t pad[DWF_CHUNK];
@@ -527,7 +527,7 @@ static int dw_fast(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_
                 for (int32_t ox = 0; ox < od->w; ox++) {
                     const int8_t *tp[DWF_MAXT];
                     for (int32_t t = 0; t < nt; t++) {
-                        const int32_t iy = oy + dy[t], ix = ox + dx[t];
+                        const int32_t iy = oy + p->out_y0 + dy[t], ix = ox + dx[t];
                         tp[t] = (iy < 0 || iy >= id->h || ix < 0 || ix >= id->w) ? pad
                                 : img + (iy * id->w + ix) * C;
                     }

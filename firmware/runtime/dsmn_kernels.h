@@ -113,6 +113,11 @@ typedef struct {
  * plain-division path (it rounds where a truncating integer mean would not). */
 void dsmn_mean_s8(const dsmn_mean_params *p, const int8_t *in, int32_t *acc, int8_t *out);
 
+/* MEAN in pieces, for a time-tiled caller: acc (inner int32, zeroed by the caller) += n rows
+ * of `inner` values; finish requantises one outer row of sums exactly as dsmn_mean_s8. */
+void dsmn_mean_accumulate_s8(int32_t inner, int32_t n, const int8_t *in, int32_t *acc);
+void dsmn_mean_finish_s8(const dsmn_mean_params *p, const int32_t *acc, int8_t *out);
+
 typedef struct {
     int32_t stride_h, stride_w, filter_h, filter_w, pad_h, pad_w;
     int32_t act_min, act_max;
@@ -204,6 +209,26 @@ typedef struct {
 
 void dsmn_sparable_s8(const dsmn_sparable_params *p, const dsmn_dims *in_dims, const int8_t *in,
                       const dsmn_dims *out_dims, int8_t *out);
+
+/* Row bands (time-tiled plans, dsmn_rows.c): the kernel above on output rows
+ * [y0, y0 + rows) of the window `od` (out_y0 of `p` is the window's origin). */
+void dsmn_conv2d_rows_s8(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_dims *id,
+                         const int8_t *in, const dsmn_dims *fd, const int8_t *filter,
+                         const int32_t *bias, const dsmn_dims *od, int32_t y0, int32_t rows,
+                         int8_t *out);
+void dsmn_depthwise_conv2d_rows_s8(const dsmn_conv_params *p, const dsmn_requant *q,
+                                   const dsmn_dims *id, const int8_t *in, const dsmn_dims *fd,
+                                   const int8_t *filter, const int32_t *bias, const dsmn_dims *od,
+                                   int32_t y0, int32_t rows, int8_t *out);
+void dsmn_avg_pool_rows_s8(const dsmn_pool_params *p, const dsmn_dims *id, const int8_t *in,
+                           const dsmn_dims *od, int32_t y0, int32_t rows, int8_t *out);
+void dsmn_max_pool_rows_s8(const dsmn_pool_params *p, const dsmn_dims *id, const int8_t *in,
+                           const dsmn_dims *od, int32_t y0, int32_t rows, int8_t *out);
+/* Broadcast ADD/MUL on `rows` rows: bc's dims[1] replaced by rows (strides unchanged). */
+void dsmn_add_rows_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_t rows,
+                      int32_t count, const int8_t *in1, const int8_t *in2, int8_t *out);
+void dsmn_mul_rows_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t rows,
+                      int32_t count, const int8_t *in1, const int8_t *in2, int8_t *out);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,25 @@
 #include "dsmn_kernels.h"
 #include "dsmn_fixedpoint.h"
 
+void dsmn_mean_accumulate_s8(int32_t inner, int32_t n, const int8_t *in, int32_t *acc)
+{
+    for (int32_t r = 0; r < n; r++) {
+        for (int32_t i = 0; i < inner; i++) {
+            acc[i] += in[r * inner + i];
+        }
+    }
+}
+
+void dsmn_mean_finish_s8(const dsmn_mean_params *p, const int32_t *acc, int8_t *out)
+{
+    const int32_t red = p->reduce;
+    for (int32_t i = 0; i < p->inner; i++) {
+        int32_t v = dsmn_mbqm(acc[i] - p->input_zero_point * red, p->multiplier, p->shift)
+                    + p->output_zero_point;
+        out[i] = (int8_t)dsmn_clamp(v, -128, 127);
+    }
+}
+
 void dsmn_mean_s8(const dsmn_mean_params *p, const int8_t *in, int32_t *acc, int8_t *out)
 {
     const int32_t inner = p->inner, red = p->reduce;
@@ -10,18 +29,8 @@ void dsmn_mean_s8(const dsmn_mean_params *p, const int8_t *in, int32_t *acc, int
         for (int32_t i = 0; i < inner; i++) {
             a[i] = 0;
         }
-        const int8_t *x = in + o * red * inner;
-        for (int32_t r = 0; r < red; r++) {
-            for (int32_t i = 0; i < inner; i++) {
-                a[i] += x[r * inner + i];
-            }
-        }
-        int8_t *y = out + o * inner;
-        for (int32_t i = 0; i < inner; i++) {
-            int32_t v = dsmn_mbqm(a[i] - p->input_zero_point * red, p->multiplier, p->shift)
-                        + p->output_zero_point;
-            y[i] = (int8_t)dsmn_clamp(v, -128, 127);
-        }
+        dsmn_mean_accumulate_s8(inner, red, in + o * red * inner, a);
+        dsmn_mean_finish_s8(p, a, out + o * inner);
     }
 }
 

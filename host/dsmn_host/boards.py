@@ -46,6 +46,7 @@ class Board:
     pyocd_pack: str = ""         # part to `pyocd pack install` when the target is not built into pyOCD
     openocd_interface: str = ""  # OpenOCD interface config, e.g. interface/stlink.cfg
     openocd_target: str = ""     # OpenOCD target config, e.g. target/stm32f4x.cfg
+    ccm: Region = None        # core-coupled RAM (no DMA): the linker puts the stack there
 
     @property
     def cpu_flags(self):
@@ -56,7 +57,7 @@ class Board:
 
 
 def _stm32f4(name, description, clock_hz, flash_kib, ram_kib, *, pll_n, pll_q, overdrive,
-             qemu=False):
+             qemu=False, ccm_kib=0):
     # PLL from the 16 MHz HSI: /8 -> 2 MHz VCO input, xN, /2 -> clock_hz. APB1 <= 45 MHz,
     # APB2 <= 90 MHz; 5 wait states cover both 168 and 180 MHz at 3.3 V (RM0090/RM0390 3.5.1).
     assert 16_000_000 // 8 * pll_n // 2 == clock_hz
@@ -71,6 +72,7 @@ def _stm32f4(name, description, clock_hz, flash_kib, ram_kib, *, pll_n, pll_q, o
         defines=dict(BOARD_PLL_M=8, BOARD_PLL_N=pll_n, BOARD_PLL_P=2, BOARD_PLL_Q=pll_q,
                      BOARD_APB1_DIV=4, BOARD_APB2_DIV=2, BOARD_FLASH_WS=5,
                      BOARD_OVERDRIVE=int(overdrive)),
+        ccm=Region(0x10000000, ccm_kib * KiB) if ccm_kib else None,
     )
 
 
@@ -94,10 +96,12 @@ BOARDS = {b.name: b for b in [
           qemu_machine="mps3-an547", qemu_cpu_hz=32_000_000),
     _stm32f4("qemu-stm32f405", "QEMU netduinoplus2 (STM32F405, Cortex-M4F); same USART/RCC code as the Nucleos",
              168_000_000, 1024, 128, pll_n=168, pll_q=7, overdrive=False, qemu=True),
+    # (The real STM32F405 has 64 KiB of CCM at 0x10000000; QEMU's netduinoplus2 does not map
+    # it - measured over its GDB stub - so the QEMU board has none.)
     _stm32f4("nucleo-f446re", "ST NUCLEO-F446RE (STM32F446RE, Cortex-M4F @ 180 MHz)",
              180_000_000, 512, 128, pll_n=180, pll_q=8, overdrive=True),
     _stm32f4("nucleo-f429zi", "ST NUCLEO-F429ZI (STM32F429ZI, Cortex-M4F @ 180 MHz)",
-             180_000_000, 2048, 192, pll_n=180, pll_q=8, overdrive=True),
+             180_000_000, 2048, 192, pll_n=180, pll_q=8, overdrive=True, ccm_kib=64),
     # H743: the activation arena gets the whole AXI SRAM (512 KiB at 0x24000000), the one region
     # that holds TFLM's ~450-490 KiB arena for model1; everything else lives in the 128 KiB DTCM.
     Board(name="nucleo-h743zi2", description="ST NUCLEO-H743ZI2 (STM32H743ZI, Cortex-M7 @ 64 MHz HSI)",

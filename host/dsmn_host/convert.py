@@ -88,39 +88,12 @@ def schedule_operators(model, sub):
     Greedy list scheduling — always run the ready operator that adds the fewest live bytes —
     reorders without changing any value. Returns the better of the two orders (by peak).
     """
+    from dsmn_host.compiler.schedule import min_memory_order
+
     sizes = _activation_sizes(model, sub)
     ops = sub.operators
-    producer = {t: k for k, op in enumerate(ops) for t in op.outputs}
-    deps = [{producer[t] for t in op.inputs if t in producer} for op in ops]
-    waiting = [len(d) for d in deps]
-    users = {}
-    for k, d in enumerate(deps):
-        for j in d:
-            users.setdefault(j, []).append(k)
-    readers = {}
-    for op in ops:
-        for t in set(op.inputs):
-            if t in sizes:
-                readers[t] = readers.get(t, 0) + 1
-    ready = {k for k, w in enumerate(waiting) if w == 0}
-    order = []
-    while ready:
-        def cost(k):
-            op = ops[k]
-            grow = sum(sizes.get(t, 0) for t in op.outputs)
-            free = sum(sizes[t] for t in set(op.inputs) if t in sizes and readers.get(t) == 1
-                       and t not in sub.outputs)
-            return grow - free, k
-        k = min(ready, key=cost)
-        ready.remove(k)
-        order.append(k)
-        for t in set(ops[k].inputs):
-            if t in readers:
-                readers[t] -= 1
-        for u in users.get(k, []):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                ready.add(u)
+    order = min_memory_order([(list(op.inputs), list(op.outputs)) for op in ops], sizes,
+                             keep=list(sub.outputs))
     original = list(range(len(ops)))
     if len(order) != len(ops):
         return original

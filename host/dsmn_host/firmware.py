@@ -33,6 +33,8 @@ TFLM_CODE_ESTIMATE = 160 * 1024
 # Cortex-M4 build of model1's kernels), and dsmn_invoke() itself is ~35 bytes of code per step.
 NATIVE_KERNEL_O2_FACTOR = 1.8
 NATIVE_INVOKE_BYTES_PER_STEP = 48
+# A band call of a tiled unit copies its parameter struct and sets the rows first.
+NATIVE_INVOKE_BYTES_PER_BAND_CALL = 96
 NATIVE_KERNEL_CODE_FALLBACK = 16 * 1024  # when codegen could not measure (no arm-none-eabi-gcc)
 TFLM_ARENA_MARGIN_MIN = 4096  # the card measures the arena on a 64-bit host; 32-bit needs a little less
 
@@ -72,16 +74,24 @@ def _prod(shape):
     return n
 
 
-def estimate(card, board, runtime, native_report=None):
-    """(flash, arena, other_ram) the build will need, before compiling anything."""
+def other_ram_bytes(card, board):
+    """RAM besides the arena: app buffers, the model's input and output, and the stack unless
+    the board's CCM holds it."""
     in_bytes = _prod(card["input"]["shape"])
     out_bytes = _prod(card["output"]["shape"])
-    other_ram = APP_RAM_FIXED + 8 + in_bytes + out_bytes + board.stack_bytes
+    return APP_RAM_FIXED + 8 + in_bytes + out_bytes + (0 if board.ccm else board.stack_bytes)
+
+
+def estimate(card, board, runtime, native_report=None):
+    """(flash, arena, other_ram) the build will need, before compiling anything."""
+    other_ram = other_ram_bytes(card, board)
     if runtime == "native":
         breakdown = dict(native_report["flash_breakdown"])
         kernel = breakdown.pop("kernel_code", None) or NATIVE_KERNEL_CODE_FALLBACK
         flash = (sum(v for v in breakdown.values() if v) + int(kernel * NATIVE_KERNEL_O2_FACTOR)
-                 + NATIVE_INVOKE_BYTES_PER_STEP * len(native_report["ops"]) + APP_CODE_ESTIMATE)
+                 + NATIVE_INVOKE_BYTES_PER_STEP * len(native_report["ops"]) + APP_CODE_ESTIMATE
+                 + NATIVE_INVOKE_BYTES_PER_BAND_CALL * sum(u["calls"] for u in native_report.get("units", [])
+                                                           if u["tiled"]))
         arena = native_report["peak_activation_bytes"]
     else:
         if not card.get("tflm_arena_bytes"):
@@ -96,6 +106,14 @@ def tflm_arena_bytes(card):
     """The card's arena plus ~3 % (at least 4 KiB) for allocator alignment and bookkeeping."""
     arena = int(card["tflm_arena_bytes"])
     return (arena + max(TFLM_ARENA_MARGIN_MIN, arena // 32) + 15) // 16 * 16
+
+
+def default_ram_budget(board, other_ram):
+    """The activation arena a board leaves: its arena RAM, or its RAM minus the app's buffers
+    and (when it has no CCM for it) the stack."""
+    if board.arena_ram is not None:
+        return board.arena_ram.length
+    return board.ram.length - other_ram
 
 
 def check_fits(flash, arena, other_ram, board, model):
@@ -268,7 +286,8 @@ def memory_report(map_path, board, runtime, model_path, card, estimate_flash, es
     }
     flash_bytes = text + size(".data")
     ram_bytes = size(".data") + size(".bss") + size(".stack") + size(".arena")
-    ram_limit = board.ram.length + (board.arena_ram.length if board.arena_ram else 0)
+    ram_limit = (board.ram.length + (board.arena_ram.length if board.arena_ram else 0)
+                 + (board.ccm.length if board.ccm else 0))
     return {
         "board": board.name,
         "runtime": runtime,
@@ -281,6 +300,7 @@ def memory_report(map_path, board, runtime, model_path, card, estimate_flash, es
         "board_flash_bytes": board.flash.length,
         "board_ram_bytes": ram_limit,
         "board_ram_regions": {"ram": board.ram.length,
+                              **({"ccm": board.ccm.length} if board.ccm else {}),
                               **({"arena_ram": board.arena_ram.length} if board.arena_ram else {})},
         "flash_used_pct": round(100.0 * flash_bytes / board.flash.length, 2),
         "ram_used_pct": round(100.0 * ram_bytes / ram_limit, 2),
@@ -300,8 +320,11 @@ def format_report(r):
 
 
 def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="native", tflm_dir=None,
-                   out=None, jobs=2, quiet=False):
-    """Render, configure and build; returns the memory report (also written to OUT/memory.json)."""
+                   out=None, jobs=2, quiet=False, ram_budget=None, plan=None):
+    """Render, configure and build; returns the memory report (also written to OUT/memory.json).
+
+    Native runtime: the compiler picks the fastest plan whose arena fits `ram_budget` (default:
+    what the board leaves after buffers and stack), or the end `plan` names (fast / min)."""
     from dsmn_host.boards import get_board
 
     b = get_board(board)
@@ -317,7 +340,11 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     if runtime == "native":
         from dsmn_host import codegen
 
-        native_report = codegen.generate(model, gen)
+        if ram_budget is None and plan is None:
+            ram_budget = default_ram_budget(b, other_ram_bytes(card, b))
+        where = (f"{b.name} has {b.arena_ram.length if b.arena_ram else b.ram.length} B of "
+                 f"{'arena ' if b.arena_ram else ''}RAM")
+        native_report = codegen.generate(model, gen, ram_budget=ram_budget, plan=plan, board_ram=where)
         sources, includes = codegen.runtime_sources(), codegen.runtime_include_dirs()
     est_flash, est_arena, est_other = estimate(card, b, runtime, native_report)
     check_fits(est_flash, est_arena, est_other, b, model)
@@ -344,7 +371,8 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     report["bin"] = str(build / "dsmn_firmware.bin")
     report["hex"] = str(build / "dsmn_firmware.hex")
     if native_report is not None:
-        report["native"] = {k: native_report[k] for k in ("peak_activation_bytes", "flash_bytes")}
+        report["native"] = {k: native_report[k] for k in ("peak_activation_bytes", "flash_bytes", "plan",
+                                                          "ram_budget_bytes", "estimated_instructions")}
     (out / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
     if not quiet:
         print(format_report(report))
@@ -354,7 +382,8 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
 
 def _cmd(args):
     build_firmware(tflite=args.tflite, run_dir=args.run, board=args.board, runtime=args.runtime,
-                   tflm_dir=args.tflm_dir, out=args.out, jobs=args.jobs)
+                   tflm_dir=args.tflm_dir, out=args.out, jobs=args.jobs, ram_budget=args.ram_budget,
+                   plan=args.plan)
 
 
 def register(subparsers):
@@ -380,4 +409,10 @@ def register(subparsers):
                    help="TFLM source tree from create_tflm_tree.py (with cmsis_nn kernels), for --runtime tflm")
     p.add_argument("--out", metavar="DIR", help="build directory (default build/firmware-BOARD-RUNTIME)")
     p.add_argument("--jobs", type=int, default=2, help="parallel compile jobs (default 2)")
+    from dsmn_host.codegen import ram_budget_arg
+    p.add_argument("--ram-budget", type=ram_budget_arg, metavar="BYTES",
+                   help="native runtime: largest activation arena (e.g. 90000 or 88K); default: the "
+                        "board's RAM minus buffers and stack. The fastest plan that fits is built")
+    p.add_argument("--plan", choices=("fast", "min"),
+                   help="native runtime: force the untiled (fast) or smallest-arena (min) plan")
     p.set_defaults(func=_cmd)

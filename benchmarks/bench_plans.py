@@ -1,0 +1,197 @@
+"""Benchmark the compiler's time-tiled plans; writes benchmarks/plans.json and prints the README
+table. For model1 (shipped): the trade-off table - activation arena, total firmware RAM on
+qemu-stm32f405 (arena + the app's buffers and stack, as build-firmware estimates them),
+the planner's instruction estimate, and measured instructions per inference on QEMU
+mps2-an386 (-icount shift=0, DSP build) - each plan checked bit-exact with the TFLM
+interpreter; the default qemu-stm32f405 firmware built, its RAM read from the linker map and
+its instructions per inference measured over protocol v1 INFER. For models 2-4 (random
+seeded weights, exported and converted as the pipeline does, calibrated on a synthetic set):
+the arena at both plan ends and which boards each fits. Usage:
+    python3 benchmarks/bench_plans.py [--no-variants] [--no-firmware]
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+BOARDS = ["qemu-stm32f405", "nucleo-f446re", "nucleo-f429zi", "nucleo-h743zi2", "qemu-an386"]
+
+
+def fits(report_peak, card, boards):
+    from dsmn_host.boards import get_board
+    from dsmn_host.firmware import default_ram_budget, other_ram_bytes
+    out = {}
+    for name in boards:
+        b = get_board(name)
+        out[name] = report_peak <= default_ram_budget(b, other_ram_bytes(card, b))
+    return out
+
+
+def model1_table(work, xs, ref):
+    from dsmn_host import codegen
+    from dsmn_host.boards import get_board
+    from dsmn_host.firmware import other_ram_bytes
+
+    model = ROOT / "models" / "model1" / "model1_int8.tflite"
+    card = json.loads(model.with_name("model1_int8.card.json").read_text())
+    probe = codegen.generate(model, work / "probe", plan="min")
+    peaks = sorted({p["peak_bytes"] for p in probe["tradeoff"]})
+    wanted = [("fast", {"plan": "fast"})]
+    for frac in (0.5, 0.25):
+        wanted.append((f"budget {peaks[int(len(peaks) * frac)]}", {"ram_budget": peaks[int(len(peaks) * frac)]}))
+    wanted.append(("min", {"plan": "min"}))
+    rows = []
+    other = other_ram_bytes(card, get_board("qemu-stm32f405"))
+    for label, kw in wanted:
+        d = work / label.replace(" ", "_")
+        rep = codegen.generate(model, d, **kw)
+        got = codegen.run_batch(d, xs).reshape(ref.shape)
+        elf = codegen.build_qemu_runner(d, elf=d / "dsp.elf")
+        out, stats = codegen.run_qemu(elf, xs[:2], rep["output_bytes"])
+        rows.append({
+            "plan": label, "peak_bytes": rep["peak_activation_bytes"],
+            "total_ram_stm32f405_bytes": rep["peak_activation_bytes"] + other,
+            "estimated_instructions": rep["estimated_instructions"],
+            "an386_instructions": int(np.mean(stats["instructions"])),
+            "flash_bytes": rep["flash_bytes"],
+            "bit_exact": bool(np.array_equal(got, ref) and np.array_equal(out.reshape(ref[:2].shape), ref[:2])),
+            "fits": fits(rep["peak_activation_bytes"], card, BOARDS),
+        })
+        print(rows[-1], flush=True)
+    return rows, probe["tradeoff"]
+
+
+def model1_firmware(work, xs, ref):
+    from dsmn_host import firmware, protocol
+    from dsmn_host.boards import get_board
+    from dsmn_host.emulate import Emulator
+
+    model = ROOT / "models" / "model1" / "model1_int8.tflite"
+    rep = firmware.build_firmware(tflite=model, board="qemu-stm32f405", out=work / "fw405", quiet=True)
+    counters = []
+    ok = True
+    with Emulator(rep["elf"], board="qemu-stm32f405") as emu:
+        with protocol.Session.open(emu.url, response_timeout=300) as s:
+            # QEMU's SysTick counts the emulated core clock (board.qemu_cpu_hz); HELLO reports
+            # the clock the firmware thinks it runs at (the HSI there: QEMU has no RCC model)
+            hz = get_board("qemu-stm32f405").qemu_cpu_hz
+            hello_hz = s.hello.core_clock_hz
+            for i, x in enumerate(xs[:2]):
+                r = s.infer(i + 1, x)
+                ok &= bool(np.array_equal(np.frombuffer(r.output, np.int8), ref[i].reshape(-1)))
+                counters.append(r.counter)
+    return {"board": "qemu-stm32f405", "plan": rep["native"]["plan"],
+            "arena_bytes": rep["ram"]["activations"], "ram_bytes": rep["ram_bytes"],
+            "ram": rep["ram"], "board_ram_bytes": rep["board_ram_bytes"], "flash_bytes": rep["flash_bytes"],
+            "instructions": int(round(np.mean(counters) * 1e9 / hz)), "systick_hz": hz,
+            "hello_core_clock_hz": hello_hz, "bit_exact": ok}
+
+
+def variant_tflite(name, cache, work):
+    import torch
+    from dsmn_host.convert import calibration_inputs, convert
+    from dsmn_host.export import export_model
+    from dsmn_host.models import TimeMelWrapper, build_model
+    from dsmn_host.qat import fold_batchnorm
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = build_model(name)
+    x = torch.from_numpy(calibration_inputs(cache, n=32)).permute(0, 3, 1, 2)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net.forward_tm(x)
+    net.eval()
+    export_model(TimeMelWrapper(fold_batchnorm(net)), work / f"{name}.onnx", metadata={"model": name})
+    convert(work / f"{name}.onnx", cache, work / f"{name}_int8.tflite", n_calib=32)
+    return work / f"{name}_int8.tflite"
+
+
+def variants(work):
+    from dsmn_host import codegen
+    from dsmn_host.features import build_cache
+    from dsmn_host.modelcard import build_card
+    from dsmn_host.synth import write_synthetic_set
+    import runtime_support as rs
+
+    write_synthetic_set(work / "synth", clips_per_class=9, seed=1234)
+    build_cache(work / "synth", work / "synth.features", workers=1, progress=False)
+    out = {}
+    model1 = ROOT / "models" / "model1" / "model1_int8.tflite"
+    for name in ("model1", "model2", "model3", "model4"):
+        path = model1 if name == "model1" else variant_tflite(name, work / "synth.features", work)
+        card = build_card(path) if name != "model1" else json.loads(
+            model1.with_name("model1_int8.card.json").read_text())
+        buf = path.read_bytes()
+        xs = rs.random_inputs(buf, 2, seed=5)
+        ref = rs.tflm_run(buf, xs)
+        entry = {}
+        for plan in ("fast", "min"):
+            rep = codegen.generate(path, work / f"{name}_{plan}", plan=plan)
+            got = codegen.run_batch(work / f"{name}_{plan}", xs).reshape(ref.shape)
+            entry[plan] = {"peak_bytes": rep["peak_activation_bytes"],
+                           "estimated_instructions": rep["estimated_instructions"],
+                           "bit_exact": bool(np.array_equal(got, ref)),
+                           "fits": fits(rep["peak_activation_bytes"], card, BOARDS)}
+        out[name] = entry
+        print(name, entry, flush=True)
+    return out
+
+
+def readme_table(res):
+    lines = ["| model1 plan | arena (B) | total RAM on stm32f405 (B) | an386 instructions | bit-exact | fits |",
+             "|---|---:|---:|---:|:-:|---|"]
+    for r in res["model1_plans"]:
+        lines.append(f"| {r['plan']} | {r['peak_bytes']:,} | {r['total_ram_stm32f405_bytes']:,} | "
+                     f"{r['an386_instructions'] / 1e6:.1f} M | {'yes' if r['bit_exact'] else 'NO'} | "
+                     f"{', '.join(b for b, ok in r['fits'].items() if ok)} |")
+    if res.get("variants"):
+        lines += ["", "| model | arena fast (B) | arena min (B) | fits at min |", "|---|---:|---:|---|"]
+        for name, e in res["variants"].items():
+            lines.append(f"| {name} | {e['fast']['peak_bytes']:,} | {e['min']['peak_bytes']:,} | "
+                         f"{', '.join(b for b, ok in e['min']['fits'].items() if ok)} |")
+    return "\n".join(lines)
+
+
+def main():
+    import runtime_support as rs
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "plans.json"))
+    ap.add_argument("--no-variants", action="store_true")
+    ap.add_argument("--no-firmware", action="store_true")
+    args = ap.parse_args()
+    model = ROOT / "models" / "model1" / "model1_int8.tflite"
+    buf = model.read_bytes()
+    xs = rs.random_inputs(buf, 2, seed=3)
+    ref = rs.tflm_run(buf, xs)
+    res = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "note": "instructions: QEMU -icount shift=0 (an386: semihosting runner, DSP build; "
+                   "stm32f405: firmware over protocol v1). Machine shared and loaded; no timings."}
+    with tempfile.TemporaryDirectory(prefix="bench_plans_") as d:
+        work = Path(d)
+        res["model1_plans"], res["model1_tradeoff"] = model1_table(work, xs, ref)
+        if not args.no_firmware:
+            res["model1_firmware_stm32f405"] = model1_firmware(work, xs, ref)
+            print(res["model1_firmware_stm32f405"], flush=True)
+        if not args.no_variants:
+            res["variants"] = variants(work)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(readme_table(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The one IR every pass works on: the TFLite graph (tensors, operators) plus Steps.
+
+A Step is one kernel call (or a view) the generated C makes. The lower pass creates Steps;
+schedule orders them, tile groups them into row bands, plan places their buffers, emit
+writes them out. A Step that can run on a band of output rows carries a `band` (RowBand):
+how its output rows map to input rows and how to emit the call for given rows.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dsmn_host.errors import DsmnError
+
+
+def op_error(op, msg):
+    return DsmnError(f"op {op.index} ({op.name}): {msg}")
+
+
+@dataclass
+class RowMap:
+    """Output rows [0, n) need input rows [0, need(n)) along H (axis 1): a window of `k`
+    taps, dilation `dil`, stride `stride`, top padding `pad`, over an input of `h` rows.
+    `whole`: the input is read entirely whatever the rows (a broadcast operand)."""
+    stride: int = 1
+    pad: int = 0
+    dil: int = 1
+    k: int = 1
+    h: int = 1
+    whole: bool = False
+
+    def need(self, n_out):
+        if self.whole:
+            return self.h
+        if n_out <= 0:
+            return 0
+        return max(0, min(self.h, (n_out - 1) * self.stride - self.pad + (self.k - 1) * self.dil + 1))
+
+    def first(self, out_row):
+        """First input row output row `out_row` (and every later one) reads."""
+        if self.whole:
+            return 0
+        return max(0, min(self.h, out_row * self.stride - self.pad))
+
+
+@dataclass
+class RowBand:
+    """How a Step runs on output rows [lo, hi) of its outputs (all outputs share H).
+
+    code(ptr, lo, hi, scratch) -> C statements, where ptr(t, row) is the C address of row
+    `row` of tensor t (possibly a virtual address below the buffer for rows not held).
+    `reduce`: the Step is a global reduction over H (MEAN): each band accumulates into its
+    scratch, finish(ptr, scratch) writes the result after the last band."""
+    maps: dict                       # input tensor -> RowMap
+    code: object
+    reduce: bool = False
+    init: object = None              # reduce only: (scratch) -> C zeroing the accumulator
+    finish: object = None            # reduce only: (ptr, scratch) -> C
+    rows: int = 0                    # H of the outputs (of the input for a reduction)
+
+
+@dataclass
+class Step:
+    op_index: int
+    op_name: str
+    kind: str               # "kernel" or "alias"
+    inputs: list            # activation tensor indices read
+    outputs: list           # activation tensor indices written
+    code: object = None     # callable(ptr: dict[int,str], scratch: str) -> C statements
+    scratch_bytes: int = 0
+    note: str = ""
+    macs: int = 0
+    band: RowBand = None    # set when the Step can run on bands of rows (see tile.py)
+
+
+class IR:
+    """The graph plus the decisions passes record on it (folded ops, fusions)."""
+
+    def __init__(self, graph):
+        self.g = graph
+        self.folded = {}          # op index -> op name evaluated at generation time (fold)
+        self.split_parts = {}     # tensor -> [(part tensor, axis, start, size)] (fuse)
+        self.skip = set()         # op indices absorbed by a fusion (fuse)
+        self.sparable = {}        # ADD op index -> (dw q, dw r, tail ops) (fuse)
+
+    def t(self, i):
+        return self.g.tensors[i]
+
+    def qp(self, i):
+        t = self.t(i)
+        if t.scale is None or len(t.scale) == 0:
+            return 0.0, 0
+        return float(t.scale[0]), int(t.zero_point[0])
+
+    def consumers(self):
+        cons = {}
+        for op in self.g.operators:
+            if op.index in self.folded:
+                continue
+            for i in op.inputs:
+                if i >= 0:
+                    cons.setdefault(i, []).append(op)
+        return cons
+
+
+def rows_of(shape):
+    """H of a 4-D NHWC tensor with batch 1, else None (not tileable along time)."""
+    shape = list(shape)
+    if len(shape) == 4 and shape[0] == 1 and shape[1] > 1:
+        return int(shape[1])
+    return None
+
+
+def row_bytes(t):
+    shape = list(t.shape)
+    return int(np.prod(shape[2:], dtype=np.int64)) * np.dtype(t.dtype).itemsize
+
+
+__all__ = ["IR", "Step", "RowBand", "RowMap", "op_error", "rows_of", "row_bytes", "field"]

@@ -1,0 +1,208 @@
+"""The compiler's passes on their own (scheduler, planner, fusion, tiler) and time-tiled plans
+bit-exact with the TFLite-Micro interpreter: the shipped model1 at both plan ends and one
+budget between, and random conv/depthwise chains with an ECA-style global MEAN and broadcast
+MUL tiled at random band heights."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
+
+import runtime_support as rs
+from firmware_support import SHIPPED_MODEL
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# --- schedule / plan / fuse ---------------------------------------------------------------
+
+def test_scheduler_runs_the_freeing_branch_first():
+    from dsmn_host.compiler.schedule import min_memory_order
+
+    # a -> (big, small) ; big is only needed at the end; small chain frees a first
+    nodes = [([0], [1]), ([0], [2]), ([2], [3]), ([1, 3], [4])]
+    sizes = {0: 100, 1: 1000, 2: 10, 3: 10, 4: 1}
+    order = min_memory_order(nodes, sizes, keep=[4])
+    pos = {k: i for i, k in enumerate(order)}
+    assert sorted(order) == [0, 1, 2, 3]
+    assert pos[1] < pos[2] < pos[3] and pos[0] < pos[3]  # topological
+    assert order.index(0) > order.index(1), order  # the small branch (freeing nothing big) first
+
+
+def test_planner_never_overlaps_live_buffers():
+    from dsmn_host.compiler.ir import Step
+    from dsmn_host.compiler.plan import plan_memory
+    from dsmn_host.tflite_reader import Graph, Tensor
+
+    sizes = [64, 1000, 200, 300, 50, 8]
+    tensors = [Tensor(i, f"t{i}", (n,), np.int8) for i, n in enumerate(sizes)]
+    g = Graph(tensors, [], [0], [5])
+    steps = [Step(0, "A", "kernel", [0], [1]), Step(1, "B", "kernel", [1], [2], scratch_bytes=40),
+             Step(2, "C", "kernel", [1, 2], [3]), Step(3, "D", "kernel", [3], [4]),
+             Step(4, "E", "kernel", [4, 2], [5])]
+    p = plan_memory(g, steps)
+    bufs = [b for b in p.offsets]
+    for a in bufs:
+        for b in bufs:
+            if a == b:
+                continue
+            (fa, la), (fb, lb) = p.lifetimes[a], p.lifetimes[b]
+            if la < fb or lb < fa:
+                continue
+            assert (p.offsets[a] + p.sizes[a] <= p.offsets[b]
+                    or p.offsets[b] + p.sizes[b] <= p.offsets[a]), (a, b)
+    assert p.owner[0] == "in" and p.owner[5] == "out"
+    assert p.arena_bytes >= 1000 + 200 + 300  # all three live at step 2
+
+
+def test_tiled_model1_plans_cover_the_tradeoff():
+    from dsmn_host.boards import get_board
+    from dsmn_host.compiler import compile_plans
+    from dsmn_host.compiler.read import read_model
+    from dsmn_host.compiler.tile import choose
+    from dsmn_host.firmware import default_ram_budget, other_ram_bytes
+
+    g = read_model(SHIPPED_MODEL)
+    _, plans = compile_plans(g)
+    fast, small = plans[0], choose(plans, mode="min")
+    assert not any(u.tiled for u in fast.units)
+    assert small.peak * 2 < fast.peak
+    # the min plan's line buffers hold a few rows of each streamed tensor, never the whole
+    for u in small.units:
+        for t, (_, cap, rb) in u.buffers.items():
+            assert cap * rb < g.tensors[t].nbytes
+    card = json.loads(SHIPPED_MODEL.with_name(SHIPPED_MODEL.stem + ".card.json").read_text())
+    budget = default_ram_budget(get_board("qemu-stm32f405"), other_ram_bytes(card, get_board("qemu-stm32f405")))
+    chosen = choose(plans, budget)
+    assert chosen is not None and chosen.peak <= budget
+    assert choose(plans, small.peak - 1) is None
+
+
+@pytest.fixture(scope="module")
+def model1_reference():
+    buf = SHIPPED_MODEL.read_bytes()
+    xs = rs.random_inputs(buf, 3, seed=11)
+    return xs, rs.tflm_run(buf, xs)
+
+
+@pytest.fixture(scope="module")
+def model1_min(tmp_path_factory):
+    from dsmn_host import codegen
+
+    gen = tmp_path_factory.mktemp("model1-min")
+    return gen, codegen.generate(SHIPPED_MODEL, gen, plan="min")
+
+
+@pytest.mark.parametrize("how", ["min", "between"])
+def test_model1_tiled_bit_exact_host(how, model1_reference, model1_min, tmp_path):
+    from dsmn_host import codegen
+
+    xs, ref = model1_reference
+    if how == "min":
+        gen, report = model1_min
+        (tmp_path / "gen").symlink_to(gen)
+    else:
+        probe = model1_min[1]
+        peaks = sorted({p["peak_bytes"] for p in probe["tradeoff"]})
+        budget = peaks[len(peaks) // 2]
+        report = codegen.generate(SHIPPED_MODEL, tmp_path / "gen", ram_budget=budget)
+        assert report["peak_activation_bytes"] <= budget
+        assert probe["peak_activation_bytes"] < report["peak_activation_bytes"] < peaks[-1]
+    assert any(u["tiled"] for u in report["units"])
+    got = codegen.run_batch(tmp_path / "gen", xs).reshape(ref.shape)
+    assert np.array_equal(got, ref)
+    assert len({r.tobytes() for r in ref}) > 1
+    mem = json.loads((tmp_path / "gen" / "memory.json").read_text())
+    assert mem["plan"] == ("min" if how == "min" else "budget")
+    # step labels come from memory.json (one per DSMN_MARK), a tiled unit is one mark
+    assert sum(m["kernel"] == "tiled" for m in mem["marks"]) == sum(u["tiled"] for u in mem["units"])
+    assert all(m["label"] for m in mem["marks"])
+
+
+def test_refusal_names_smallest_peak_and_board_ram(tmp_path):
+    from dsmn_host import codegen
+    from dsmn_host.errors import DsmnError
+
+    with pytest.raises(DsmnError) as e:
+        codegen.generate(SHIPPED_MODEL, tmp_path / "gen", ram_budget=20000, board_ram="board x has 20000 B")
+    msg = str(e.value)
+    assert "smallest activation arena reachable is" in msg and "board x has 20000 B" in msg
+    assert not (tmp_path / "gen" / "dsmn_model.c").exists()
+
+
+def test_model1_min_plan_on_qemu_an386(model1_reference, model1_min, tmp_path):
+    """The tiled min plan cross-compiled for Cortex-M4 and run on QEMU mps2-an386."""
+    import shutil
+    if not shutil.which("qemu-system-arm") or not shutil.which("arm-none-eabi-gcc"):
+        pytest.skip("qemu-system-arm / arm-none-eabi-gcc not installed (scripts/bootstrap.sh)")
+    from dsmn_host import codegen
+
+    xs, ref = model1_reference
+    got = codegen.run_batch(model1_min[0], xs[:2], target="qemu-an386").reshape(ref[:2].shape)
+    assert np.array_equal(got, ref[:2])
+
+
+# --- hypothesis: random chains, random band heights ----------------------------------------
+
+N_EXAMPLES = int(os.environ.get("DSMN_TILE_EXAMPLES", "3"))
+
+
+@settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(h=st.integers(6, 14), w=st.integers(3, 8), c=st.sampled_from([2, 4, 8]),
+       k1=st.sampled_from([1, 3]), k2=st.sampled_from([3, 5]), dil=st.sampled_from([1, 2]),
+       stride=st.sampled_from([1, 2]), residual=st.booleans(), band=st.integers(1, 4),
+       seed=st.integers(0, 1000))
+def test_random_chain_tiled_bit_exact(tmp_path_factory, h, w, c, k1, k2, dil, stride, residual,
+                                      band, seed):
+    import tensorflow as tf
+    from dsmn_host import codegen
+
+    wt = rs.Weights(seed)
+
+    def fn(x):
+        y = tf.nn.relu(tf.nn.conv2d(x, wt((k1, k1, 2, c)), 1, "SAME") + wt((c,), 0.1))
+        z = tf.nn.depthwise_conv2d(y, wt((k2, k2, c, 1)), [1, 1, 1, 1], "SAME",
+                                   dilations=[dil, dil]) + wt((c,), 0.1)
+        if residual:
+            z = z + y
+        s = tf.sigmoid(tf.reduce_mean(z, axis=[1, 2], keepdims=True))
+        z = z * s
+        return tf.nn.conv2d(z, wt((3, 1, c, c)), [1, stride, 1, 1], "SAME")
+
+    buf = rs.to_int8_tflite(fn, (h, w, 2), seed=seed)
+    xs = rs.random_inputs(buf, 3, seed + 1)
+    d = tmp_path_factory.mktemp("chain")
+    (d / "m.tflite").write_bytes(buf)
+    report = codegen.generate(d / "m.tflite", d / "gen", plan="min", band_rows=band)
+    got = codegen.run_batch(d / "gen", xs)
+    try:
+        ref = rs.tflm_run(buf, xs)
+    except rs.TflmAborted:
+        reject()
+    assert np.array_equal(got.reshape(ref.shape), ref)
+    tiled = [u for u in report["units"] if u["tiled"]]
+    assert tiled, report["units"]
+    assert report["peak_activation_bytes"] <= report["tradeoff"][0]["peak_bytes"]
+
+
+def test_convert_uses_the_one_scheduler():
+    """convert.schedule_operators orders TFLite operators with compiler.schedule: from the
+    shipped model's operators reversed it finds a topological order no worse than theirs."""
+    from dsmn_host import convert
+
+    schema = convert._schema()
+    m = schema.ModelT.InitFromPackedBuf(bytearray(SHIPPED_MODEL.read_bytes()), 0)
+    sub = m.subgraphs[0]
+    sub.operators = sub.operators[::-1]
+    order = convert.schedule_operators(m, sub)
+    assert sorted(order) == list(range(len(sub.operators)))
+    done = set(sub.inputs)
+    for k in order:
+        op = sub.operators[k]
+        consts = {i for i, t in enumerate(sub.tensors) if m.buffers[t.buffer].data is not None}
+        assert all(t in done or t in consts or t < 0 for t in op.inputs), k
+        done.update(op.outputs)

@@ -305,7 +305,7 @@ def format_report(r):
 
 
 def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="native", tflm_dir=None,
-                   out=None, jobs=2, quiet=False):
+                   out=None, jobs=2, quiet=False, front_end=None):
     """Render, configure and build; returns the memory report (also written to OUT/memory.json)."""
     from dsmn_host.boards import get_board
 
@@ -325,6 +325,17 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
         native_report = codegen.generate(model, gen)
         sources, includes = codegen.runtime_sources(), codegen.runtime_include_dirs()
     est_flash, est_arena, est_other = estimate(card, b, runtime, native_report)
+    # The on-device front end (audio mode): on by default for models that take its 44x256x2
+    # input; front_end=False builds features-only firmware.
+    from dsmn_host import frontend
+
+    if front_end is None:
+        front_end = frontend.fits_model(card)
+    elif front_end and not frontend.fits_model(card):
+        raise DsmnError(f"{model}: input {card['input']['shape']} is not the front end's {frontend.INPUT_SHAPE}")
+    if front_end:
+        est_flash += frontend.FLASH_ESTIMATE
+        est_other += frontend.own_scratch_bytes(runtime, est_arena)
     check_fits(est_flash, est_arena, est_other, b, model)
     est_ram = est_arena + est_other
     if runtime == "tflm":
@@ -337,6 +348,7 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
                             "tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py")
 
     render(gen, card, model, b, runtime, Path(tflm_dir).resolve() if tflm_dir else None, sources, includes)
+    fe_info = frontend.render_build(gen, runtime, est_arena) if front_end else frontend.remove_build(gen)
     require_toolchain()
     build = out
     _run(["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Unix Makefiles",
@@ -350,6 +362,7 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     report["hex"] = str(build / "dsmn_firmware.hex")
     if native_report is not None:
         report["native"] = {k: native_report[k] for k in ("peak_activation_bytes", "flash_bytes")}
+    report["front_end"] = fe_info
     (out / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
     if not quiet:
         print(format_report(report))
@@ -359,7 +372,8 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
 
 def _cmd(args):
     build_firmware(tflite=args.tflite, run_dir=args.run, board=args.board, runtime=args.runtime,
-                   tflm_dir=args.tflm_dir, out=args.out, jobs=args.jobs)
+                   tflm_dir=args.tflm_dir, out=args.out, jobs=args.jobs,
+                   front_end=False if args.no_front_end else None)
 
 
 def register(subparsers):
@@ -383,4 +397,7 @@ def register(subparsers):
                    help="TFLM source tree from create_tflm_tree.py (with cmsis_nn kernels), for --runtime tflm")
     p.add_argument("--out", metavar="DIR", help="build directory (default build/firmware-BOARD-RUNTIME)")
     p.add_argument("--jobs", type=int, default=2, help="parallel compile jobs (default 2)")
+    p.add_argument("--no-front-end", action="store_true",
+                   help="leave out the on-device log-mel front end (features mode only; default: built in "
+                        "for models with the 44x256x2 input)")
     p.set_defaults(func=_cmd)

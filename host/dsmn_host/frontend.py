@@ -113,6 +113,51 @@ def render_tables(out_dir) -> Path:
     return out
 
 
+# Pre-compile estimates, checked against linked maps by tests/test_frontend_qemu.py: the front
+# end's code and tables, CMSIS-DSP's 4096-point rfft code and the twiddle/bit-reversal tables
+# it keeps after --gc-sections.
+FLASH_ESTIMATE = 64 * 1024
+# dsmn_fe_scratch_bytes() on a 32-bit target: 2 frames of 4096 f32, 256 x 44 f32 log-mel,
+# 4096 int16 ring, the rfft instance (rounded up).
+SCRATCH_BYTES = 2 * 4096 * 4 + 256 * 44 * 4 + 4096 * 2 + 32
+INPUT_SHAPE = [1, 44, 256, 2]
+
+
+def fits_model(card) -> bool:
+    return list(card["input"]["shape"]) == INPUT_SHAPE
+
+
+def own_scratch_bytes(runtime, arena_bytes) -> int:
+    """0 when the front end can borrow the network's arena (native runtime, arena large
+    enough), else the size of the buffer it needs of its own."""
+    if runtime == "native" and arena_bytes >= SCRATCH_BYTES:
+        return 0
+    return SCRATCH_BYTES
+
+
+def render_build(gen, runtime, arena_bytes) -> dict:
+    """Tables + gen/frontend.cmake (which the top-level CMakeLists.txt includes)."""
+    import jinja2
+
+    base = cmsis_dsp_dir()
+    render_tables(gen)
+    own = own_scratch_bytes(runtime, arena_bytes)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True,
+                             lstrip_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    text = env.get_template("frontend.cmake.j2").render(
+        cmsis_version=CMSIS_DSP_VERSION, cmsis_dir=str(base), cmsis_sources=[str(p) for p in cmsis_sources(base)],
+        cmsis_includes=[str(p) for p in cmsis_includes(base)], own_scratch_bytes=own,
+        defines=CMSIS_DSP_DEFINES, flags=FLAGS)
+    (Path(gen) / "frontend.cmake").write_text(text)
+    return {"scratch_bytes": SCRATCH_BYTES, "own_scratch_bytes": own,
+            "scratch": "own buffer" if own else "network arena", "cmsis_dsp": str(base)}
+
+
+def remove_build(gen):
+    for name in ("frontend.cmake", TABLES_C):
+        (Path(gen) / name).unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Host reference
 

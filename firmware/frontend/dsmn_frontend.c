@@ -65,10 +65,22 @@ static void transform_frame(dsmn_fe_t *fe, uint32_t t, uint32_t n)
 {
     float *x = fe->frame, *y = fe->spectrum;
     int32_t start = (int32_t)(t * DSMN_FE_HOP) - (int32_t)PAD;
-    /* Periodic Hann is symmetric about N/2: w[N-k] = w[k], so half a table suffices. */
-    for (uint32_t k = 0; k < DSMN_FE_NFFT; k++) {
-        uint32_t w = k <= DSMN_FE_NFFT / 2u ? k : DSMN_FE_NFFT - k;
-        x[k] = (float)sample_at(fe, start + (int32_t)k, n) * dsmn_fe_window[w];
+    /* Periodic Hann is symmetric about N/2: w[N-k] = w[k], so half a table suffices. Frames
+     * clear of both clip edges (all but 2 + 2 of 44) read the ring directly. */
+    if (start >= 0 && (uint32_t)start + DSMN_FE_NFFT <= n) {
+        const int16_t *ring = fe->ring;
+        uint32_t i = (uint32_t)start;
+        x[0] = (float)ring[i & RING_MASK] * dsmn_fe_window[0];
+        for (uint32_t k = 1; k < DSMN_FE_NFFT / 2u; k++) {
+            x[k] = (float)ring[(i + k) & RING_MASK] * dsmn_fe_window[k];
+            x[DSMN_FE_NFFT - k] = (float)ring[(i + DSMN_FE_NFFT - k) & RING_MASK] * dsmn_fe_window[k];
+        }
+        x[DSMN_FE_NFFT / 2u] = (float)ring[(i + DSMN_FE_NFFT / 2u) & RING_MASK] * dsmn_fe_window[DSMN_FE_NFFT / 2u];
+    } else {
+        for (uint32_t k = 0; k < DSMN_FE_NFFT; k++) {
+            uint32_t w = k <= DSMN_FE_NFFT / 2u ? k : DSMN_FE_NFFT - k;
+            x[k] = (float)sample_at(fe, start + (int32_t)k, n) * dsmn_fe_window[w];
+        }
     }
     arm_rfft_fast_f32((arm_rfft_fast_instance_f32 *)fe->rfft, x, y, 0);
     /* Packed output: y[0] = DC, y[1] = Nyquist (both real), then (re, im) of bins 1..N/2-1.
@@ -124,21 +136,22 @@ void dsmn_fe_push_bytes(dsmn_fe_t *fe, const uint8_t *bytes, size_t n)
     }
 }
 
-/* Regression delta of band m at frame t: the host's (x[t+1]-x[t-1]) + 2(x[t+2]-x[t-2]), / 10. */
-static float delta_at(const float *row, int32_t t)
+/* Band m's values of channel c into row (44 floats): the log-mel itself, or its regression
+ * delta, the host's (x[t+1]-x[t-1]) + 2(x[t+2]-x[t-2]), / 10, with replicated edges. */
+static const float *channel_row(const float *logmel, uint32_t c, uint32_t m, float *row)
 {
+    const float *x = logmel + m * DSMN_FE_FRAMES;
+    if (c == 0)
+        return x;
     const int32_t last = (int32_t)DSMN_FE_FRAMES - 1;
-#define AT(j) row[(j) < 0 ? 0 : ((j) > last ? last : (j))]
-    float d = 1.0f * (AT(t + 1) - AT(t - 1));
-    d = d + 2.0f * (AT(t + 2) - AT(t - 2));
+    for (int32_t t = 0; t <= last; t++) {
+#define AT(j) x[(j) < 0 ? 0 : ((j) > last ? last : (j))]
+        float d = 1.0f * (AT(t + 1) - AT(t - 1));
+        d = d + 2.0f * (AT(t + 2) - AT(t - 2));
 #undef AT
-    return d / 10.0f;
-}
-
-static float value(const float *logmel, uint32_t c, uint32_t m, uint32_t t)
-{
-    const float *row = logmel + m * DSMN_FE_FRAMES;
-    return c == 0 ? row[t] : delta_at(row, (int32_t)t);
+        row[t] = d / 10.0f;
+    }
+    return row;
 }
 
 /* Round half away from zero and saturate: TFLite's QUANTIZE, as evaluate.quantize does it. */
@@ -158,32 +171,35 @@ int dsmn_fe_end(dsmn_fe_t *fe, int8_t *out)
         transform_frame(fe, fe->frames, DSMN_FE_CLIP_SAMPLES);
         fe->frames++;
     }
+    float tmp[DSMN_FE_FRAMES];
     for (uint32_t c = 0; c < 2u; c++) {
         /* Mean and Bessel-corrected std over the clip, summed per band first (a two-level
          * sum, close to numpy's pairwise one). */
         float total = 0.0f;
         for (uint32_t m = 0; m < DSMN_FE_MELS; m++) {
+            const float *row = channel_row(fe->logmel, c, m, tmp);
             float s = 0.0f;
             for (uint32_t t = 0; t < DSMN_FE_FRAMES; t++)
-                s += value(fe->logmel, c, m, t);
+                s += row[t];
             total += s;
         }
         float mean = total / (float)N_ELEMS;
         float sq = 0.0f;
         for (uint32_t m = 0; m < DSMN_FE_MELS; m++) {
+            const float *row = channel_row(fe->logmel, c, m, tmp);
             float s = 0.0f;
             for (uint32_t t = 0; t < DSMN_FE_FRAMES; t++) {
-                float d = value(fe->logmel, c, m, t) - mean;
+                float d = row[t] - mean;
                 s += d * d;
             }
             sq += s;
         }
         float denom = sqrtf(sq / (float)(N_ELEMS - 1u)) + NORM_EPS;
-        for (uint32_t m = 0; m < DSMN_FE_MELS; m++)
-            for (uint32_t t = 0; t < DSMN_FE_FRAMES; t++) {
-                float y = (value(fe->logmel, c, m, t) - mean) / denom;
-                out[(t * DSMN_FE_MELS + m) * 2u + c] = quantize(y, fe->scale, fe->zero_point);
-            }
+        for (uint32_t m = 0; m < DSMN_FE_MELS; m++) {
+            const float *row = channel_row(fe->logmel, c, m, tmp);
+            for (uint32_t t = 0; t < DSMN_FE_FRAMES; t++)
+                out[(t * DSMN_FE_MELS + m) * 2u + c] = quantize((row[t] - mean) / denom, fe->scale, fe->zero_point);
+        }
     }
     return 0;
 }

@@ -136,16 +136,22 @@ static void send_control(proto_link_t *l, uint8_t type, uint16_t msg_id, uint16_
     l->write(l->write_ctx, frame, n);
 }
 
-/* NAK(expected). A windowed sender goes back to `expected` on the first NAK of a gap; the
- * chunks it had in flight behind the lost one arrive out of order and would each NAK again,
- * making it go back again and again, so for it one NAK per gap (its timeout covers a lost
- * NAK). A stop-and-wait sender has one chunk in flight: every NAK is news to it. */
-static void send_nak(proto_link_t *l)
+/* NAK(expected). A windowed sender goes back to `expected` on a NAK; the chunks it had in
+ * flight behind the lost one then arrive out of order and would each NAK again, sending it
+ * back again and again, so within one round of a gap only the first NAKs. A round ends when
+ * an index at or below the highest seen since arrives: the sender has gone back (its resend
+ * of `expected` was lost too) and needs a new NAK. `index` is -1 for a frame too damaged to
+ * say. A stop-and-wait sender has one chunk in flight: every NAK is news to it. */
+static void send_nak(proto_link_t *l, int32_t index)
 {
     if (l->windowed && l->count) {
-        if (l->nak_sent)
+        if (l->nak_sent && (index < 0 || (uint32_t)index > l->gap_high)) {
+            if (index >= 0)
+                l->gap_high = (uint16_t)index;
             return;
+        }
         l->nak_sent = 1;
+        l->gap_high = index < 0 ? l->expected : (uint16_t)index;
     }
     send_control(l, PROTO_NAK, l->msg_id, l->count ? l->expected : 0);
 }
@@ -157,7 +163,7 @@ int proto_link_feed(proto_link_t *l, uint8_t byte, proto_msg_t *msg)
     if (r == PROTO_FEED_NONE)
         return 0;
     if (r == PROTO_FEED_BAD) {
-        send_nak(l);
+        send_nak(l, -1);
         return 0;
     }
     if (f.type == PROTO_NAK) {
@@ -181,7 +187,7 @@ int proto_link_feed(proto_link_t *l, uint8_t byte, proto_msg_t *msg)
         if (l->stream && f.type == l->stream_type)
             l->stream(l->stream_ctx, 1, NULL, 0);
     } else if (!same || f.index > l->expected) {
-        send_nak(l);
+        send_nak(l, same ? (int32_t)f.index : -1);
         return 0;
     }
     if (f.index < l->expected) { /* duplicate: the host missed our ACK */

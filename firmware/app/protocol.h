@@ -96,7 +96,8 @@ typedef struct {
     uint8_t msg_type;
     uint8_t overflow;   /* the current message did not fit in msg */
     uint8_t windowed;   /* the current message's sender keeps several chunks in flight */
-    uint8_t nak_sent;   /* windowed: NAK(expected) already sent for this gap */
+    uint8_t nak_sent;   /* windowed: NAK(expected) already sent in this round of a gap */
+    uint16_t gap_high;  /* windowed: highest out-of-order index seen in this round */
     uint8_t stream_type;   /* 0: none */
     uint16_t stream_head;  /* bytes of a streamed message kept in msg (its header) */
     proto_stream_fn stream;

@@ -346,8 +346,9 @@ class Session:
         self.windowed = windowed  # False: stop-and-wait even with a board that offers a window
         self.chunk = None  # adapted chunk size (None: the board's max_chunk)
         self.clean = 0
+        self.srtt = None
         self.stats = {"resent_chunks": 0, "naks_received": 0, "bad_frames": 0, "response_resends": 0,
-                      "restarts": 0}
+                      "restarts": 0, "filler_bytes": 0}
 
     @classmethod
     def open(cls, url, baud=115200, *, handshake=True, boot_timeout=10.0, **kwargs):
@@ -407,6 +408,17 @@ class Session:
 
     # -- chunk size and window ---------------------------------------------------------------
 
+    def _rto(self):
+        """How long to wait for an ACK before going back: a few smoothed round trips (chunk
+        sent -> its ACK, measured on first sends only), never more than ack_timeout. A lost
+        last chunk or a lost NAK then costs tens of milliseconds, not a second."""
+        if self.srtt is None:
+            return self.ack_timeout
+        return min(self.ack_timeout, max(0.05, 3 * self.srtt + 0.02))
+
+    def _max_chunk(self):
+        return self.hello.max_chunk if self.hello else 256
+
     def _link_params(self):
         """(chunk, window) for the next request: the board's limits, the adapted chunk size."""
         max_chunk = self.hello.max_chunk if self.hello else 256
@@ -453,42 +465,58 @@ class Session:
         response = None
         base = nxt = 0
         tries = sent = failures = 0
+        sent_at = {}
+        went_back = (-1, 0.0)
+        progress_at = time.monotonic()
         while base < len(frames) and response is None:
             while nxt < len(frames) and nxt < base + win:
                 if self.log:
                     self.log(f"tx {name} id={msg_id} chunk {nxt}/{len(frames)}")
                 self.port.write(frames[nxt])
+                sent_at[nxt] = None if nxt in sent_at else time.monotonic()  # Karn: first sends only
                 nxt += 1
                 sent += 1
-            f = self._next_frame(time.monotonic() + self.ack_timeout)
+            # Exponential backoff after timeouts: the filler and resends take time to drain.
+            f = self._next_frame(time.monotonic() + min(self.ack_timeout, self._rto() * (2 ** min(tries, 6))))
             if f is None or (f is not BAD and f.type == NAK and len(f.payload) >= 2):
                 failures += 1
                 if f is None:
                     tries += 1
                     self.stats["resent_chunks"] += nxt - base
                     nxt = base  # timeout: go back to the oldest unacknowledged chunk
+                    # The board may be inside a "frame" whose corrupted len promised up to
+                    # max_chunk bytes, swallowing our resends: fill it up (bytes outside frames
+                    # are ignored) so its CRC fails and the resend lands on a hunting parser.
+                    self.port.write(bytes(self._max_chunk() + CRC.size))
+                    self.stats["filler_bytes"] += self._max_chunk() + CRC.size
                 else:
                     self.stats["naks_received"] += 1
                     (idx,) = struct.unpack_from("<H", f.payload)
                     # The chunk the board wants next: of this message (it may already hold ones
                     # whose ACK we lost), or of another one (start over).
                     if f.msg_id == msg_id and idx <= len(frames):
+                        if went_back[0] == idx and time.monotonic() - went_back[1] < self._rto():
+                            continue  # set off by chunks sent before we went back to idx
                         if idx > base:
-                            base, tries = idx, 0
+                            base, tries, progress_at = idx, 0, time.monotonic()
                         else:
                             tries += 1
                         self.stats["resent_chunks"] += max(0, nxt - idx)
                         nxt = idx
+                        went_back = (idx, time.monotonic())
                     else:
                         self.stats["resent_chunks"] += nxt
                         base = nxt = 0
                         tries += 1
-                if tries > self.retries:
+                if chunk > MIN_CHUNK and (tries >= 3 or (failures >= 8 and failures * 2 > base + 1)):
+                    # Hopeless at this size: restart the message (new id) with half the chunk.
+                    self.chunk = max(MIN_CHUNK, chunk // 2)
+                    self.clean = 0
+                    return None
+                # Give up after `retries` resends without progress that also took at least
+                # `retries` ACK timeouts (short adaptive timeouts must not make it hastier).
+                if tries > self.retries and time.monotonic() - progress_at > self.retries * self.ack_timeout:
                     raise ProtocolError(f"{name} chunk {base}/{len(frames)}: no ACK after {self.retries} resends")
-                if chunk > MIN_CHUNK and failures >= 16 and failures * 2 > base + 1:
-                    self._adapt(sent, failures)  # hopeless at this size: restart smaller
-                    if self.chunk < chunk:
-                        return None
                 continue
             if f is BAD:
                 self.stats["bad_frames"] += 1
@@ -497,14 +525,22 @@ class Session:
             if f.type == ACK and f.msg_id == msg_id and len(f.payload) >= 2:
                 (idx,) = struct.unpack_from("<H", f.payload)
                 if base <= idx < len(frames):
-                    base, tries = idx + 1, 0
+                    if sent_at.get(idx) is not None:
+                        sample = time.monotonic() - sent_at[idx]
+                        self.srtt = sample if self.srtt is None else 0.875 * self.srtt + 0.125 * sample
+                    base, tries, progress_at = idx + 1, 0, time.monotonic()
                     nxt = max(nxt, base)
             elif f.msg_id == msg_id and f.type not in (ACK, NAK):
                 response = f  # overtook the last ACK
         self._adapt(sent, failures)
         tries = 0
+        # A lost response is asked for again (NAK) after `probe` seconds, not after the whole
+        # response timeout: while the board still computes, the NAK waits in its UART ring and
+        # only makes it resend its previous response, which carries another id and is ignored.
+        probe = min(self.response_timeout, max(1.0, 4 * self.ack_timeout))
+        give_up = time.monotonic() + self.response_timeout
         while response is None:
-            deadline = time.monotonic() + self.response_timeout
+            deadline = time.monotonic() + probe
             f = self._next_frame(deadline)
             if f is not None and f is not BAD:
                 self._unsolicited(f, msg_id)
@@ -514,8 +550,9 @@ class Session:
             if f is BAD:
                 self.stats["bad_frames"] += 1
             tries += 1
-            if tries > self.retries:
-                raise ProtocolError(f"no response to {name} (msg {msg_id}) after {self.retries} NAKs")
+            # A long response (HELLO) on a lossy line needs more asks than a chunk does.
+            if tries > 4 * self.retries and time.monotonic() > give_up:
+                raise ProtocolError(f"no response to {name} (msg {msg_id}) after {4 * self.retries} NAKs")
             self.stats["response_resends"] += 1
             self.port.write(encode_frame(NAK, msg_id, 0, 1))
         if response.type == ERROR:

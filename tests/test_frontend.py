@@ -5,6 +5,7 @@ firmware (tests/frontend_harness.c), so every clip of the synthetic evaluate spl
 in well under a second; tests/test_eval_qemu.py checks the board's own bytes over the link.
 """
 
+import json
 import shutil
 
 import numpy as np
@@ -103,3 +104,105 @@ def test_missing_cmsis_dsp_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("DSMN_CMSISDSP_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(DsmnError, match="CMSIS-DSP 1.10.3 sources not there.*bootstrap"):
         frontend.cmsis_dsp_dir()
+
+
+# ----------------------------------------------------------------------------------------------
+# On the board: qemu-an386 running the shipped model1 with the front end in its arena
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                                reason="needs qemu-system-arm and arm-none-eabi-gcc (scripts/bootstrap.sh)")
+N_AUDIO_CLIPS = 2
+
+
+@pytest.fixture(scope="module")
+def audio_fw(tmp_path_factory):
+    from dsmn_host.firmware import DEFAULT_MODEL, build_firmware
+    from dsmn_host.modelcard import card_paths
+
+    rep = build_firmware(out=tmp_path_factory.mktemp("fw-audio"), quiet=True)
+    return {"report": rep, "elf": rep["elf"], "card": card_paths(DEFAULT_MODEL)["json"]}
+
+
+@pytest.fixture(scope="module")
+def audio_run(audio_fw, feature_cache_dir, tmp_path_factory):
+    from dsmn_host import evaluate
+    from dsmn_host.emulate import Emulator
+
+    out = tmp_path_factory.mktemp("eval-audio")
+    with Emulator(audio_fw["elf"]) as emu:
+        rep = evaluate.run_eval([emu.url], source=feature_cache_dir, limit=N_AUDIO_CLIPS, stratify=True,
+                                card_path=audio_fw["card"], out_dir=out, baud=115200, log=lambda m: None,
+                                input_mode="audio")
+    return out, rep
+
+
+@needs_qemu
+def test_front_end_shares_the_arena(audio_fw):
+    fe = audio_fw["report"]["front_end"]
+    assert fe["scratch"] == "network arena" and fe["own_scratch_bytes"] == 0
+    assert audio_fw["report"]["flash_bytes"] <= audio_fw["report"]["estimate"]["flash_bytes"]
+
+
+@needs_qemu
+def test_audio_eval_board_input_equals_host(audio_run):
+    out, rep = audio_run
+    fe = rep["front_end"]
+    assert fe["n_clips"] == fe["n_clips_input_checked"] == N_AUDIO_CLIPS
+    assert fe["elements"] == N_AUDIO_CLIPS * 44 * 256 * 2
+    assert fe["elements_equal"] >= 0.999 and fe["max_abs_lsb"] <= 1
+    assert all(c["elements_equal"] >= 0.999 for c in fe["per_clip"])
+    # the network on the board's input vs the host model on the host's input from the same samples
+    assert rep["agreement_top1"] == 1.0
+    assert fe["top1_agreement_features"] is not None
+    for c in fe["per_clip"]:
+        assert 1e6 < c["frontend_instructions"] < 40e6 and c["network_instructions"] > 1e6
+    assert fe["real_time_factor"] > 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["input"] == "audio" and run["link"]["bytes_per_clip"] == 8 + 88200
+    md = (out / "report.md").read_text()
+    assert "front end: input elements equal to host" in md
+
+
+@needs_qemu
+def test_odd_sounds_on_the_board(audio_fw):
+    from frontend_support import odd_sounds
+
+    from dsmn_host import protocol
+    from dsmn_host.emulate import Emulator
+
+    sounds = odd_sounds()
+    with Emulator(audio_fw["elf"]) as emu, protocol.Session.open(emu.url, response_timeout=300) as s:
+        assert s.hello.audio and s.hello.window > 1 and s.hello.revision == 2
+        for name in ("silence", "click"):
+            r = s.audio(5, sounds[name])
+            assert r.status == 0 and r.frontend_counter > 0
+            board = np.frombuffer(s.read_input(), dtype=np.int8).reshape(44, 256, 2)
+            c = frontend.compare(board, frontend.reference_input(sounds[name], s.hello.input_scale,
+                                                                 s.hello.input_zero_point))
+            assert c["elements_equal"] >= 0.999 and c["max_abs_lsb"] <= 1, (name, c)
+        with pytest.raises(protocol.DsmnError, match="44100 samples"):
+            s.audio(6, sounds["click"][:1000])
+
+
+@needs_qemu
+def test_audio_under_uniform_byte_errors_is_identical(audio_fw, audio_run, feature_cache_dir, tmp_path):
+    """Dropped and corrupted bytes, uniformly in both directions, through the relay: the same
+    outputs and inputs as the clean run (the chunk size adapts; nothing wrong is recorded)."""
+    from faultrelay import FaultRelay
+
+    from dsmn_host import evaluate
+    from dsmn_host.emulate import Emulator
+
+    clean_dir, _ = audio_run
+    with Emulator(audio_fw["elf"]) as emu, FaultRelay(emu.url, rate=0.003, max_burst=1, seed=11) as relay:
+        evaluate.run_eval([relay.port], source=feature_cache_dir, limit=1, stratify=True, card_path=audio_fw["card"],
+                          out_dir=tmp_path, baud=115200, log=lambda m: None, input_mode="audio", ack_timeout=0.3)
+        stats = dict(relay.stats)
+    assert stats["dropped"] > 0 and stats["corrupted"] > 0
+    clean = [json.loads(x) for x in (clean_dir / "results.jsonl").read_text().splitlines()]
+    lossy = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    by_name = {r["filename"]: r for r in clean}
+    for r in lossy:
+        c = by_name[r["filename"]]
+        for key in ("output", "host_output", "input_elements_equal", "input_max_abs_lsb"):
+            assert r[key] == c[key]

@@ -374,12 +374,14 @@ class Board:
                 self._reopen(f"port error ({exc})")
 
     def ping_rate(self, nbytes=None):
-        """Host->board bytes/s of a PING the size of one INFER with every chunk in flight at
-        once: what the line carries at most (the link's limit), whatever the protocol's window."""
+        """Host->board bytes/s of a PING the size of one INFER with 32 chunks in flight (the
+        board's ACKs never wait on ours): what the line carries at most, whatever the
+        protocol's window. Not unbounded: host and board (or a relay) both blocked writing
+        into full buffers would deadlock."""
         n = min(nbytes or self.hello.input_bytes + 8, self.hello.max_message)
         payload = bytes((i * 37) & 0xFF for i in range(n))
         t0 = time.monotonic()
-        self.session.ping(payload, window=1 << 16)
+        self.session.ping(payload, window=LIMIT_WINDOW)
         return n / (time.monotonic() - t0)
 
 
@@ -445,6 +447,7 @@ def _wire_bytes(hello, input_mode="features"):
 
 
 INPUT_MODES = ("features", "audio")
+LIMIT_WINDOW = 32
 
 
 def clip_pcm(cache, row):

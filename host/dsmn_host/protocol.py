@@ -598,7 +598,7 @@ class Session:
 
     def ping(self, payload, window=None):
         """Send payload, return (length, crc32) the board computed over what it received.
-        `window` overrides the board's (a PING with every chunk in flight measures what the
+        `window` overrides the board's (a PING with many chunks in flight measures what the
         line itself carries: the link's limit)."""
         f = self.request(PING, payload, window=window)
         if f.type != PONG or len(f.payload) != 8:

@@ -39,6 +39,9 @@ CMSIS_DSP_SOURCES = [
     "Source/TransformFunctions/arm_bitreversal2.c",
     "Source/CommonTables/arm_common_tables.c",
     "Source/CommonTables/arm_const_structs.c",
+    # Cortex-M55: CMSIS-DSP takes its Helium FFT (ARM_MATH_MVEF from __ARM_FEATURE_MVE), whose
+    # twiddles live here; empty on other cores.
+    "Source/CommonTables/arm_mve_tables.c",
 ]
 CMSIS_DSP_INCLUDES = ["Include", "PrivateInclude"]
 CMSIS_DSP_DEFINES = ["__GNUC_PYTHON__"]

@@ -409,12 +409,12 @@ class Session:
     # -- chunk size and window ---------------------------------------------------------------
 
     def _rto(self):
-        """How long to wait for an ACK before going back: a few smoothed round trips (chunk
-        sent -> its ACK, measured on first sends only), never more than ack_timeout. A lost
-        last chunk or a lost NAK then costs tens of milliseconds, not a second."""
+        """How long to wait for an ACK before going back: four smoothed round trips (chunk
+        sent -> its ACK, measured on first sends only), at least 0.2 s, never more than
+        ack_timeout. A lost last chunk or a lost NAK then costs 0.2 s, not a second."""
         if self.srtt is None:
             return self.ack_timeout
-        return min(self.ack_timeout, max(0.05, 3 * self.srtt + 0.02))
+        return min(self.ack_timeout, max(0.2, 4 * self.srtt))
 
     def _max_chunk(self):
         return self.hello.max_chunk if self.hello else 256
@@ -487,8 +487,9 @@ class Session:
                     # The board may be inside a "frame" whose corrupted len promised up to
                     # max_chunk bytes, swallowing our resends: fill it up (bytes outside frames
                     # are ignored) so its CRC fails and the resend lands on a hunting parser.
-                    self.port.write(bytes(self._max_chunk() + CRC.size))
-                    self.stats["filler_bytes"] += self._max_chunk() + CRC.size
+                    if tries >= 2:  # once is more likely a slow board than a swallowing one
+                        self.port.write(bytes(self._max_chunk() + CRC.size))
+                        self.stats["filler_bytes"] += self._max_chunk() + CRC.size
                 else:
                     self.stats["naks_received"] += 1
                     (idx,) = struct.unpack_from("<H", f.payload)

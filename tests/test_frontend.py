@@ -173,7 +173,7 @@ def test_odd_sounds_on_the_board(audio_fw):
     sounds = odd_sounds()
     with Emulator(audio_fw["elf"]) as emu, protocol.Session.open(emu.url, response_timeout=300) as s:
         assert s.hello.audio and s.hello.window > 1 and s.hello.revision == 2
-        for name in ("silence", "click"):
+        for name in ("click",):  # silence and the rest: natively, above
             r = s.audio(5, sounds[name])
             assert r.status == 0 and r.frontend_counter > 0
             board = np.frombuffer(s.read_input(), dtype=np.int8).reshape(44, 256, 2)
@@ -185,24 +185,27 @@ def test_odd_sounds_on_the_board(audio_fw):
 
 
 @needs_qemu
-def test_audio_under_uniform_byte_errors_is_identical(audio_fw, audio_run, feature_cache_dir, tmp_path):
-    """Dropped and corrupted bytes, uniformly in both directions, through the relay: the same
-    outputs and inputs as the clean run (the chunk size adapts; nothing wrong is recorded)."""
+def test_windowed_link_under_uniform_byte_errors(audio_fw):
+    """1 % of bytes dropped or corrupted, uniformly, both ways: the chunk size shrinks and the
+    board still receives every byte (PONG's length and CRC); a stop-and-wait (v1-style) host
+    and the windowed one get the same RESULT from the revision-2 board."""
     from faultrelay import FaultRelay
 
-    from dsmn_host import evaluate
+    from dsmn_host import protocol
     from dsmn_host.emulate import Emulator
 
-    clean_dir, _ = audio_run
-    with Emulator(audio_fw["elf"]) as emu, FaultRelay(emu.url, rate=0.003, max_burst=1, seed=11) as relay:
-        evaluate.run_eval([relay.port], source=feature_cache_dir, limit=1, stratify=True, card_path=audio_fw["card"],
-                          out_dir=tmp_path, baud=115200, log=lambda m: None, input_mode="audio", ack_timeout=0.3)
-        stats = dict(relay.stats)
+    x = np.random.default_rng(0).integers(-128, 128, (44, 256, 2)).astype(np.int8)
+    with Emulator(audio_fw["elf"]) as emu:
+        with protocol.Session.open(emu.url, response_timeout=120) as s:
+            windowed = s.infer(1, x)
+        with protocol.Session.open(emu.url, response_timeout=120, windowed=False) as s:
+            saw = s.infer(1, x)
+        assert saw.output == windowed.output
+        with FaultRelay(emu.url, rate=0.01, max_burst=1, seed=5) as relay, \
+                protocol.Session.open(relay.port, ack_timeout=0.3, boot_timeout=60) as s:
+            payload = bytes((i * 41) & 0xFF for i in range(4096))
+            assert s.ping(payload) == (len(payload), protocol.crc32(payload))
+            stats = dict(relay.stats)
+            assert s.chunk < s.hello.max_chunk and s.stats["restarts"] > 0
     assert stats["dropped"] > 0 and stats["corrupted"] > 0
-    clean = [json.loads(x) for x in (clean_dir / "results.jsonl").read_text().splitlines()]
-    lossy = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
-    by_name = {r["filename"]: r for r in clean}
-    for r in lossy:
-        c = by_name[r["filename"]]
-        for key in ("output", "host_output", "input_elements_equal", "input_max_abs_lsb"):
-            assert r[key] == c[key]
+    assert 0.005 < (stats["dropped"] + stats["corrupted"]) / (stats["to_board"] + stats["to_host"]) < 0.02

@@ -329,8 +329,15 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     # input; front_end=False builds features-only firmware.
     from dsmn_host import frontend
 
-    if front_end is None:
+    fe_skipped = None
+    if front_end is None:  # auto: built in when the model takes its input and the board has room
         front_end = frontend.fits_model(card)
+        if front_end:
+            try:
+                check_fits(est_flash + frontend.FLASH_ESTIMATE, est_arena,
+                           est_other + frontend.own_scratch_bytes(runtime, est_arena), b, model)
+            except DsmnError as exc:
+                front_end, fe_skipped = False, f"left out: with it, {exc}"
     elif front_end and not frontend.fits_model(card):
         raise DsmnError(f"{model}: input {card['input']['shape']} is not the front end's {frontend.INPUT_SHAPE}")
     if front_end:
@@ -362,7 +369,9 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     report["hex"] = str(build / "dsmn_firmware.hex")
     if native_report is not None:
         report["native"] = {k: native_report[k] for k in ("peak_activation_bytes", "flash_bytes")}
-    report["front_end"] = fe_info
+    report["front_end"] = fe_info or ({"skipped": fe_skipped} if fe_skipped else None)
+    if fe_skipped and not quiet:
+        print(f"front end {fe_skipped}")
     (out / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
     if not quiet:
         print(format_report(report))
@@ -399,5 +408,5 @@ def register(subparsers):
     p.add_argument("--jobs", type=int, default=2, help="parallel compile jobs (default 2)")
     p.add_argument("--no-front-end", action="store_true",
                    help="leave out the on-device log-mel front end (features mode only; default: built in "
-                        "for models with the 44x256x2 input)")
+                        "for models with the 44x256x2 input when it fits the board, else left out with a note)")
     p.set_defaults(func=_cmd)

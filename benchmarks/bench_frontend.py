@@ -29,6 +29,26 @@ QEMU_BOARDS = ("qemu-an386",)  # instructions measured here; other boards' facto
 RAM_BOARDS = ("qemu-an386", "qemu-an547", "qemu-stm32f405", "nucleo-f446re", "nucleo-h743zi2")
 
 
+def native_agreement(cache, split, scale, zero_point, work):
+    """The front end's C (host build, same sources and flags) on every clip of the split against
+    dsmn_host.features on the same int16 samples."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import numpy as np
+    from frontend_support import build_native, run_native
+
+    from dsmn_host import evaluate, frontend
+
+    rows = [int(r) for r in cache.indices(split)]
+    pcms = [evaluate.clip_pcm(cache, r) for r in rows]
+    board = run_native(build_native(work / "native"), pcms, scale, zero_point)
+    host = np.stack([frontend.reference_input(p, scale, zero_point) for p in pcms])
+    c = frontend.compare(board, host)
+    c["clips"] = len(rows)
+    c["split"] = split
+    c["min_clip_elements_equal"] = min(frontend.compare(board[i], host[i])["elements_equal"] for i in range(len(rows)))
+    return c
+
+
 def ram_per_board(tflite, work):
     from dsmn_host.errors import DsmnError
     from dsmn_host.firmware import build_firmware
@@ -105,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--data", required=True, help="TAU22-layout data directory or its feature cache")
     ap.add_argument("--clips", type=int, default=2, help="clips per eval run (default 2)")
     ap.add_argument("--skip-ram", action="store_true", help="do not build for every board")
+    ap.add_argument("--only-agreement", action="store_true",
+                    help="only the host-build element agreement over the evaluate split (merged into --out)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frontend.json"))
     args = ap.parse_args(argv)
 
@@ -121,6 +143,16 @@ def main(argv=None):
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "host": {"python": platform.python_version(), "machine": platform.machine(),
                        "note": "wall-clock rates were measured on a shared, loaded 2-core machine"}}
+    card = json.loads(Path(str(tflite).replace(".tflite", ".card.json")).read_text())
+    agreement = native_agreement(cache, "fold1_evaluate", card["input"]["scale"], card["input"]["zero_point"], work)
+    print("agreement", agreement, file=sys.stderr, flush=True)
+    if args.only_agreement:
+        out = Path(args.out)
+        old = json.loads(out.read_text()) if out.is_file() else {}
+        old["agreement_evaluate_split"] = agreement
+        out.write_text(json.dumps(old, indent=1) + "\n")
+        return
+    result["agreement_evaluate_split"] = agreement
     ram = ram_per_board(tflite, work) if not args.skip_ram else {}
     result["boards"] = {k: {m: {kk: vv for kk, vv in v.items() if kk != "elf"} if isinstance(v, dict) else v
                             for m, v in e.items()} for k, e in ram.items()}

@@ -378,10 +378,17 @@ class Board:
         board's ACKs never wait on ours): what the line carries at most, whatever the
         protocol's window. Not unbounded: host and board (or a relay) both blocked writing
         into full buffers would deadlock."""
+        from dsmn_host import protocol
+
         n = min(nbytes or self.hello.input_bytes + 8, self.hello.max_message)
         payload = bytes((i * 37) & 0xFF for i in range(n))
         t0 = time.monotonic()
-        self.session.ping(payload, window=LIMIT_WINDOW)
+        try:
+            self.session.ping(payload, window=LIMIT_WINDOW)
+        except protocol.BoardReset:
+            self.events["resets"] += 1  # counted like one during a clip; the caller goes on without a limit
+            self._accept(self.session.hello)
+            raise
         return n / (time.monotonic() - t0)
 
 

@@ -21,6 +21,26 @@ fi
 
 PY="${PYTHON:-python3}"
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+# CMSIS-DSP C sources for the on-device front end (firmware/frontend): the cmsisdsp sdist from
+# PyPI, hash-checked, unpacked (Include/, PrivateInclude/, Source/, LICENSE) into a cache that
+# dsmn_host.frontend.cmsis_dsp_dir() finds. Unpacked beside and renamed, so a killed bootstrap
+# never leaves a half tree that looks complete.
+cmsis_ver=1.10.3
+cmsis_sha=307d32298faa7c58db912851027fce35f886fec7eb1a27c4b309ce1a97f47519
+cmsis_dir="${DSMN_CACHE:-$HOME/.cache/dsmn-host}/cmsisdsp-$cmsis_ver"
+if [ ! -f "$cmsis_dir/Include/arm_math.h" ]; then
+  tmp="$(mktemp -d)"
+  # --no-build-isolation: pip only needs the sdist's metadata, not its build dependencies.
+  "$PY" -m pip download -q --no-deps --no-binary cmsisdsp --no-build-isolation "cmsisdsp==$cmsis_ver" -d "$tmp"
+  echo "$cmsis_sha  $tmp/cmsisdsp-$cmsis_ver.tar.gz" | sha256sum -c --quiet
+  tar -xzf "$tmp/cmsisdsp-$cmsis_ver.tar.gz" -C "$tmp" "cmsisdsp-$cmsis_ver/Include" \
+    "cmsisdsp-$cmsis_ver/PrivateInclude" "cmsisdsp-$cmsis_ver/Source" "cmsisdsp-$cmsis_ver/LICENSE"
+  mkdir -p "$(dirname "$cmsis_dir")"
+  rm -rf "$cmsis_dir.partial"
+  mv "$tmp/cmsisdsp-$cmsis_ver" "$cmsis_dir.partial" && mv "$cmsis_dir.partial" "$cmsis_dir"
+  rm -rf "$tmp"
+fi
+
 stamp="$here/.bootstrap-stamp"
 want="$(cat "$here/requirements.txt" "$here/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && command -v dsmn-host >/dev/null; then
@@ -33,3 +53,4 @@ fi
 "$PY" -m pip install -q --no-deps "tf-keras==2.21.0"
 "$PY" -m pip install -q --no-deps -e "$here"
 echo "$want" > "$stamp"
+

@@ -5,7 +5,9 @@
  *                              per event: "F type msg_id index count len crc32(payload)" or "B"
  *   protocol_harness serve     speak protocol v1 on stdin/stdout like a board whose "model"
  *                              returns, for INFER, the first 13 input bytes XOR 0x5A, and
- *                              whose HELLO payload is the bytes of the file in $HARNESS_HELLO
+ *                              whose HELLO payload is the bytes of the file in $HARNESS_HELLO;
+ *                              AUDIO (0x12) is streamed: AUDIO_RESULT carries the number and the
+ *                              CRC-32 of the streamed bytes as its two counters
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,20 @@ static int vectors(void)
     return 0;
 }
 
+static uint32_t stream_crc, stream_bytes;
+
+static void stream_sink(void *ctx, int start, const uint8_t *data, size_t n)
+{
+    (void)ctx;
+    if (start) {
+        stream_crc = 0;
+        stream_bytes = 0;
+        return;
+    }
+    stream_crc = proto_crc32_update(stream_crc, data, n);
+    stream_bytes += (uint32_t)n;
+}
+
 static int serve(void)
 {
     static uint8_t frame_buf[256 + 4], msg_buf[4096], resp_buf[1100], out[1024], hello[1024];
@@ -60,6 +76,7 @@ static int serve(void)
     }
     proto_link_t link;
     proto_link_init(&link, fd_write, NULL, frame_buf, 256, msg_buf, sizeof msg_buf, resp_buf, sizeof resp_buf);
+    proto_link_stream(&link, PROTO_AUDIO, 8, stream_sink, NULL);
     fd_write(NULL, (const uint8_t *)"harness banner\r\n", 16);
     proto_link_respond(&link, PROTO_HELLO, 0, hello, (uint16_t)hello_len);
     uint8_t byte;
@@ -77,6 +94,15 @@ static int serve(void)
             proto_put_u32(out, (uint32_t)m.len);
             proto_put_u32(out + 4, proto_crc32(m.data, m.len));
             proto_link_respond(&link, PROTO_PONG, m.msg_id, out, 8);
+        } else if (m.type == PROTO_AUDIO && m.len >= 8) {
+            memcpy(out, m.data, 4);
+            out[4] = 0;
+            out[5] = 0;
+            proto_put_u16(out + 6, 0);
+            memset(out + 8, 0, 16);
+            proto_put_u32(out + 8, stream_bytes);
+            proto_put_u32(out + 16, stream_crc);
+            proto_link_respond(&link, PROTO_AUDIO_RESULT, m.msg_id, out, 24);
         } else if (m.type == PROTO_INFER && m.len >= 8 + 13) {
             memcpy(out, m.data, 4);
             out[4] = 0;

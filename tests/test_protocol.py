@@ -261,3 +261,79 @@ def test_board_reset_is_detected_not_waited_out(harness, tmp_path):
             p.wait()
         os.close(master)
         os.close(slave)
+
+
+def _hello_rev2(window=4):
+    import dataclasses
+
+    return dataclasses.replace(_hello(), revision=2, window=window, features=P.FEATURE_AUDIO, clip_samples=44100,
+                               frontend_scratch_bytes=86048)
+
+
+@pytest.fixture
+def served_rev2(harness, tmp_path):
+    """The C layer behind a revision-2 HELLO (window 4, AUDIO): a windowed host."""
+    hello_file = tmp_path / "hello.bin"
+    hello_file.write_bytes(_hello_rev2().encode())
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    env = dict(os.environ, HARNESS_HELLO=str(hello_file), ASAN_OPTIONS="detect_leaks=0")
+    proc = subprocess.Popen([str(harness), "serve"], stdin=master, stdout=master, env=env)
+    try:
+        yield os.ttyname(slave)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode in (-9, 0), "the C protocol layer crashed (ASan/UBSan)"
+
+
+def test_hello_extension_round_trip_and_v1_view():
+    h = _hello_rev2()
+    raw = h.encode()
+    assert P.Hello.decode(raw) == h and len(raw) == len(_hello().encode()) + 12
+    # what a v1 host reads of it: everything up to the labels, nothing else changed
+    assert P.Hello.decode(_hello().encode()).window == 1 and raw[0] == 1
+
+
+def _audio_check(s, seq, pcm):
+    r = P.AudioResult.decode(s.request(P.AUDIO, P.encode_audio(seq, pcm)).payload)
+    body = pcm.astype("<i2").tobytes()
+    assert r.seq == seq and r.counter == len(body) and r.frontend_counter == P.crc32(body)
+
+
+def test_windowed_session_and_streamed_audio(served_rev2):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with P.Session.open(served_rev2) as s:
+        assert s.hello.window == 4 and s.hello.audio
+        for n in (0, 1, 255, 256, 257, 4000):
+            payload = os.urandom(n)
+            assert s.ping(payload) == (n, P.crc32(payload))
+        _audio_check(s, 3, rng.integers(-32768, 32768, 44100).astype(np.int16))
+        assert s.stats["resent_chunks"] == 0 and s.stats["bad_frames"] == 0
+
+
+def test_windowed_session_at_one_percent_uniform_byte_errors(served_rev2):
+    """Independent (not bursty) byte errors, 1 % both ways: the chunk shrinks from 256 to what
+    gets through, every streamed byte arrives once and in order, nothing wrong is returned."""
+    import numpy as np
+    import serial
+
+    rng = np.random.default_rng(1)
+    port = NoisyPort(serial.Serial(served_rev2, 115200, timeout=P.POLL_S), rate=0.01, max_burst=1, seed=3)
+    with P.Session(port, ack_timeout=0.2, response_timeout=5, retries=30) as s:
+        s.handshake(boot_timeout=20)
+        for seq in range(3):
+            x = os.urandom(3000)
+            r = P.Result.decode(s.request(P.INFER, P.encode_infer(seq, x)).payload)
+            assert r.seq == seq and r.output == _expected(x)
+        # a short streamed message (the harness takes any length; a clip is 88 KB)
+        body = rng.integers(-32768, 32768, 3000).astype("<i2").tobytes()
+        r = P.AudioResult.decode(s.request(P.AUDIO, struct.pack("<IB3x", 9, 0) + body).payload)
+        assert r.seq == 9 and r.counter == len(body) and r.frontend_counter == P.crc32(body)
+        assert s.chunk < 256 and s.stats["restarts"] > 0
+    assert 0.005 < port.faults / port.moved < 0.02

@@ -27,6 +27,10 @@ def _seeds(corpus):
         "overflow": b"".join(P.chunk_frames(P.PING, 5, bytes(400), 64)),
         "nak": P.encode_frame(P.PING, 6, 0, 1, b"x") + P.encode_frame(P.NAK, 6, 0, 1),
         "noise": b"\xa5\xa5\x5a\x00" + P.encode_frame(P.HELLO, 7, 0, 1)[:-1] + b"\xa5\x5a" + bytes(10),
+        # revision 2: a windowed sender's go-back (gap, repeated round) and a streamed AUDIO
+        "window": b"".join(P.chunk_frames(P.PING, 8, bytes(200), 64, P.FLAG_WINDOWED)[i] for i in (0, 2, 3, 1, 2, 3)),
+        "audio": b"".join(P.chunk_frames(P.AUDIO, 9, bytes(range(250)), 63, P.FLAG_WINDOWED)[i]
+                          for i in (0, 1, 1, 3, 2, 3)),
     }
     for name, data in seeds.items():
         (corpus / name).write_bytes(data)

@@ -1,12 +1,19 @@
 /* The application loop: banner and HELLO at boot, then serve protocol v1 requests forever.
- * Knows the protocol and the runtime seam, never a register (that is firmware/boards/). */
+ * Knows the protocol, the runtime seam and the sample-source seam, never a register (that is
+ * firmware/boards/). With DSMN_FRONTEND the board also hears audio: AUDIO streams one clip's
+ * PCM from the UART sample source through the front end into the network. */
 #include <stdint.h>
 #include <string.h>
 
 #include "board.h"
 #include "dsmn_config.h"
 #include "protocol.h"
+#include "ring.h"
 #include "runtime.h"
+#include "sample_source.h"
+#ifdef DSMN_FRONTEND
+#include "dsmn_frontend.h"
+#endif
 
 #define INFER_HEADER_BYTES 8u
 #define MSG_BYTES (INFER_HEADER_BYTES + DSMN_CFG_INPUT_BYTES)
@@ -19,6 +26,15 @@ static uint8_t payload[HELLO_MAX];
 static int8_t output[DSMN_CFG_OUTPUT_BYTES] __attribute__((aligned(16)));
 static proto_link_t link;
 static int runtime_status;
+
+/* Chunks a windowed host may have in flight: as many whole frames as the UART ring holds, so
+ * the ring cannot overflow while the app is busy (transforming a frame, say). */
+#define WINDOW_CHUNKS (RING_BYTES / (DSMN_CFG_MAX_CHUNK + PROTO_HEADER_BYTES + PROTO_CRC_BYTES))
+#define HELLO_EXT_BYTES 12u
+#define FEATURE_AUDIO 0x01u
+#ifdef DSMN_FRONTEND
+static void *fe_scratch(uint32_t *bytes);
+#endif
 
 static const uint8_t model_sha256[32] = DSMN_CFG_MODEL_SHA256;
 static const uint16_t input_dims[4] = DSMN_CFG_INPUT_DIMS;
@@ -76,8 +92,25 @@ static uint16_t build_hello(uint8_t *p)
     n += put_str(p + n, DSMN_CFG_FIRMWARE_VERSION);
     n += put_str(p + n, DSMN_CFG_BOARD_NAME);
     n += put_str(p + n, DSMN_CFG_RUNTIME_NAME);
-    for (int i = 0; i < DSMN_CFG_NUM_LABELS && n + 256 <= HELLO_MAX; i++)
+    for (int i = 0; i < DSMN_CFG_NUM_LABELS && n + 256 + HELLO_EXT_BYTES <= HELLO_MAX; i++)
         n += put_str(p + n, labels[i]);
+    /* Revision 2 extension after the labels (v1 hosts stop reading at the last label). */
+    uint32_t fe_bytes = 0;
+    uint8_t features = 0;
+#ifdef DSMN_FRONTEND
+    uint32_t have = 0;
+    fe_scratch(&have);
+    fe_bytes = (uint32_t)dsmn_fe_scratch_bytes();
+    if (have >= fe_bytes)
+        features |= FEATURE_AUDIO;
+#endif
+    p[n] = PROTO_REVISION;
+    p[n + 1] = WINDOW_CHUNKS > 255 ? 255 : (uint8_t)WINDOW_CHUNKS;
+    p[n + 2] = features;
+    p[n + 3] = 0;
+    proto_put_u32(p + n + 4, features ? 44100u : 0u);
+    proto_put_u32(p + n + 8, fe_bytes);
+    n += HELLO_EXT_BYTES;
     return (uint16_t)n;
 }
 
@@ -117,8 +150,175 @@ static void handle_infer(const proto_msg_t *m)
     proto_link_respond(&link, PROTO_RESULT, m->msg_id, payload, 16 + DSMN_CFG_OUTPUT_BYTES);
 }
 
+#ifdef DSMN_FRONTEND
+#if DSMN_CFG_INPUT_BYTES != DSMN_FE_OUTPUT_BYTES
+#error the front end computes a 44x256x2 input; this model takes another size (build without it)
+#endif
+#define AUDIO_HEADER_BYTES 8u
+#define AUDIO_BYTES (AUDIO_HEADER_BYTES + 2u * DSMN_FE_CLIP_SAMPLES)
+#ifndef DSMN_FE_OWN_SCRATCH_BYTES
+#define DSMN_FE_OWN_SCRATCH_BYTES 0
+#endif
+#if DSMN_FE_OWN_SCRATCH_BYTES > 0
+/* The runtime's arena is too small (or not shareable): the front end gets its own. */
+static uint8_t fe_own_scratch[DSMN_FE_OWN_SCRATCH_BYTES] __attribute__((aligned(16)));
+#endif
+static dsmn_fe_t fe;
+static int fe_status = -1;   /* dsmn_fe_begin's result for the clip being streamed */
+static int fe_have_input;    /* msg_buf holds the input the front end computed last */
+static uint64_t fe_ticks;
+/* The front end's int8 output: where an INFER's tensor would be, outside the arena. */
+#define FE_INPUT ((int8_t *)(msg_buf + INFER_HEADER_BYTES))
+
+static void *fe_scratch(uint32_t *bytes)
+{
+#if DSMN_FE_OWN_SCRATCH_BYTES > 0
+    *bytes = sizeof fe_own_scratch;
+    return fe_own_scratch;
+#else
+    return runtime_scratch(bytes);
+#endif
+}
+
+/* The UART sample source: the PCM bytes of the AUDIO chunk being delivered (little-endian;
+ * a sample may straddle two chunks). */
+typedef struct {
+    sample_source_t base;
+    const uint8_t *p;
+    size_t n;
+    uint8_t odd, odd_byte;
+} uart_source_t;
+
+static size_t uart_source_read(sample_source_t *src, int16_t *dst, size_t max)
+{
+    uart_source_t *u = (uart_source_t *)src;
+    size_t k = 0;
+    while (k < max && u->n) {
+        if (u->odd) {
+            dst[k++] = (int16_t)(uint16_t)(u->odd_byte | (u->p[0] << 8));
+            u->odd = 0;
+            u->p++;
+            u->n--;
+        } else if (u->n >= 2) {
+            dst[k++] = (int16_t)(uint16_t)(u->p[0] | (u->p[1] << 8));
+            u->p += 2;
+            u->n -= 2;
+        } else {
+            u->odd = 1;
+            u->odd_byte = u->p[0];
+            u->n = 0;
+        }
+    }
+    return k;
+}
+
+static uart_source_t uart_source = {{"uart", uart_source_read}, 0, 0, 0, 0};
+
+/* Moves whatever the source has into the front end (which transforms completed frames). */
+static void frontend_drain(sample_source_t *src)
+{
+    int16_t buf[64];
+    size_t n;
+    uint64_t t0 = board_counter_now();
+    while ((n = src->read(src, buf, 64)) > 0)
+        dsmn_fe_push(&fe, buf, n);
+    fe_ticks += board_counter_now() - t0;
+}
+
+static void audio_stream(void *ctx, int start, const uint8_t *data, size_t n)
+{
+    (void)ctx;
+    if (start) {
+        uint32_t bytes = 0;
+        void *scratch = fe_scratch(&bytes);
+        uint64_t t0 = board_counter_now();
+        fe_status = dsmn_fe_begin(&fe, scratch, bytes, DSMN_CFG_INPUT_SCALE, DSMN_CFG_INPUT_ZERO_POINT);
+        fe_ticks = board_counter_now() - t0;
+        fe_have_input = 0;
+        uart_source.odd = 0;
+        return;
+    }
+    uart_source.p = data;
+    uart_source.n = n;
+    if (fe_status == 0)
+        frontend_drain(&uart_source.base);
+}
+
+static void handle_audio(const proto_msg_t *m)
+{
+    if (m->len != AUDIO_BYTES) {
+        send_error(m->msg_id, PROTO_ERR_BAD_LENGTH, "AUDIO data is not 44100 int16 samples");
+        return;
+    }
+    if (m->data[4] != 0) {
+        send_error(m->msg_id, PROTO_ERR_BAD_KIND, "only AUDIO kind 0 (int16 PCM, 44.1 kHz) is supported");
+        return;
+    }
+    if (fe_status != 0) {
+        send_error(m->msg_id, PROTO_ERR_NO_FRONTEND, "front end scratch does not fit the runtime's arena");
+        return;
+    }
+    if (runtime_status != 0) {
+        send_error(m->msg_id, PROTO_ERR_RUNTIME_INIT, "runtime failed to initialise");
+        return;
+    }
+    uint64_t t0 = board_counter_now();
+    int fe_result = dsmn_fe_end(&fe, FE_INPUT);
+    fe_ticks += board_counter_now() - t0;
+    fe_status = -1; /* the arena is the network's again */
+    if (fe_result != 0) {
+        send_error(m->msg_id, PROTO_ERR_BAD_LENGTH, "AUDIO data is not 44100 int16 samples");
+        return;
+    }
+    fe_have_input = 1;
+    t0 = board_counter_now();
+    int status = runtime_invoke(FE_INPUT, output);
+    uint64_t ticks = board_counter_now() - t0;
+
+    memcpy(payload, m->data, 4); /* seq */
+    payload[4] = (uint8_t)(status < 0 ? -status : status);
+    payload[5] = (uint8_t)board_counter_kind();
+    proto_put_u16(payload + 6, DSMN_CFG_OUTPUT_BYTES);
+    proto_put_u32(payload + 8, (uint32_t)ticks);
+    proto_put_u32(payload + 12, (uint32_t)(ticks >> 32));
+    proto_put_u32(payload + 16, (uint32_t)fe_ticks);
+    proto_put_u32(payload + 20, (uint32_t)(fe_ticks >> 32));
+    memcpy(payload + 24, output, DSMN_CFG_OUTPUT_BYTES);
+    proto_link_respond(&link, PROTO_AUDIO_RESULT, m->msg_id, payload, 24 + DSMN_CFG_OUTPUT_BYTES);
+}
+
+/* INPUT: u32 offset, u16 length -> u32 offset, u16 n, n bytes of the front end's last input. */
+static void handle_input(const proto_msg_t *m)
+{
+    if (m->len != 6) {
+        send_error(m->msg_id, PROTO_ERR_BAD_LENGTH, "INPUT request is u32 offset, u16 length");
+        return;
+    }
+    if (!fe_have_input) {
+        send_error(m->msg_id, PROTO_ERR_NO_FRONTEND, "no front-end input: send AUDIO first");
+        return;
+    }
+    uint32_t off = proto_get_u32(m->data);
+    uint32_t n = proto_get_u16(m->data + 4);
+    if (off > DSMN_FE_OUTPUT_BYTES)
+        off = DSMN_FE_OUTPUT_BYTES;
+    if (n > DSMN_FE_OUTPUT_BYTES - off)
+        n = DSMN_FE_OUTPUT_BYTES - off;
+    if (n > HELLO_MAX - 6u)
+        n = HELLO_MAX - 6u;
+    proto_put_u32(payload, off);
+    proto_put_u16(payload + 4, (uint16_t)n);
+    memcpy(payload + 6, FE_INPUT + off, n);
+    proto_link_respond(&link, PROTO_INPUT, m->msg_id, payload, (uint16_t)(6 + n));
+}
+#endif
+
 static void handle(const proto_msg_t *m)
 {
+#ifdef DSMN_FRONTEND
+    if (m->type != PROTO_INPUT && m->type != PROTO_HELLO)
+        fe_have_input = fe_have_input && m->type == PROTO_AUDIO; /* PING/INFER overwrite it */
+#endif
     if (m->too_large) {
         send_error(m->msg_id, PROTO_ERR_TOO_LARGE, "message larger than the board's buffer");
         return;
@@ -135,6 +335,14 @@ static void handle(const proto_msg_t *m)
     case PROTO_INFER:
         handle_infer(m);
         break;
+#ifdef DSMN_FRONTEND
+    case PROTO_AUDIO:
+        handle_audio(m);
+        break;
+    case PROTO_INPUT:
+        handle_input(m);
+        break;
+#endif
     default:
         send_error(m->msg_id, PROTO_ERR_UNKNOWN_TYPE, "unknown message type");
         break;
@@ -150,6 +358,9 @@ int main(void)
     board_uart_write((const uint8_t *)banner, sizeof banner - 1);
     proto_link_init(&link, uart_sink, 0, frame_buf, DSMN_CFG_MAX_CHUNK, msg_buf, sizeof msg_buf,
                     resp_buf, sizeof resp_buf);
+#ifdef DSMN_FRONTEND
+    proto_link_stream(&link, PROTO_AUDIO, AUDIO_HEADER_BYTES, audio_stream, 0);
+#endif
     proto_link_respond(&link, PROTO_HELLO, 0, payload, build_hello(payload));
     for (;;) {
         int c = board_uart_getc();

@@ -91,6 +91,7 @@ int proto_parser_feed(proto_parser_t *p, uint8_t byte, proto_frame_t *frame)
         if (crc != proto_get_u32(p->buf + len))
             return PROTO_FEED_BAD;
         frame->type = p->header[2];
+        frame->flags = p->header[3];
         frame->msg_id = proto_get_u16(p->header + 4);
         frame->index = proto_get_u16(p->header + 6);
         frame->count = proto_get_u16(p->header + 8);
@@ -118,6 +119,14 @@ void proto_link_init(proto_link_t *l, proto_write_fn write, void *ctx, uint8_t *
     l->resp_cap = resp_cap;
 }
 
+void proto_link_stream(proto_link_t *l, uint8_t type, uint16_t head, proto_stream_fn fn, void *ctx)
+{
+    l->stream_type = type;
+    l->stream_head = head <= l->msg_cap ? head : (uint16_t)l->msg_cap;
+    l->stream = fn;
+    l->stream_ctx = ctx;
+}
+
 static void send_control(proto_link_t *l, uint8_t type, uint16_t msg_id, uint16_t index)
 {
     uint8_t frame[PROTO_HEADER_BYTES + 2 + PROTO_CRC_BYTES];
@@ -127,6 +136,26 @@ static void send_control(proto_link_t *l, uint8_t type, uint16_t msg_id, uint16_
     l->write(l->write_ctx, frame, n);
 }
 
+/* NAK(expected). A windowed sender goes back to `expected` on a NAK; the chunks it had in
+ * flight behind the lost one then arrive out of order and would each NAK again, sending it
+ * back again and again, so within one round of a gap only the first NAKs. A round ends when
+ * an index at or below the highest seen since arrives: the sender has gone back (its resend
+ * of `expected` was lost too) and needs a new NAK. `index` is -1 for a frame too damaged to
+ * say. A stop-and-wait sender has one chunk in flight: every NAK is news to it. */
+static void send_nak(proto_link_t *l, int32_t index)
+{
+    if (l->windowed && l->count) {
+        if (l->nak_sent && (index < 0 || (uint32_t)index > l->gap_high)) {
+            if (index >= 0)
+                l->gap_high = (uint16_t)index;
+            return;
+        }
+        l->nak_sent = 1;
+        l->gap_high = index < 0 ? l->expected : (uint16_t)index;
+    }
+    send_control(l, PROTO_NAK, l->msg_id, l->count ? l->expected : 0);
+}
+
 int proto_link_feed(proto_link_t *l, uint8_t byte, proto_msg_t *msg)
 {
     proto_frame_t f;
@@ -134,7 +163,7 @@ int proto_link_feed(proto_link_t *l, uint8_t byte, proto_msg_t *msg)
     if (r == PROTO_FEED_NONE)
         return 0;
     if (r == PROTO_FEED_BAD) {
-        send_control(l, PROTO_NAK, l->msg_id, l->expected);
+        send_nak(l, -1);
         return 0;
     }
     if (f.type == PROTO_NAK) {
@@ -145,30 +174,49 @@ int proto_link_feed(proto_link_t *l, uint8_t byte, proto_msg_t *msg)
     if (f.type == PROTO_ACK)
         return 0; /* the host never needs to acknowledge; tolerate it */
 
-    if (f.index == 0) {
+    int same = l->count != 0 && f.msg_id == l->msg_id && f.type == l->msg_type && f.count == l->count;
+    if (f.index == 0 && !(same && l->expected > 0 && (f.flags & PROTO_FLAG_WINDOWED))) {
         l->msg_id = f.msg_id;
         l->msg_type = f.type;
         l->count = f.count;
         l->expected = 0;
         l->msg_len = 0;
         l->overflow = 0;
-    } else if (l->count == 0 || f.msg_id != l->msg_id || f.type != l->msg_type ||
-               f.count != l->count || f.index > l->expected) {
-        send_control(l, PROTO_NAK, l->msg_id, l->count ? l->expected : 0);
+        l->windowed = (f.flags & PROTO_FLAG_WINDOWED) != 0;
+        l->nak_sent = 0;
+        if (l->stream && f.type == l->stream_type)
+            l->stream(l->stream_ctx, 1, NULL, 0);
+    } else if (!same || f.index > l->expected) {
+        send_nak(l, same ? (int32_t)f.index : -1);
         return 0;
     }
     if (f.index < l->expected) { /* duplicate: the host missed our ACK */
-        send_control(l, PROTO_ACK, f.msg_id, f.index);
+        send_control(l, PROTO_ACK, f.msg_id, (uint16_t)(l->expected - 1u));
         return 0;
     }
-    size_t room = l->msg_cap - l->msg_len;
-    size_t take = f.len <= room ? f.len : room;
-    if (take < f.len)
-        l->overflow = 1;
-    if (take)
-        memcpy(l->msg + l->msg_len, f.payload, take);
-    l->msg_len += take;
+    const uint8_t *data = f.payload;
+    size_t len = f.len;
+    int streamed = l->stream && l->msg_type == l->stream_type;
+    if (streamed) {
+        /* the head goes to msg (for the handler), the rest to the sink */
+        size_t head_room = l->msg_len < l->stream_head ? l->stream_head - l->msg_len : 0;
+        size_t h = len < head_room ? len : head_room;
+        if (h)
+            memcpy(l->msg + l->msg_len, data, h);
+        if (len > h)
+            l->stream(l->stream_ctx, 0, data + h, len - h);
+        l->msg_len += len;
+    } else {
+        size_t room = l->msg_cap - l->msg_len;
+        size_t take = len <= room ? len : room;
+        if (take < len)
+            l->overflow = 1;
+        if (take)
+            memcpy(l->msg + l->msg_len, data, take);
+        l->msg_len += take;
+    }
     l->expected++;
+    l->nak_sent = 0;
     send_control(l, PROTO_ACK, f.msg_id, f.index);
     if (l->expected < l->count)
         return 0;

@@ -1,4 +1,5 @@
-/* Protocol v1, board side: framing, CRC, chunk reassembly with ACK/NAK (docs/protocol.md).
+/* Protocol v1 (revision 2), board side: framing, CRC, chunk reassembly with ACK/NAK, windowed
+ * senders, streamed messages (docs/protocol.md).
  *
  * Pure C with no hardware access, so the same file builds for the host (unit tests, libFuzzer).
  * Bytes go out through a write callback; bytes come in one at a time through proto_link_feed().
@@ -9,7 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PROTO_VERSION 1u
+#define PROTO_VERSION 1u  /* wire format: v1 hosts read every v1 frame and HELLO field */
+#define PROTO_REVISION 2u /* HELLO extension: window, AUDIO and INPUT requests */
+#define PROTO_FLAG_WINDOWED 0x01u /* frame flags bit 0: the host keeps several chunks in flight */
 #define PROTO_SYNC0 0xA5u
 #define PROTO_SYNC1 0x5Au
 #define PROTO_HEADER_BYTES 12u /* sync(2) type flags msg_id index count len */
@@ -24,6 +27,9 @@ enum proto_type {
     PROTO_NAK = 0x15,
     PROTO_INFER = 0x10,
     PROTO_RESULT = 0x11,
+    PROTO_AUDIO = 0x12,        /* host->board: u32 seq, u8 kind, 3 bytes 0, int16 PCM (streamed) */
+    PROTO_AUDIO_RESULT = 0x13, /* board->host: RESULT with front-end and network counters */
+    PROTO_INPUT = 0x14,        /* both: read the int8 input the front end computed */
     PROTO_ERROR = 0x7F,
 };
 
@@ -33,6 +39,7 @@ enum proto_error_code {
     PROTO_ERR_TOO_LARGE = 3,
     PROTO_ERR_RUNTIME_INIT = 4,
     PROTO_ERR_BAD_KIND = 5,
+    PROTO_ERR_NO_FRONTEND = 6,
 };
 
 uint32_t proto_crc32_update(uint32_t crc, const uint8_t *data, size_t n);
@@ -47,7 +54,7 @@ size_t proto_encode(uint8_t *out, size_t cap, uint8_t type, uint16_t msg_id, uin
 /* Frame parser: a byte-at-a-time state machine so the UART ring buffer can be drained
  * without ever holding more than one frame. */
 typedef struct {
-    uint8_t type;
+    uint8_t type, flags;
     uint16_t msg_id, index, count, len;
     const uint8_t *payload; /* points into the parser's buffer; valid until the next feed */
 } proto_frame_t;
@@ -69,6 +76,11 @@ typedef struct {
 void proto_parser_init(proto_parser_t *p, uint8_t *buf, uint16_t max_payload);
 int proto_parser_feed(proto_parser_t *p, uint8_t byte, proto_frame_t *frame);
 
+/* A streamed message type is not reassembled: the bytes after its first `head` bytes go to
+ * the sink chunk by chunk, in order and exactly once (`start` = 1 when chunk 0 (re)starts the
+ * message, before its data), so an 88 KB clip needs no 88 KB buffer. */
+typedef void (*proto_stream_fn)(void *ctx, int start, const uint8_t *data, size_t n);
+
 /* A link reassembles chunked requests, acknowledges them, and remembers the last response so
  * a host NAK can have it resent byte for byte. */
 typedef struct {
@@ -83,6 +95,13 @@ typedef struct {
     uint16_t count;     /* chunks of the current message; 0 = none in progress */
     uint8_t msg_type;
     uint8_t overflow;   /* the current message did not fit in msg */
+    uint8_t windowed;   /* the current message's sender keeps several chunks in flight */
+    uint8_t nak_sent;   /* windowed: NAK(expected) already sent in this round of a gap */
+    uint16_t gap_high;  /* windowed: highest out-of-order index seen in this round */
+    uint8_t stream_type;   /* 0: none */
+    uint16_t stream_head;  /* bytes of a streamed message kept in msg (its header) */
+    proto_stream_fn stream;
+    void *stream_ctx;
     uint8_t *resp;      /* last response frame */
     size_t resp_cap;
     size_t resp_len;
@@ -100,7 +119,10 @@ typedef struct {
 void proto_link_init(proto_link_t *l, proto_write_fn write, void *ctx, uint8_t *frame_buf,
                      uint16_t max_chunk, uint8_t *msg_buf, size_t msg_cap, uint8_t *resp_buf,
                      size_t resp_cap);
-/* Returns 1 when a complete request is in *msg (valid until the next call). */
+/* Messages of `type` are streamed to `fn` after their first `head` bytes (see proto_stream_fn). */
+void proto_link_stream(proto_link_t *l, uint8_t type, uint16_t head, proto_stream_fn fn, void *ctx);
+/* Returns 1 when a complete request is in *msg (valid until the next call). For a streamed
+ * message, data holds its head and len counts all its bytes. */
 int proto_link_feed(proto_link_t *l, uint8_t byte, proto_msg_t *msg);
 /* Sends a response frame (single chunk) and keeps it for resends; returns 0 if too large. */
 int proto_link_respond(proto_link_t *l, uint8_t type, uint16_t msg_id, const uint8_t *payload,

@@ -12,6 +12,9 @@ extern "C" {
 int runtime_init(void);                                  /* 0 on success */
 int runtime_invoke(const int8_t *input, int8_t *output); /* 0 on success */
 uint32_t runtime_arena_bytes(void);
+/* Memory another stage may use while no inference runs (the front end's scratch); NULL and
+ * *bytes = 0 if the runtime has none to lend. Its contents are lost at the next invoke. */
+void *runtime_scratch(uint32_t *bytes);
 
 #ifdef __cplusplus
 }

@@ -9,3 +9,9 @@ int runtime_init(void) { return 0; }
 int runtime_invoke(const int8_t *input, int8_t *output) { return dsmn_invoke(input, output); }
 
 uint32_t runtime_arena_bytes(void) { return (uint32_t)DSMN_ARENA_BYTES; }
+
+void *runtime_scratch(uint32_t *bytes)
+{
+    *bytes = (uint32_t)DSMN_ARENA_BYTES;
+    return dsmn_arena_base();
+}

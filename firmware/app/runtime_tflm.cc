@@ -51,3 +51,10 @@ extern "C" uint32_t runtime_arena_bytes(void)
 {
     return interpreter ? static_cast<uint32_t>(interpreter->arena_used_bytes()) : DSMN_TFLM_ARENA_BYTES;
 }
+
+// TFLM keeps its interpreter's persistent state in the arena: nothing to lend.
+extern "C" void *runtime_scratch(uint32_t *bytes)
+{
+    *bytes = 0;
+    return nullptr;
+}

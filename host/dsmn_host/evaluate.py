@@ -209,7 +209,8 @@ class Board:
     `reopen_timeout` seconds (the USB CDC device re-enumerating after a reset)."""
 
     def __init__(self, url, baud=921600, *, expected_sha=None, force=False, reopen_timeout=30.0,
-                 max_failures=20, boot_timeout=10.0, ack_timeout=1.0, response_timeout=30.0, log=None):
+                 max_failures=20, boot_timeout=10.0, ack_timeout=1.0, response_timeout=30.0, log=None,
+                 windowed=True):
         self.url = url
         self.baud = baud
         self.expected_sha = expected_sha
@@ -217,7 +218,8 @@ class Board:
         self.reopen_timeout = reopen_timeout
         self.max_failures = max_failures
         self.boot_timeout = boot_timeout
-        self.session_kwargs = {"ack_timeout": ack_timeout, "response_timeout": response_timeout}
+        self.session_kwargs = {"ack_timeout": ack_timeout, "response_timeout": response_timeout,
+                               "windowed": windowed}
         self.log = log or (lambda msg: None)
         self.session = None
         self.hello = None
@@ -289,6 +291,13 @@ class Board:
             time.sleep(0.5)
 
     def infer(self, seq, tensor):
+        return self._retrying(seq, lambda s: s.infer(seq, tensor))
+
+    def audio(self, seq, pcm, read_input=True):
+        """(AudioResult, the board's int8 input bytes or None) for one clip's int16 PCM."""
+        return self._retrying(seq, lambda s: (s.audio(seq, pcm), s.read_input() if read_input else None))
+
+    def _retrying(self, seq, op):
         from dsmn_host import protocol
 
         failures = 0
@@ -296,7 +305,7 @@ class Board:
             try:
                 if self.session is None:
                     self._reopen("not connected")
-                return self.session.infer(seq, tensor)
+                return op(self.session)
             except protocol.BoardReset as exc:
                 # The session already decoded the boot HELLO; check it is still our model.
                 self.events["resets"] += 1
@@ -318,11 +327,21 @@ class Board:
                 self._reopen(f"port error ({exc})")
 
     def ping_rate(self, nbytes=None):
-        """Host->board bytes/s of a PING the size of one INFER: the link's limit for our traffic."""
+        """Host->board bytes/s of a PING the size of one INFER with 32 chunks in flight (the
+        board's ACKs never wait on ours): what the line carries at most, whatever the
+        protocol's window. Not unbounded: host and board (or a relay) both blocked writing
+        into full buffers would deadlock."""
+        from dsmn_host import protocol
+
         n = min(nbytes or self.hello.input_bytes + 8, self.hello.max_message)
         payload = bytes((i * 37) & 0xFF for i in range(n))
         t0 = time.monotonic()
-        self.session.ping(payload)
+        try:
+            self.session.ping(payload, window=LIMIT_WINDOW)
+        except protocol.BoardReset:
+            self.events["resets"] += 1  # counted like one during a clip; the caller goes on without a limit
+            self._accept(self.session.hello)
+            raise
         return n / (time.monotonic() - t0)
 
 
@@ -330,7 +349,7 @@ class Board:
 # The run
 
 
-def _record(clips, row, result, host_out, hello):
+def _record(clips, row, result, host_out, hello, audio=None):
     import numpy as np
 
     out = np.frombuffer(result.output, dtype=np.int8).astype(int).tolist()
@@ -351,17 +370,60 @@ def _record(clips, row, result, host_out, hello):
     elif result.counter_kind == "systick" and hello.core_clock_hz:
         # docs/protocol.md: under QEMU -icount shift=0 SysTick ticks once per 1e9/clock instructions
         rec["instructions"] = int(round(result.counter * 1e9 / hello.core_clock_hz))
+    if audio is not None:
+        rec.update(_audio_fields(result, hello, audio))
     return rec
 
 
-def _wire_bytes(hello):
-    """Message bytes the host sends per clip (INFER header + input), as PING's rate counts them."""
+def _audio_fields(result, hello, audio):
+    """Per clip in audio mode: the front end's counter, its input against the host's, and the
+    host-features path's output (the cached 24-bit clip's features) for top-1 agreement."""
+    import numpy as np
+
+    from dsmn_host import frontend
+
+    q_host, board_input, features_out = audio
+    rec = {"input": "audio", "frontend_counter": int(result.frontend_counter)}
+    if result.counter_kind == "dwt":
+        rec["frontend_cycles"] = int(result.frontend_counter)
+    elif result.counter_kind == "systick" and hello.core_clock_hz:
+        rec["frontend_instructions"] = int(round(result.frontend_counter * 1e9 / hello.core_clock_hz))
+    if board_input is not None:
+        c = frontend.compare(np.frombuffer(board_input, dtype=np.int8).reshape(q_host.shape), q_host)
+        rec["input_elements"] = c["elements"]
+        rec["input_elements_equal"] = c["elements_equal"]
+        rec["input_max_abs_lsb"] = c["max_abs_lsb"]
+    if features_out is not None:
+        rec["features_host_output"] = features_out
+    return rec
+
+
+def _wire_bytes(hello, input_mode="features"):
+    """Message bytes the host sends per clip (INFER header + input, or AUDIO header + PCM), as
+    PING's rate counts them."""
+    if input_mode == "audio":
+        return 8 + 2 * 44100
     return 8 + hello.input_bytes
+
+
+INPUT_MODES = ("features", "audio")
+LIMIT_WINDOW = 32
+
+
+def clip_pcm(cache, row):
+    """The int16 PCM of a cache row's clip, read from the data set the cache was built from."""
+    from dsmn_host import frontend, tau
+
+    data_dir = cache.info.get("data_dir")
+    if not data_dir:
+        raise DsmnError(f"{cache.path}: the feature cache does not say which data set it was built from; "
+                        "--input audio needs the WAV files")
+    return frontend.to_pcm16(tau.load_wav(Path(data_dir) / str(cache.filename[row])))
 
 
 def run_eval(ports, *, source, split="fold1_evaluate", limit=None, stratify=False, card_path=None,
              out_dir="eval", resume=False, baud=921600, force=False, reference=True,
-             reopen_timeout=30.0, log=print, **board_kwargs):
+             reopen_timeout=30.0, log=print, input_mode="features", check_input=True, **board_kwargs):
     """Evaluate on the boards at `ports` (one thread each) into `out_dir`; returns the report."""
     import queue
 
@@ -386,16 +448,24 @@ def run_eval(ports, *, source, split="fold1_evaluate", limit=None, stratify=Fals
         if prev.get("model_sha256") != card["sha256"]:
             raise DsmnError(f"{out_dir}: holds results of model {prev.get('model_sha256')}, not of "
                             f"{card['sha256']} ({card_path}); choose another --out")
+    if input_mode not in INPUT_MODES:
+        raise DsmnError(f"unknown --input {input_mode!r}; choose {' or '.join(INPUT_MODES)}")
+    if resume and run_path.is_file():
+        if json.loads(run_path.read_text()).get("input", "features") != input_mode:
+            raise DsmnError(f"{out_dir}: holds a run with another --input; choose another --out")
     journal = Journal(out_dir / RESULTS, resume=resume)
     try:
         return _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify, baud,
-                    force, reference, reopen_timeout, log, board_kwargs, report_mod, queue)
+                    force, reference, reopen_timeout, log, board_kwargs, report_mod, queue,
+                    input_mode, check_input)
     finally:
         journal.close()
 
 
 def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify, baud, force,
-         reference, reopen_timeout, log, board_kwargs, report_mod, queue):
+         reference, reopen_timeout, log, board_kwargs, report_mod, queue, input_mode="features",
+         check_input=True):
+    audio = input_mode == "audio"
     boards = []
     try:
         for url in ports:
@@ -418,6 +488,14 @@ def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify
         except DsmnError as exc:
             log(f"{b.url}: could not measure the link with PING ({exc})")
     h0 = boards[0].hello
+    if audio:
+        for b in boards:
+            if not b.hello.audio:
+                for x in boards:
+                    x.close()
+                raise DsmnError(f"board on {b.url} ({b.hello.board}) has no on-device front end "
+                                "(protocol revision 2 with AUDIO); rebuild its firmware with the front end "
+                                "or evaluate with --input features")
     for b in boards[1:]:
         if (b.hello.input_scale, b.hello.input_zero_point) != (h0.input_scale, h0.input_zero_point):
             raise DsmnError(f"boards disagree on input quantization: {boards[0].url} vs {b.url}")
@@ -444,11 +522,20 @@ def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify
     def produce():
         try:
             for row in pending:
+                # The one host quantizer (evaluate.quantize) for both paths.
                 q = prepare_input(np_logmel(clips.cache, row), in_scale, in_zp)
                 host_out = ref(q) if ref is not None else None
+                item = (row, q, host_out)
+                if audio:
+                    from dsmn_host import frontend
+
+                    pcm = clip_pcm(clips.cache, row)
+                    q_audio = frontend.reference_input(pcm, in_scale, in_zp)
+                    audio_out = ref(q_audio) if ref is not None else None
+                    item = (row, pcm, audio_out, (q_audio, host_out))
                 while not stop.is_set():
                     try:
-                        work.put((row, q, host_out), timeout=0.2)
+                        work.put(item, timeout=0.2)
                         break
                     except queue.Full:
                         continue
@@ -479,9 +566,13 @@ def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify
                 if producer_done.is_set() and work.empty() and not retry:
                     return
                 continue
-            row, q, host_out = item
+            row, q, host_out = item[:3]
             try:
-                result = board.infer(row, q)
+                if audio:
+                    result, board_input = board.audio(row, q, read_input=check_input)
+                    extra = (item[3][0], board_input, item[3][1])
+                else:
+                    result, extra = board.infer(row, q), None
             except BaseException as exc:  # noqa: BLE001
                 with lock:
                     retry.append(item)  # another board may take it
@@ -495,10 +586,10 @@ def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify
                     f"board on {board.url}: runtime failed on {clips.filename[row]} (status {result.status})")))
                 stop.set()
                 return
-            journal.append(_record(clips, row, result, host_out, board.hello))
+            journal.append(_record(clips, row, result, host_out, board.hello, extra))
             with lock:
                 sent["clips"] += 1
-                sent["bytes"] += _wire_bytes(board.hello)
+                sent["bytes"] += _wire_bytes(board.hello, input_mode)
                 now = time.monotonic()
                 if now - last_print[0] > 10 or len(journal) == len(clips):
                     last_print[0] = now
@@ -537,6 +628,7 @@ def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify
         "model_card": str(card_path),
         "source": str(clips.cache.path),
         "split": split,
+        "input": input_mode,
         "limit": limit,
         "stratify": stratify,
         "boards": [{"port": b.url, "board": b.hello.board, "firmware_version": b.hello.firmware_version,
@@ -548,7 +640,8 @@ def _run(ports, clips, card, card_path, journal, out_dir, split, limit, stratify
         "output_scale": h0.output_scale, "output_zero_point": h0.output_zero_point,
         "clock_hz": h0.core_clock_hz,
         "link": {"clips": sent["clips"], "bytes": sent["bytes"], "seconds": seconds,
-                 "bytes_per_clip": _wire_bytes(h0), "baud": baud},
+                 "bytes_per_clip": _wire_bytes(h0, input_mode), "baud": baud,
+                 "window": h0.window if board_kwargs.get("windowed", True) else 1},
     }
     rates = [b.link_rate for b in boards if b.link_rate]
     if len(rates) == len(boards):
@@ -598,6 +691,12 @@ def register(subparsers):
     p.add_argument("--resume", action="store_true", help="continue the run in REPORT_DIR, skipping clips already there")
     p.add_argument("--force", action="store_true", help="evaluate even if the board's model hash differs from the card")
     p.add_argument("--no-reference", action="store_true", help="skip the host TFLM reference (no agreement metrics)")
+    p.add_argument("--input", choices=INPUT_MODES, default="features",
+                   help="features: send the host's int8 input (default); audio: stream each clip's int16 PCM "
+                        "and let the board's front end compute the input (firmware with the front end; "
+                        "the report gains a front_end section)")
+    p.add_argument("--no-input-check", action="store_true",
+                   help="with --input audio: do not read back the board's int8 input (faster; no element agreement)")
     p.add_argument("--reopen-timeout", type=float, default=30.0, metavar="S",
                    help="how long to keep reopening a port that disappeared (default %(default)s s)")
     from dsmn_host.flash import add_flash_arguments
@@ -625,7 +724,8 @@ def _cmd_eval(args):
     rep = run_eval(args.port, source=args.data or args.cache, split=args.split, limit=args.limit,
                    stratify=args.stratify, card_path=args.model_card, out_dir=args.out, resume=args.resume,
                    baud=args.baud, force=args.force, reference=not args.no_reference,
-                   reopen_timeout=args.reopen_timeout,
+                   reopen_timeout=args.reopen_timeout, input_mode=args.input,
+                   check_input=not args.no_input_check,
                    log=lambda m: print(f"eval: {m}", flush=True))
     _print_summary(rep, args.out)
 
@@ -637,6 +737,13 @@ def _print_summary(rep, out_dir):
     print(f"{rep['n_clips']} clips: accuracy {pct(rep['accuracy'])}, macro {pct(rep['macro_class_accuracy'])}, "
           f"log loss {rep['log_loss']:.3f}, 3-class {pct(rep['coarse_accuracy'])}; agreement with host int8 "
           f"top-1 {pct(rep['agreement_top1'])}, exact {pct(rep['agreement_exact'])}")
+    fe = rep.get("front_end")
+    if fe:
+        eq = fe.get("elements_equal")
+        print(f"front end: {'-' if eq is None else f'{100 * eq:.3f} %'} of input elements equal to the host's, "
+              f"max |diff| {fe.get('max_abs_lsb', '-')} LSB; top-1 vs host features path "
+              f"{pct(fe.get('top1_agreement_features'))}; {fe.get('frontend_instructions_mean') or 0:,.0f} "
+              "instructions/clip")
     tp = rep.get("throughput")
     if tp:
         print(f"throughput {tp['clips_per_s']:.3f} clips/s"

@@ -320,11 +320,12 @@ def format_report(r):
 
 
 def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="native", tflm_dir=None,
-                   out=None, jobs=2, quiet=False, ram_budget=None, plan=None):
+                   out=None, jobs=2, quiet=False, ram_budget=None, plan=None, front_end=None):
     """Render, configure and build; returns the memory report (also written to OUT/memory.json).
 
     Native runtime: the compiler picks the fastest plan whose arena fits `ram_budget` (default:
-    what the board leaves after buffers and stack), or the end `plan` names (fast / min)."""
+    what the board leaves after buffers and stack), or the end `plan` names (fast / min).
+    `front_end`: None builds the on-device front end in when the model and board allow it."""
     from dsmn_host.boards import get_board
 
     b = get_board(board)
@@ -347,6 +348,24 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
         native_report = codegen.generate(model, gen, ram_budget=ram_budget, plan=plan, board_ram=where)
         sources, includes = codegen.runtime_sources(), codegen.runtime_include_dirs()
     est_flash, est_arena, est_other = estimate(card, b, runtime, native_report)
+    # The on-device front end (audio mode): on by default for models that take its 44x256x2
+    # input; front_end=False builds features-only firmware.
+    from dsmn_host import frontend
+
+    fe_skipped = None
+    if front_end is None:  # auto: built in when the model takes its input and the board has room
+        front_end = frontend.fits_model(card)
+        if front_end:
+            try:
+                check_fits(est_flash + frontend.FLASH_ESTIMATE, est_arena,
+                           est_other + frontend.own_scratch_bytes(runtime, est_arena), b, model)
+            except DsmnError as exc:
+                front_end, fe_skipped = False, f"left out: with it, {exc}"
+    elif front_end and not frontend.fits_model(card):
+        raise DsmnError(f"{model}: input {card['input']['shape']} is not the front end's {frontend.INPUT_SHAPE}")
+    if front_end:
+        est_flash += frontend.FLASH_ESTIMATE
+        est_other += frontend.own_scratch_bytes(runtime, est_arena)
     check_fits(est_flash, est_arena, est_other, b, model)
     est_ram = est_arena + est_other
     if runtime == "tflm":
@@ -359,6 +378,7 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
                             "tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py")
 
     render(gen, card, model, b, runtime, Path(tflm_dir).resolve() if tflm_dir else None, sources, includes)
+    fe_info = frontend.render_build(gen, runtime, est_arena) if front_end else frontend.remove_build(gen)
     require_toolchain()
     build = out
     _run(["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Unix Makefiles",
@@ -373,6 +393,9 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     if native_report is not None:
         report["native"] = {k: native_report[k] for k in ("peak_activation_bytes", "flash_bytes", "plan",
                                                           "ram_budget_bytes", "estimated_instructions")}
+    report["front_end"] = fe_info or ({"skipped": fe_skipped} if fe_skipped else None)
+    if fe_skipped and not quiet:
+        print(f"front end {fe_skipped}")
     (out / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
     if not quiet:
         print(format_report(report))
@@ -383,7 +406,7 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
 def _cmd(args):
     build_firmware(tflite=args.tflite, run_dir=args.run, board=args.board, runtime=args.runtime,
                    tflm_dir=args.tflm_dir, out=args.out, jobs=args.jobs, ram_budget=args.ram_budget,
-                   plan=args.plan)
+                   plan=args.plan, front_end=False if args.no_front_end else None)
 
 
 def register(subparsers):
@@ -415,4 +438,7 @@ def register(subparsers):
                         "board's RAM minus buffers and stack. The fastest plan that fits is built")
     p.add_argument("--plan", choices=("fast", "min"),
                    help="native runtime: force the untiled (fast) or smallest-arena (min) plan")
+    p.add_argument("--no-front-end", action="store_true",
+                   help="leave out the on-device log-mel front end (features mode only; default: built in "
+                        "for models with the 44x256x2 input when it fits the board, else left out with a note)")
     p.set_defaults(func=_cmd)

@@ -1,4 +1,4 @@
-"""Protocol v1, host side (docs/protocol.md): frames, message payloads, and a `Session`.
+"""Protocol v1 (revision 2), host side (docs/protocol.md): frames, message payloads, and a `Session`.
 
 Three layers, each usable alone: `encode_frame` / `FrameParser` (bytes), `Hello` / `Result`
 payload codecs, and `Session`, which owns a serial port, does the handshake and runs
@@ -21,10 +21,16 @@ CRC = struct.Struct("<I")
 MAX_PAYLOAD = 1024
 
 HELLO, PING, PONG, ACK, NAK, INFER, RESULT, ERROR = 0x01, 0x02, 0x03, 0x06, 0x15, 0x10, 0x11, 0x7F
+AUDIO, AUDIO_RESULT, INPUT = 0x12, 0x13, 0x14
 TYPE_NAMES = {HELLO: "HELLO", PING: "PING", PONG: "PONG", ACK: "ACK", NAK: "NAK",
-              INFER: "INFER", RESULT: "RESULT", ERROR: "ERROR"}
+              INFER: "INFER", RESULT: "RESULT", ERROR: "ERROR", AUDIO: "AUDIO",
+              AUDIO_RESULT: "AUDIO_RESULT", INPUT: "INPUT"}
 ERROR_NAMES = {1: "unknown message type", 2: "bad length", 3: "message larger than the board's buffer",
-               4: "runtime failed to initialise", 5: "unsupported INFER kind"}
+               4: "runtime failed to initialise", 5: "unsupported INFER kind", 6: "no front end"}
+FLAG_WINDOWED = 0x01  # frame flags bit 0: this sender keeps several chunks in flight
+FEATURE_AUDIO = 0x01  # HELLO extension features bit 0: AUDIO and INPUT requests
+CLIP_SAMPLES = 44100
+MIN_CHUNK = 32  # the adaptive chunk size never goes below this (frame overhead 16 bytes)
 RUNTIMES = {0: "native", 1: "tflm"}
 COUNTERS = {0: "none", 1: "dwt", 2: "systick"}
 INFER_KIND_TENSOR = 0
@@ -52,11 +58,11 @@ def crc32(data):
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def encode_frame(ftype, msg_id, index, count, payload=b""):
+def encode_frame(ftype, msg_id, index, count, payload=b"", flags=0):
     payload = bytes(payload)
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"frame payload {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    head = HEADER.pack(SYNC, ftype, 0, msg_id & 0xFFFF, index, count, len(payload))
+    head = HEADER.pack(SYNC, ftype, flags, msg_id & 0xFFFF, index, count, len(payload))
     return head + payload + CRC.pack(crc32(head[2:] + payload))
 
 
@@ -133,11 +139,11 @@ class FrameParser:
         return [BAD] + self.feed(b"")
 
 
-def chunk_frames(ftype, msg_id, payload, max_chunk):
+def chunk_frames(ftype, msg_id, payload, max_chunk, flags=0):
     """The frames of one request, max_chunk payload bytes each (an empty message is one frame)."""
     payload = bytes(payload)
     pieces = [payload[i : i + max_chunk] for i in range(0, len(payload), max_chunk)] or [b""]
-    return [encode_frame(ftype, msg_id, i, len(pieces), p) for i, p in enumerate(pieces)]
+    return [encode_frame(ftype, msg_id, i, len(pieces), p, flags) for i, p in enumerate(pieces)]
 
 
 def _read_str(buf, off):
@@ -155,6 +161,7 @@ def _put_str(s):
 
 
 _HELLO_FIXED = struct.Struct("<BBBBIIHH32s" + "BB4HfiBB4Hfi")
+_HELLO_EXT = struct.Struct("<BBBBII")  # revision, window, features, 0, clip samples, scratch bytes
 
 
 @dataclass
@@ -177,6 +184,16 @@ class Hello:
     board: str
     runtime_name: str
     labels: list = field(default_factory=list)
+    # Revision 2 extension (after the labels); a v1 board has none: stop-and-wait, no audio.
+    revision: int = 1
+    window: int = 1
+    features: int = 0
+    clip_samples: int = 0
+    frontend_scratch_bytes: int = 0
+
+    @property
+    def audio(self):
+        return bool(self.features & FEATURE_AUDIO)
 
     @property
     def input_bytes(self):
@@ -206,9 +223,15 @@ class Hello:
                 labels.append(lab)
         except (IndexError, UnicodeDecodeError) as exc:
             raise ProtocolError(f"HELLO strings are truncated or not UTF-8: {exc}") from None
+        ext = {}
+        if len(payload) - off >= _HELLO_EXT.size:
+            rev, window, feats, _, clip, scratch = _HELLO_EXT.unpack_from(payload, off)
+            if rev >= 2:
+                ext = {"revision": rev, "window": max(1, window), "features": feats,
+                       "clip_samples": clip, "frontend_scratch_bytes": scratch}
         return cls(ver, RUNTIMES.get(rt, str(rt)), COUNTERS.get(ctr, str(ctr)), clock, arena, max_chunk,
                    max_msg, sha.hex(), tuple(in_dims[:in_rank]), in_scale, in_zp,
-                   tuple(out_dims[:out_rank]), out_scale, out_zp, fw, board, rt_name, labels)
+                   tuple(out_dims[:out_rank]), out_scale, out_zp, fw, board, rt_name, labels, **ext)
 
     def encode(self):
         """The payload the firmware would send (used by tests to check the C side against ours)."""
@@ -222,7 +245,11 @@ class Hello:
                                   self.input_scale, self.input_zero_point, len(self.output_shape), 1,
                                   *outd, self.output_scale, self.output_zero_point)
         tail = _put_str(self.firmware_version) + _put_str(self.board) + _put_str(self.runtime_name)
-        return fixed + tail + b"".join(_put_str(x) for x in self.labels)
+        ext = b""
+        if self.revision >= 2:
+            ext = _HELLO_EXT.pack(self.revision, self.window, self.features, 0, self.clip_samples,
+                                  self.frontend_scratch_bytes)
+        return fixed + tail + b"".join(_put_str(x) for x in self.labels) + ext
 
 
 def encode_infer(seq, data, kind=INFER_KIND_TENSOR):
@@ -251,6 +278,38 @@ class Result:
         return cls(seq, status, COUNTERS.get(ctr, str(ctr)), counter, out)
 
 
+def encode_audio(seq, pcm):
+    """AUDIO payload: u32 seq, u8 kind 0 (int16 PCM), 3 bytes 0, 44,100 little-endian int16."""
+    import numpy as np
+
+    pcm = np.asarray(pcm)
+    if pcm.shape != (CLIP_SAMPLES,):
+        raise DsmnError(f"AUDIO needs {CLIP_SAMPLES} samples (1 s at 44.1 kHz), got shape {pcm.shape}")
+    return struct.pack("<IB3x", seq & 0xFFFFFFFF, 0) + pcm.astype("<i2").tobytes()
+
+
+_AUDIO_RESULT_HEAD = struct.Struct("<IBBHQQ")
+
+
+@dataclass
+class AudioResult(Result):
+    """RESULT of an AUDIO request: `counter` is the network's, `frontend_counter` the front end's
+    (streaming transforms plus the final deltas/normalisation/quantization)."""
+
+    frontend_counter: int = 0
+
+    @classmethod
+    def decode(cls, payload):
+        if len(payload) < _AUDIO_RESULT_HEAD.size:
+            raise ProtocolError(f"AUDIO_RESULT payload is {len(payload)} bytes, shorter than its "
+                                f"{_AUDIO_RESULT_HEAD.size}-byte header")
+        seq, status, ctr, n, counter, fe = _AUDIO_RESULT_HEAD.unpack_from(payload)
+        out = bytes(payload[_AUDIO_RESULT_HEAD.size :])
+        if len(out) != n:
+            raise ProtocolError(f"AUDIO_RESULT says {n} output bytes but carries {len(out)}")
+        return cls(seq, status, COUNTERS.get(ctr, str(ctr)), counter, out, fe)
+
+
 def decode_error(payload):
     if len(payload) < 2:
         return BoardError(0, "(truncated ERROR payload)")
@@ -272,7 +331,7 @@ class Session:
     baud rate (`dsmn_host.boards.get_board(name).baud`, 921600 on the Nucleos) in `open`.
     """
 
-    def __init__(self, port, *, ack_timeout=1.0, response_timeout=60.0, retries=8, log=None):
+    def __init__(self, port, *, ack_timeout=1.0, response_timeout=60.0, retries=8, log=None, windowed=True):
         self.port = port
         if getattr(port, "timeout", None) != POLL_S:
             port.timeout = POLL_S
@@ -284,7 +343,12 @@ class Session:
         self.hello = None
         self.msg_id = 0
         self.log = log
-        self.stats = {"resent_chunks": 0, "naks_received": 0, "bad_frames": 0, "response_resends": 0}
+        self.windowed = windowed  # False: stop-and-wait even with a board that offers a window
+        self.chunk = None  # adapted chunk size (None: the board's max_chunk)
+        self.clean = 0
+        self.srtt = None
+        self.stats = {"resent_chunks": 0, "naks_received": 0, "bad_frames": 0, "response_resends": 0,
+                      "restarts": 0, "filler_bytes": 0}
 
     @classmethod
     def open(cls, url, baud=115200, *, handshake=True, boot_timeout=10.0, **kwargs):
@@ -342,56 +406,142 @@ class Session:
             self.hello = Hello.decode(frame.payload)
             raise BoardReset(f"board {self.hello.board} reset during request {msg_id} (it sent its boot HELLO)")
 
-    def request(self, ftype, payload=b""):
-        """Send one request and return the board's response Frame (ACK/NAK handled here)."""
+    # -- chunk size and window ---------------------------------------------------------------
+
+    def _rto(self):
+        """How long to wait for an ACK before going back: four smoothed round trips (chunk
+        sent -> its ACK, measured on first sends only), at least 0.2 s, never more than
+        ack_timeout. A lost last chunk or a lost NAK then costs 0.2 s, not a second."""
+        if self.srtt is None:
+            return self.ack_timeout
+        return min(self.ack_timeout, max(0.2, 4 * self.srtt))
+
+    def _max_chunk(self):
+        return self.hello.max_chunk if self.hello else 256
+
+    def _link_params(self):
+        """(chunk, window) for the next request: the board's limits, the adapted chunk size."""
+        max_chunk = self.hello.max_chunk if self.hello else 256
+        if self.chunk is None or self.chunk > max_chunk:
+            self.chunk = max_chunk
+        window = self.hello.window if (self.hello and self.windowed) else 1
+        return max(1, min(self.chunk, max_chunk)), max(1, window)
+
+    def _adapt(self, sent, failures):
+        """Shrink the chunk on a lossy line, grow it back when clean: at 1 % byte errors a
+        512-byte chunk arrives intact ~0.5 % of the time, a 64-byte one ~45 %."""
+        max_chunk = self.hello.max_chunk if self.hello else 256
+        if failures and failures * 8 > sent:
+            self.chunk = max(MIN_CHUNK, self.chunk // 2)
+            self.clean = 0
+        elif failures == 0:
+            self.clean += 1
+            if self.clean >= 4 and self.chunk < max_chunk:
+                self.chunk = min(max_chunk, self.chunk * 2)
+                self.clean = 0
+
+    def request(self, ftype, payload=b"", window=None):
+        """Send one request and return the board's response Frame (ACK/NAK handled here).
+
+        Go-back-N with cumulative ACKs: up to `window` chunks (the board's, from HELLO) are in
+        flight; an ACK of chunk i acknowledges 0..i, a NAK names the chunk the board expects
+        next and the host resends from there. A message that keeps failing is restarted under a
+        new id with half the chunk size (a streamed AUDIO restarts the front end with it)."""
+        payload = bytes(payload)
+        while True:
+            chunk, win = self._link_params()
+            if window is not None:
+                win = window
+            result = self._send(ftype, payload, chunk, win)
+            if result is not None:
+                return result
+            self.stats["restarts"] += 1
+
+    def _send(self, ftype, payload, chunk, win):
         msg_id = self._new_id()
-        chunk = self.hello.max_chunk if self.hello else 256
-        frames = chunk_frames(ftype, msg_id, payload, chunk)
+        flags = FLAG_WINDOWED if win > 1 else 0
+        frames = chunk_frames(ftype, msg_id, payload, chunk, flags)
+        name = TYPE_NAMES.get(ftype, ftype)
         response = None
-        i = 0
-        tries = 0
-        while i < len(frames) and response is None:
-            if self.log:
-                self.log(f"tx {TYPE_NAMES.get(ftype, ftype)} id={msg_id} chunk {i}/{len(frames)}")
-            self.port.write(frames[i])
-            deadline = time.monotonic() + self.ack_timeout
-            advanced = False
-            while not advanced and response is None:
-                f = self._next_frame(deadline)
+        base = nxt = 0
+        tries = sent = failures = 0
+        sent_at = {}
+        went_back = (-1, 0.0)
+        progress_at = time.monotonic()
+        while base < len(frames) and response is None:
+            while nxt < len(frames) and nxt < base + win:
+                if self.log:
+                    self.log(f"tx {name} id={msg_id} chunk {nxt}/{len(frames)}")
+                self.port.write(frames[nxt])
+                sent_at[nxt] = None if nxt in sent_at else time.monotonic()  # Karn: first sends only
+                nxt += 1
+                sent += 1
+            # Exponential backoff after timeouts: the filler and resends take time to drain.
+            f = self._next_frame(time.monotonic() + min(self.ack_timeout, self._rto() * (2 ** min(tries, 6))))
+            if f is None or (f is not BAD and f.type == NAK and len(f.payload) >= 2):
+                failures += 1
                 if f is None:
-                    break  # timeout: resend this chunk
-                if f is BAD:
-                    self.stats["bad_frames"] += 1
-                    continue
-                self._unsolicited(f, msg_id)
-                if f.type == ACK and f.msg_id == msg_id and len(f.payload) >= 2:
-                    (idx,) = struct.unpack_from("<H", f.payload)
-                    if idx == i:
-                        advanced = True
-                elif f.type == NAK and len(f.payload) >= 2:
+                    tries += 1
+                    self.stats["resent_chunks"] += nxt - base
+                    nxt = base  # timeout: go back to the oldest unacknowledged chunk
+                    # The board may be inside a "frame" whose corrupted len promised up to
+                    # max_chunk bytes, swallowing our resends: fill it up (bytes outside frames
+                    # are ignored) so its CRC fails and the resend lands on a hunting parser.
+                    if tries >= 2:  # once is more likely a slow board than a swallowing one
+                        self.port.write(bytes(self._max_chunk() + CRC.size))
+                        self.stats["filler_bytes"] += self._max_chunk() + CRC.size
+                else:
                     self.stats["naks_received"] += 1
                     (idx,) = struct.unpack_from("<H", f.payload)
-                    # The board says which chunk it wants next: of this message (it may already
-                    # hold the one whose ACK we lost), or of another one (start over).
-                    new_i = idx if f.msg_id == msg_id and idx <= len(frames) else 0
-                    if new_i > i:
-                        tries = 0
-                    i = new_i
-                    break
-                elif f.msg_id == msg_id and f.type not in (ACK, NAK):
-                    response = f  # overtook the last ACK
-            if advanced:
-                i += 1
-                tries = 0
-            elif response is None:
-                tries += 1
-                self.stats["resent_chunks"] += 1
-                if tries > self.retries:
-                    raise ProtocolError(f"{TYPE_NAMES.get(ftype, ftype)} chunk {i}/{len(frames)}: "
-                                        f"no ACK after {self.retries} resends")
+                    # The chunk the board wants next: of this message (it may already hold ones
+                    # whose ACK we lost), or of another one (start over).
+                    if f.msg_id == msg_id and idx <= len(frames):
+                        if went_back[0] == idx and time.monotonic() - went_back[1] < self._rto():
+                            continue  # set off by chunks sent before we went back to idx
+                        if idx > base:
+                            base, tries, progress_at = idx, 0, time.monotonic()
+                        else:
+                            tries += 1
+                        self.stats["resent_chunks"] += max(0, nxt - idx)
+                        nxt = idx
+                        went_back = (idx, time.monotonic())
+                    else:
+                        self.stats["resent_chunks"] += nxt
+                        base = nxt = 0
+                        tries += 1
+                if chunk > MIN_CHUNK and (tries >= 3 or (failures >= 8 and failures * 2 > base + 1)):
+                    # Hopeless at this size: restart the message (new id) with half the chunk.
+                    self.chunk = max(MIN_CHUNK, chunk // 2)
+                    self.clean = 0
+                    return None
+                # Give up after `retries` resends without progress that also took at least
+                # `retries` ACK timeouts (short adaptive timeouts must not make it hastier).
+                if tries > self.retries and time.monotonic() - progress_at > self.retries * self.ack_timeout:
+                    raise ProtocolError(f"{name} chunk {base}/{len(frames)}: no ACK after {self.retries} resends")
+                continue
+            if f is BAD:
+                self.stats["bad_frames"] += 1
+                continue
+            self._unsolicited(f, msg_id)
+            if f.type == ACK and f.msg_id == msg_id and len(f.payload) >= 2:
+                (idx,) = struct.unpack_from("<H", f.payload)
+                if base <= idx < len(frames):
+                    if sent_at.get(idx) is not None:
+                        sample = time.monotonic() - sent_at[idx]
+                        self.srtt = sample if self.srtt is None else 0.875 * self.srtt + 0.125 * sample
+                    base, tries, progress_at = idx + 1, 0, time.monotonic()
+                    nxt = max(nxt, base)
+            elif f.msg_id == msg_id and f.type not in (ACK, NAK):
+                response = f  # overtook the last ACK
+        self._adapt(sent, failures)
         tries = 0
+        # A lost response is asked for again (NAK) after `probe` seconds, not after the whole
+        # response timeout: while the board still computes, the NAK waits in its UART ring and
+        # only makes it resend its previous response, which carries another id and is ignored.
+        probe = min(self.response_timeout, max(1.0, 4 * self.ack_timeout))
+        give_up = time.monotonic() + self.response_timeout
         while response is None:
-            deadline = time.monotonic() + self.response_timeout
+            deadline = time.monotonic() + probe
             f = self._next_frame(deadline)
             if f is not None and f is not BAD:
                 self._unsolicited(f, msg_id)
@@ -401,9 +551,9 @@ class Session:
             if f is BAD:
                 self.stats["bad_frames"] += 1
             tries += 1
-            if tries > self.retries:
-                raise ProtocolError(f"no response to {TYPE_NAMES.get(ftype, ftype)} (msg {msg_id}) "
-                                    f"after {self.retries} NAKs")
+            # A long response (HELLO) on a lossy line needs more asks than a chunk does.
+            if tries > 4 * self.retries and time.monotonic() > give_up:
+                raise ProtocolError(f"no response to {name} (msg {msg_id}) after {4 * self.retries} NAKs")
             self.stats["response_resends"] += 1
             self.port.write(encode_frame(NAK, msg_id, 0, 1))
         if response.type == ERROR:
@@ -447,9 +597,11 @@ class Session:
         self.hello = Hello.decode(self.request(HELLO).payload)
         return self.hello
 
-    def ping(self, payload):
-        """Send payload, return (length, crc32) the board computed over what it received."""
-        f = self.request(PING, payload)
+    def ping(self, payload, window=None):
+        """Send payload, return (length, crc32) the board computed over what it received.
+        `window` overrides the board's (a PING with many chunks in flight measures what the
+        line itself carries: the link's limit)."""
+        f = self.request(PING, payload, window=window)
         if f.type != PONG or len(f.payload) != 8:
             raise ProtocolError(f"expected an 8-byte PONG, got {f.name} of {len(f.payload)} bytes")
         n, crc = struct.unpack("<II", f.payload)
@@ -471,3 +623,33 @@ class Session:
         if r.seq != seq & 0xFFFFFFFF:
             raise ProtocolError(f"RESULT for seq {r.seq}, asked for {seq}")
         return r
+
+    def audio(self, seq, pcm):
+        """Stream one clip's int16 PCM (44,100 samples) through the board's front end and
+        network; returns an AudioResult (network and front-end counters separately)."""
+        if self.hello is not None and not self.hello.audio:
+            raise DsmnError(f"board {self.hello.board} has no on-device front end (firmware built "
+                            "without it, or its scratch does not fit); use features input")
+        f = self.request(AUDIO, encode_audio(seq, pcm))
+        if f.type != AUDIO_RESULT:
+            raise ProtocolError(f"expected AUDIO_RESULT, got {f.name}")
+        r = AudioResult.decode(f.payload)
+        if r.seq != seq & 0xFFFFFFFF:
+            raise ProtocolError(f"AUDIO_RESULT for seq {r.seq}, asked for {seq}")
+        return r
+
+    def read_input(self):
+        """The int8 input the board's front end computed for the last AUDIO (bytes), read in
+        pieces of the current chunk size so a lossy line shrinks them too."""
+        total = self.hello.input_bytes
+        out = bytearray()
+        while len(out) < total:
+            n = min(self._link_params()[0], MAX_PAYLOAD - 6, total - len(out))
+            f = self.request(INPUT, struct.pack("<IH", len(out), n))
+            if f.type != INPUT or len(f.payload) < 6:
+                raise ProtocolError(f"expected INPUT, got {f.name} of {len(f.payload)} bytes")
+            off, got = struct.unpack_from("<IH", f.payload)
+            if off != len(out) or got != len(f.payload) - 6 or got == 0:
+                raise ProtocolError(f"INPUT piece at {off} of {got} bytes, asked for {len(out)} (+{n})")
+            out += f.payload[6:]
+        return bytes(out)

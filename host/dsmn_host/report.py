@@ -137,8 +137,63 @@ def compute_report(results, meta=None) -> dict:
     report.update(_agreement(results, out))
     report["latency"] = _latency(results, meta.get("clock_hz"))
     report["throughput"] = _throughput(meta.get("link"), len(results))
+    fe = _front_end(results, meta.get("clock_hz"), n_scenes)
+    if fe is not None:
+        report["front_end"] = fe
     report["run"] = {k: v for k, v in meta.items() if k != "link"}
     return report
+
+
+def _front_end(results, clock_hz, n_scenes):
+    """Audio mode: the board's front end against the host's, over all clips and per clip.
+
+    elements_equal is over every int8 input element of every clip whose input was read back;
+    top1_agreement_features compares the board's top-1 with the host-features path (the cached
+    features of the original clip through the host int8 model)."""
+    audio = [r for r in results if r.get("input") == "audio"]
+    if not audio:
+        return None
+    checked = [r for r in audio if r.get("input_elements")]
+    n_el = sum(r["input_elements"] for r in checked)
+    out = {
+        "n_clips": len(audio),
+        "n_clips_input_checked": len(checked),
+        "elements": n_el,
+        "elements_equal": (sum(r["input_elements_equal"] * r["input_elements"] for r in checked) / n_el
+                           if n_el else None),
+        "max_abs_lsb": max((r["input_max_abs_lsb"] for r in checked), default=None),
+    }
+    with_feat = [r for r in audio if r.get("features_host_output") is not None]
+    out["top1_agreement_features"] = (
+        sum(_argmax(r["output"][:n_scenes]) == _argmax(r["features_host_output"][:n_scenes]) for r in with_feat)
+        / len(with_feat) if with_feat else None)
+    for key in ("frontend_instructions", "frontend_cycles"):
+        vals = [r[key] for r in audio if r.get(key) is not None]
+        if vals:
+            out[key + "_mean"] = float(sum(vals) / len(vals))
+            out[key + "_max"] = int(max(vals))
+    net = [r.get("instructions", r.get("cycles")) for r in audio]
+    fe = [r.get("frontend_instructions", r.get("frontend_cycles")) for r in audio]
+    if clock_hz and all(v is not None for v in net + fe):
+        # seconds of compute per 1 s clip at the board's clock, counting one instruction (or
+        # cycle) per clock tick: < 1 is faster than real time
+        out["real_time_factor"] = float(sum(a + b for a, b in zip(net, fe)) / len(audio) / clock_hz)
+    out["per_clip"] = [{
+        "filename": r["filename"],
+        "elements_equal": r.get("input_elements_equal"),
+        "max_abs_lsb": r.get("input_max_abs_lsb"),
+        "top1_agrees_features": (None if r.get("features_host_output") is None else
+                                 _argmax(r["output"][:n_scenes]) == _argmax(r["features_host_output"][:n_scenes])),
+        "frontend_counter": r.get("frontend_counter"),
+        "frontend_instructions": r.get("frontend_instructions"),
+        "network_instructions": r.get("instructions"),
+        "network_cycles": r.get("cycles"),
+    } for r in audio]
+    return out
+
+
+def _argmax(v):
+    return max(range(len(v)), key=lambda i: (v[i], -i))
 
 
 def _device_order(dev):
@@ -263,6 +318,15 @@ def render_markdown(report) -> str:
                 s += f" = {tp['limit_clips_per_s']:.3f} clips/s"
             s += ")"
         lines.append(f"| throughput | {s} |")
+    fe = r.get("front_end")
+    if fe:
+        lines.append(f"| front end: input elements equal to host | {_fmt(fe['elements_equal'], True)} "
+                     f"(max {fe['max_abs_lsb']} LSB, {fe['n_clips_input_checked']} clips) |")
+        lines.append(f"| front end: top-1 = host features path | {_fmt(fe['top1_agreement_features'], True)} |")
+        if "frontend_instructions_mean" in fe:
+            lines.append(f"| front end: instructions / clip (mean) | {fe['frontend_instructions_mean']:,.0f} |")
+        if "real_time_factor" in fe:
+            lines.append(f"| real-time factor (front end + network, 1 s clip) | {fe['real_time_factor']:.3f} |")
     lines += ["", "## Per device", "", "| device | clips | accuracy | log loss |", "|---|---|---|---|"]
     for dev, e in r["per_device"].items():
         lines.append(f"| {dev} | {e['n']} | {_fmt(e['accuracy'], True)} | {_fmt(e['log_loss'])} |")

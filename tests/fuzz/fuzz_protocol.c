@@ -35,19 +35,46 @@ static void sink(void *ctx, const uint8_t *data, size_t n)
     out_bytes += n;
 }
 
+/* Streamed messages (type 0x12, AUDIO): the sink must see each in-order byte exactly once,
+ * after a start, and never more bytes than the message claims. */
+#define STREAM_HEAD 8u
+static size_t streamed, stream_starts;
+
+static void stream_sink(void *ctx, int start, const uint8_t *data, size_t n)
+{
+    (void)ctx;
+    if (start) {
+        if (data != NULL || n != 0)
+            abort();
+        streamed = 0;
+        stream_starts++;
+        return;
+    }
+    if (stream_starts == 0 || data == NULL || n == 0 || n > MAX_CHUNK)
+        abort();
+    streamed += n;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     proto_link_t link;
     proto_link_init(&link, sink, NULL, frame_buf, MAX_CHUNK, msg_buf, sizeof msg_buf, resp_buf,
                     sizeof resp_buf);
+    proto_link_stream(&link, PROTO_AUDIO, STREAM_HEAD, stream_sink, NULL);
     proto_parser_init(&out_parser, out_buf, PROTO_MAX_PAYLOAD);
     out_bytes = out_frames = 0;
+    streamed = stream_starts = 0;
     for (size_t i = 0; i < size; i++) {
         proto_msg_t m;
         if (!proto_link_feed(&link, data[i], &m))
             continue;
-        if (m.len > MSG_CAP || m.data != msg_buf)
+        if (m.type == PROTO_AUDIO) {
+            /* head in msg, the rest streamed: together exactly the message's length */
+            if (m.data != msg_buf || m.too_large || streamed + (m.len < STREAM_HEAD ? m.len : STREAM_HEAD) != m.len)
+                abort();
+        } else if (m.len > MSG_CAP || m.data != msg_buf) {
             abort();
+        }
         uint8_t reply[8];
         proto_put_u32(reply, (uint32_t)m.len);
         proto_put_u32(reply + 4, proto_crc32(m.data, m.len));

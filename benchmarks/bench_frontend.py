@@ -1,0 +1,184 @@
+"""On-device front end and audio mode: instructions per clip, RAM of both modes per board, link
+utilisation of stop-and-wait against the windowed link, and the real-time factor per board clock.
+
+    python3 benchmarks/bench_frontend.py --data DATA_OR_CACHE [--tflite M] [--clips 2] [--out F.json]
+
+- Instructions: the AUDIO_RESULT counters on QEMU (-icount shift=0: SysTick ticks once per
+  1e9/clock instructions), front end and network separately, on each QEMU board.
+- RAM: build-firmware's linker-map totals with and without the front end (--no-front-end) for
+  every board of boards.BOARDS; a board the model does not fit is recorded with the reason.
+- Link: `dsmn-host eval` on qemu-an386, features and audio mode, stop-and-wait (windowed=False)
+  and windowed, against the link's limit: the best of a PING of one input's size with the
+  board's window and with 32 chunks in flight. Wall-clock: the machine was shared and loaded.
+- Real-time factor: (front end + network instructions) / clock for a 1 s clip, counting one
+  instruction per clock (Cortex-M4 flash wait states and multi-cycle FP ops make real cycles
+  somewhat higher; DWT on hardware measures them).
+Writes benchmarks/results/frontend.json; prints the README table.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QEMU_BOARDS = ("qemu-an386",)  # instructions measured here; other boards' factors use these counts
+RAM_BOARDS = ("qemu-an386", "qemu-an547", "qemu-stm32f405", "nucleo-f446re", "nucleo-h743zi2")
+
+
+def native_agreement(cache, split, scale, zero_point, work):
+    """The front end's C (host build, same sources and flags) on every clip of the split against
+    dsmn_host.features on the same int16 samples."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import numpy as np
+    from frontend_support import build_native, run_native
+
+    from dsmn_host import evaluate, frontend
+
+    rows = [int(r) for r in cache.indices(split)]
+    pcms = [evaluate.clip_pcm(cache, r) for r in rows]
+    board = run_native(build_native(work / "native"), pcms, scale, zero_point)
+    host = np.stack([frontend.reference_input(p, scale, zero_point) for p in pcms])
+    c = frontend.compare(board, host)
+    c["clips"] = len(rows)
+    c["split"] = split
+    c["min_clip_elements_equal"] = min(frontend.compare(board[i], host[i])["elements_equal"] for i in range(len(rows)))
+    return c
+
+
+def ram_per_board(tflite, work):
+    from dsmn_host.errors import DsmnError
+    from dsmn_host.firmware import build_firmware
+
+    out = {}
+    for name in RAM_BOARDS:
+        entry = {}
+        for mode, fe in (("features", False), ("audio", None)):
+            try:
+                r = build_firmware(tflite=tflite, board=name, out=work / f"{name}-{mode}", quiet=True, front_end=fe)
+                entry[mode] = {"ram_bytes": r["ram_bytes"], "flash_bytes": r["flash_bytes"], "elf": r["elf"],
+                               "board_ram_bytes": r["board_ram_bytes"]}
+            except DsmnError as exc:
+                entry[mode] = {"error": str(exc).splitlines()[0][:300]}
+        if "ram_bytes" in entry["features"] and "ram_bytes" in entry["audio"]:
+            entry["audio_adds_ram_bytes"] = entry["audio"]["ram_bytes"] - entry["features"]["ram_bytes"]
+            entry["audio_adds_flash_bytes"] = entry["audio"]["flash_bytes"] - entry["features"]["flash_bytes"]
+        out[name] = entry
+        print(f"{name}: {json.dumps({k: v for k, v in entry.items()})[:300]}", file=sys.stderr, flush=True)
+    return out
+
+
+def instructions(elf, board, pcm):
+    from dsmn_host import protocol
+    from dsmn_host.emulate import Emulator
+
+    with Emulator(elf, board=board) as emu, protocol.Session.open(emu.url, response_timeout=600) as s:
+        r = s.audio(0, pcm)
+        k = 1e9 / s.hello.core_clock_hz
+        return {"frontend_instructions": round(r.frontend_counter * k), "network_instructions": round(r.counter * k),
+                "clock_hz": s.hello.core_clock_hz}
+
+
+def link_runs(elf, tflite, data, clips, work):
+    from dsmn_host import evaluate
+    from dsmn_host.emulate import Emulator
+    from dsmn_host.modelcard import card_paths
+
+    out = {}
+    with Emulator(elf) as emu:
+        from dsmn_host import protocol
+
+        with protocol.Session.open(emu.url) as s:
+            payload = bytes((i * 37) & 0xFF for i in range(s.hello.max_message))
+            rates = {}
+            for label, window in (("board_window", None), ("32_in_flight", evaluate.LIMIT_WINDOW), ("stop_and_wait", 1)):
+                best = 0
+                for _ in range(2):
+                    t = time.monotonic()
+                    s.ping(payload, window=window)
+                    best = max(best, len(payload) / (time.monotonic() - t))
+                rates[label] = best
+        limit = max(rates["board_window"], rates["32_in_flight"])
+        out["ping_bytes_per_s"] = rates
+        out["limit_bytes_per_s"] = limit
+        for mode in ("features", "audio"):
+            for windowed in (False, True):
+                d = work / f"eval-{mode}-{'win' if windowed else 'saw'}"
+                rep = evaluate.run_eval([emu.url], source=data, limit=clips, stratify=True,
+                                        card_path=card_paths(tflite)["json"], out_dir=d, baud=115200,
+                                        log=lambda m: None, input_mode=mode, check_input=False,
+                                        windowed=windowed)
+                tp = rep["throughput"]
+                key = f"{mode}_{'windowed' if windowed else 'stop_and_wait'}"
+                out[key] = {"clips": tp["clips"], "bytes_per_s": tp["bytes_per_s"],
+                            "utilisation": tp["bytes_per_s"] / limit, "agreement_exact": rep["agreement_exact"]}
+                print(f"{key}: {out[key]}", file=sys.stderr, flush=True)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tflite", help="int8 model (default: the shipped models/model1)")
+    ap.add_argument("--data", required=True, help="TAU22-layout data directory or its feature cache")
+    ap.add_argument("--clips", type=int, default=2, help="clips per eval run (default 2)")
+    ap.add_argument("--skip-ram", action="store_true", help="do not build for every board")
+    ap.add_argument("--only-agreement", action="store_true",
+                    help="only the host-build element agreement over the evaluate split (merged into --out)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frontend.json"))
+    args = ap.parse_args(argv)
+
+    from dsmn_host import evaluate, features
+    from dsmn_host.boards import BOARDS
+    from dsmn_host.firmware import DEFAULT_MODEL
+
+    tflite = Path(args.tflite or DEFAULT_MODEL)
+    work = Path(tempfile.mkdtemp(prefix="bench_frontend_"))
+    cache = features.open_features(args.data)
+    clips = evaluate.select_clips(cache, limit=1)
+    pcm = evaluate.clip_pcm(cache, clips.rows[0])
+    result = {"benchmark": "frontend", "model": str(tflite), "clip": clips.filename[clips.rows[0]],
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "host": {"python": platform.python_version(), "machine": platform.machine(),
+                       "note": "wall-clock rates were measured on a shared, loaded 2-core machine"}}
+    card = json.loads(Path(str(tflite).replace(".tflite", ".card.json")).read_text())
+    agreement = native_agreement(cache, "fold1_evaluate", card["input"]["scale"], card["input"]["zero_point"], work)
+    print("agreement", agreement, file=sys.stderr, flush=True)
+    if args.only_agreement:
+        out = Path(args.out)
+        old = json.loads(out.read_text()) if out.is_file() else {}
+        old["agreement_evaluate_split"] = agreement
+        out.write_text(json.dumps(old, indent=1) + "\n")
+        return
+    result["agreement_evaluate_split"] = agreement
+    ram = ram_per_board(tflite, work) if not args.skip_ram else {}
+    result["boards"] = {k: {m: {kk: vv for kk, vv in v.items() if kk != "elf"} if isinstance(v, dict) else v
+                            for m, v in e.items()} for k, e in ram.items()}
+    result["instructions"] = {}
+    for name in QEMU_BOARDS:
+        elf = ram.get(name, {}).get("audio", {}).get("elf")
+        if elf:
+            result["instructions"][name] = instructions(elf, name, pcm)
+            print(name, result["instructions"][name], file=sys.stderr, flush=True)
+    m4 = result["instructions"].get("qemu-an386")
+    if m4:
+        per_clip = m4["frontend_instructions"] + m4["network_instructions"]
+        result["real_time_factor"] = {
+            name: {"clock_hz": BOARDS[name].clock_hz,
+                   "instructions_from": name if name in result["instructions"] else "qemu-an386",
+                   "factor": (sum(result["instructions"][name][k] for k in ("frontend_instructions", "network_instructions"))
+                              if name in result["instructions"] else per_clip) / BOARDS[name].clock_hz}
+            for name in BOARDS}
+    an386 = ram.get("qemu-an386", {}).get("audio", {}).get("elf")
+    if an386:
+        result["link"] = link_runs(an386, tflite, cache.path, args.clips, work)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The on-device front end (firmware/frontend) against the host's (dsmn_host.features).
+
+The C code is compiled here for the host with the same CMSIS-DSP sources and flags as the
+firmware (tests/frontend_harness.c), so every clip of the synthetic evaluate split is checked
+in well under a second; tests/test_eval_qemu.py checks the board's own bytes over the link.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dsmn_host import frontend
+
+SCALE, ZP = 0.04637303948402405, 0  # the shipped model1's input quantization
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="needs a host C compiler")
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    from frontend_support import build_native
+
+    return build_native(tmp_path_factory.mktemp("frontend-native"))
+
+
+def _check(native, pcms):
+    from frontend_support import run_native
+
+    board = run_native(native, pcms, SCALE, ZP)
+    host = np.stack([frontend.reference_input(p, SCALE, ZP) for p in pcms])
+    return board, host
+
+
+def test_synthetic_evaluate_split_matches_host(native, synth_data_dir):
+    from dsmn_host import tau
+
+    clips = tau.read_split(synth_data_dir, "evaluate")
+    pcms = [frontend.to_pcm16(tau.load_wav(c.path)) for c in clips]
+    board, host = _check(native, pcms)
+    overall = frontend.compare(board, host)
+    assert overall["elements"] == len(clips) * 44 * 256 * 2
+    assert overall["elements_equal"] >= 0.999 and overall["max_abs_lsb"] <= 1, overall
+    for i in range(len(pcms)):
+        assert frontend.compare(board[i], host[i])["elements_equal"] >= 0.999
+
+
+@pytest.mark.parametrize("name", ["silence", "white_noise", "clipping", "click"])
+def test_odd_sounds_match_host(native, name):
+    from frontend_support import odd_sounds
+
+    board, host = _check(native, [odd_sounds()[name]])
+    c = frontend.compare(board, host)
+    assert c["elements_equal"] >= 0.999 and c["max_abs_lsb"] <= 1, c
+
+
+def test_full_scale_sine_within_one_lsb(native):
+    from frontend_support import odd_sounds
+
+    board, host = _check(native, [odd_sounds()["sine_full_scale"]])
+    assert frontend.compare(board, host)["max_abs_lsb"] <= 1
+
+
+@pytest.mark.xfail(strict=True, reason="measured 98.98 % equal (max 1 LSB): a pure tone leaves the low "
+                   "bands at the int16 noise floor, ~1e-9 of the frame's energy, where float32 FFT "
+                   "rounding (CMSIS-DSP and numpy's float32 FFT alike) moves log10 by ~0.01")
+def test_full_scale_sine_999_equal(native):
+    from frontend_support import odd_sounds
+
+    board, host = _check(native, [odd_sounds()["sine_full_scale"]])
+    assert frontend.compare(board, host)["elements_equal"] >= 0.999
+
+
+def test_streaming_split_does_not_matter(native):
+    """The harness pushes each clip in a different piece pattern; the same clip twice (pattern
+    offset by one) gives the same bytes, so frames do not depend on where chunks split."""
+    from frontend_support import odd_sounds, run_native
+
+    noise = odd_sounds()["white_noise"]
+    out = run_native(native, [noise, noise, noise], SCALE, ZP)
+    assert (out[0] == out[1]).all() and (out[1] == out[2]).all()
+
+
+def test_tables_come_from_features(tmp_path):
+    """The generated tables are features' filterbank and window, bit for bit."""
+    from dsmn_host import features
+
+    ctx = frontend.table_context()
+    fb = features.mel_filterbank()
+    w = np.array([float.fromhex(v[:-1]) for v in ctx["weights"]], dtype=np.float32)
+    for m in (0, 17, 128, 255):
+        a, n, o = ctx["first_bin"][m], ctx["nbins"][m], ctx["offset"][m]
+        assert (w[o:o + n] == fb[m, a:a + n]).all() and not fb[m, :a].any() and not fb[m, a + n:].any()
+    assert sum(ctx["nbins"]) == np.count_nonzero(fb)
+    path = frontend.render_tables(tmp_path)
+    assert path.read_text().count("0x") > 4000
+
+
+def test_missing_cmsis_dsp_is_one_clear_error(monkeypatch, tmp_path):
+    from dsmn_host.errors import DsmnError
+
+    monkeypatch.setenv("DSMN_CMSISDSP_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DsmnError, match="CMSIS-DSP 1.10.3 sources not there.*bootstrap"):
+        frontend.cmsis_dsp_dir()
+
+
+# ----------------------------------------------------------------------------------------------
+# On the board: qemu-an386 running the shipped model1 with the front end in its arena
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                                reason="needs qemu-system-arm and arm-none-eabi-gcc (scripts/bootstrap.sh)")
+N_AUDIO_CLIPS = 2
+
+
+@pytest.fixture(scope="module")
+def audio_fw(tmp_path_factory):
+    from dsmn_host.firmware import DEFAULT_MODEL, build_firmware
+    from dsmn_host.modelcard import card_paths
+
+    rep = build_firmware(out=tmp_path_factory.mktemp("fw-audio"), quiet=True)
+    return {"report": rep, "elf": rep["elf"], "card": card_paths(DEFAULT_MODEL)["json"]}
+
+
+@pytest.fixture(scope="module")
+def audio_run(audio_fw, feature_cache_dir, tmp_path_factory):
+    from dsmn_host import evaluate
+    from dsmn_host.emulate import Emulator
+
+    out = tmp_path_factory.mktemp("eval-audio")
+    with Emulator(audio_fw["elf"]) as emu:
+        rep = evaluate.run_eval([emu.url], source=feature_cache_dir, limit=N_AUDIO_CLIPS, stratify=True,
+                                card_path=audio_fw["card"], out_dir=out, baud=115200, log=lambda m: None,
+                                input_mode="audio")
+    return out, rep
+
+
+@needs_qemu
+def test_front_end_shares_the_arena(audio_fw):
+    fe = audio_fw["report"]["front_end"]
+    assert fe["scratch"] == "network arena" and fe["own_scratch_bytes"] == 0
+    assert audio_fw["report"]["flash_bytes"] <= audio_fw["report"]["estimate"]["flash_bytes"]
+
+
+@needs_qemu
+def test_audio_eval_board_input_equals_host(audio_run):
+    out, rep = audio_run
+    fe = rep["front_end"]
+    assert fe["n_clips"] == fe["n_clips_input_checked"] == N_AUDIO_CLIPS
+    assert fe["elements"] == N_AUDIO_CLIPS * 44 * 256 * 2
+    assert fe["elements_equal"] >= 0.999 and fe["max_abs_lsb"] <= 1
+    assert all(c["elements_equal"] >= 0.999 for c in fe["per_clip"])
+    # the network on the board's input vs the host model on the host's input from the same samples
+    assert rep["agreement_top1"] == 1.0
+    assert fe["top1_agreement_features"] is not None
+    for c in fe["per_clip"]:
+        assert 1e6 < c["frontend_instructions"] < 40e6 and c["network_instructions"] > 1e6
+    assert fe["real_time_factor"] > 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["input"] == "audio" and run["link"]["bytes_per_clip"] == 8 + 88200
+    md = (out / "report.md").read_text()
+    assert "front end: input elements equal to host" in md
+
+
+@needs_qemu
+def test_odd_sounds_on_the_board(audio_fw):
+    from frontend_support import odd_sounds
+
+    from dsmn_host import protocol
+    from dsmn_host.emulate import Emulator
+
+    sounds = odd_sounds()
+    with Emulator(audio_fw["elf"]) as emu, protocol.Session.open(emu.url, response_timeout=300) as s:
+        assert s.hello.audio and s.hello.window > 1 and s.hello.revision == 2
+        for name in ("click",):  # silence and the rest: natively, above
+            r = s.audio(5, sounds[name])
+            assert r.status == 0 and r.frontend_counter > 0
+            board = np.frombuffer(s.read_input(), dtype=np.int8).reshape(44, 256, 2)
+            c = frontend.compare(board, frontend.reference_input(sounds[name], s.hello.input_scale,
+                                                                 s.hello.input_zero_point))
+            assert c["elements_equal"] >= 0.999 and c["max_abs_lsb"] <= 1, (name, c)
+        with pytest.raises(protocol.DsmnError, match="44100 samples"):
+            s.audio(6, sounds["click"][:1000])
+
+
+@needs_qemu
+def test_windowed_link_under_uniform_byte_errors(audio_fw):
+    """1 % of bytes dropped or corrupted, uniformly, both ways: the chunk size shrinks and the
+    board still receives every byte (PONG's length and CRC); a stop-and-wait (v1-style) host
+    and the windowed one get the same RESULT from the revision-2 board."""
+    from faultrelay import FaultRelay
+
+    from dsmn_host import protocol
+    from dsmn_host.emulate import Emulator
+
+    x = np.random.default_rng(0).integers(-128, 128, (44, 256, 2)).astype(np.int8)
+    with Emulator(audio_fw["elf"]) as emu:
+        with protocol.Session.open(emu.url, response_timeout=120) as s:
+            windowed = s.infer(1, x)
+        with protocol.Session.open(emu.url, response_timeout=120, windowed=False) as s:
+            saw = s.infer(1, x)
+        assert saw.output == windowed.output
+        with FaultRelay(emu.url, rate=0.01, max_burst=1, seed=5) as relay, \
+                protocol.Session.open(relay.port, ack_timeout=0.3, boot_timeout=60) as s:
+            payload = bytes((i * 41) & 0xFF for i in range(4096))
+            assert s.ping(payload) == (len(payload), protocol.crc32(payload))
+            stats = dict(relay.stats)
+            assert s.chunk < s.hello.max_chunk and s.stats["restarts"] > 0
+    assert stats["dropped"] > 0 and stats["corrupted"] > 0
+    assert 0.005 < (stats["dropped"] + stats["corrupted"]) / (stats["to_board"] + stats["to_host"]) < 0.02

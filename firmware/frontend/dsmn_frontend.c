@@ -154,7 +154,7 @@ static const float *channel_row(const float *logmel, uint32_t c, uint32_t m, flo
     return row;
 }
 
-/* Round half away from zero and saturate: TFLite's QUANTIZE, as evaluate.quantize does it. */
+/* Round half away from zero and saturate: TFLite's QUANTIZE, as int8io.quantize does it. */
 static int8_t quantize(float x, float scale, int32_t zp)
 {
     float v = x / scale;

@@ -178,11 +178,11 @@ def pcm16_to_wave(pcm) -> np.ndarray:
 def reference_input(pcm, scale, zero_point) -> np.ndarray:
     """The int8 (44, 256, 2) input the board must compute from these int16 samples: the host
     front end (`features.logmel`) on exactly the same samples, quantized by the one host
-    quantizer (evaluate.prepare_input -> evaluate.quantize; when the single int8 I/O module
-    lands, this call and the C side's quantize() follow it)."""
-    from dsmn_host import evaluate, features
+    quantizer (int8io.prepare_input -> int8io.quantize, TFLite's QUANTIZE rounding, which the
+    C side's quantize() mirrors)."""
+    from dsmn_host import features, int8io
 
-    return evaluate.prepare_input(features.logmel(pcm16_to_wave(pcm)), scale, zero_point)
+    return int8io.prepare_input(features.logmel(pcm16_to_wave(pcm)), scale, zero_point)
 
 
 def compare(board, host) -> dict:

@@ -367,12 +367,24 @@ def _record(clips, row, result, host_out, hello, audio=None):
         rec["host_output"] = host_out
     if result.counter_kind == "dwt":
         rec["cycles"] = int(result.counter)
-    elif result.counter_kind == "systick" and hello.core_clock_hz:
+    elif result.counter_kind == "systick" and systick_hz(hello):
         # docs/protocol.md: under QEMU -icount shift=0 SysTick ticks once per 1e9/clock instructions
-        rec["instructions"] = int(round(result.counter * 1e9 / hello.core_clock_hz))
+        rec["instructions"] = int(round(result.counter * 1e9 / systick_hz(hello)))
     if audio is not None:
         rec.update(_audio_fields(result, hello, audio))
     return rec
+
+
+def systick_hz(hello):
+    """The clock SysTick counted: on an emulated board QEMU's machine clock (netduinoplus2's
+    firmware never sees its PLL lock under QEMU and reports 16 MHz, while QEMU's SysTick runs at
+    168 MHz), else the core clock the board reports."""
+    from dsmn_host.boards import BOARDS
+
+    b = BOARDS.get(hello.board)
+    if b is not None and b.qemu_machine and b.qemu_cpu_hz:
+        return b.qemu_cpu_hz
+    return hello.core_clock_hz
 
 
 def _audio_fields(result, hello, audio):
@@ -386,8 +398,8 @@ def _audio_fields(result, hello, audio):
     rec = {"input": "audio", "frontend_counter": int(result.frontend_counter)}
     if result.counter_kind == "dwt":
         rec["frontend_cycles"] = int(result.frontend_counter)
-    elif result.counter_kind == "systick" and hello.core_clock_hz:
-        rec["frontend_instructions"] = int(round(result.frontend_counter * 1e9 / hello.core_clock_hz))
+    elif result.counter_kind == "systick" and systick_hz(hello):
+        rec["frontend_instructions"] = int(round(result.frontend_counter * 1e9 / systick_hz(hello)))
     if board_input is not None:
         c = frontend.compare(np.frombuffer(board_input, dtype=np.int8).reshape(q_host.shape), q_host)
         rec["input_elements"] = c["elements"]

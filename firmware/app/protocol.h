@@ -33,6 +33,7 @@ enum proto_error_code {
     PROTO_ERR_TOO_LARGE = 3,
     PROTO_ERR_RUNTIME_INIT = 4,
     PROTO_ERR_BAD_KIND = 5,
+    PROTO_ERR_RUNTIME_INVOKE = 6,
 };
 
 uint32_t proto_crc32_update(uint32_t crc, const uint8_t *data, size_t n);

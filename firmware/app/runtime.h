@@ -12,6 +12,9 @@ extern "C" {
 int runtime_init(void);                                  /* 0 on success */
 int runtime_invoke(const int8_t *input, int8_t *output); /* 0 on success */
 uint32_t runtime_arena_bytes(void);
+/* What the last failed runtime_init/runtime_invoke said (e.g. TFLM's stage and TfLiteStatus),
+ * for the protocol's ERROR text; "" when there is nothing to add. */
+const char *runtime_error_text(void);
 
 #ifdef __cplusplus
 }

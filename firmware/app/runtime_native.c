@@ -9,3 +9,5 @@ int runtime_init(void) { return 0; }
 int runtime_invoke(const int8_t *input, int8_t *output) { return dsmn_invoke(input, output); }
 
 uint32_t runtime_arena_bytes(void) { return (uint32_t)DSMN_ARENA_BYTES; }
+
+const char *runtime_error_text(void) { return ""; }

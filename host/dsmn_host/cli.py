@@ -25,6 +25,7 @@ STAGE_MODULES = [
     "dsmn_host.verify",
     "dsmn_host.codegen",
     "dsmn_host.firmware",
+    "dsmn_host.tflm",
     "dsmn_host.emulate",
     "dsmn_host.evaluate",
     "dsmn_host.demo",

@@ -24,7 +24,8 @@ HELLO, PING, PONG, ACK, NAK, INFER, RESULT, ERROR = 0x01, 0x02, 0x03, 0x06, 0x15
 TYPE_NAMES = {HELLO: "HELLO", PING: "PING", PONG: "PONG", ACK: "ACK", NAK: "NAK",
               INFER: "INFER", RESULT: "RESULT", ERROR: "ERROR"}
 ERROR_NAMES = {1: "unknown message type", 2: "bad length", 3: "message larger than the board's buffer",
-               4: "runtime failed to initialise", 5: "unsupported INFER kind"}
+               4: "runtime failed to initialise", 5: "unsupported INFER kind",
+               6: "runtime failed during inference"}
 RUNTIMES = {0: "native", 1: "tflm"}
 COUNTERS = {0: "none", 1: "dwt", 2: "systick"}
 INFER_KIND_TENSOR = 0

@@ -48,14 +48,14 @@ def measure(elf, board, xs):
             return {"hello_arena_bytes": h.arena_bytes, "instructions": instr}, np.stack(outs)
 
 
-def one(model, tflite, board, runtime, work, tflm_dir, xs):
+def one(model, tflite, board, runtime, work, tflm_dir, xs, cache):
     from dsmn_host.errors import DsmnError
     from dsmn_host.firmware import build_firmware
 
     out = work / f"{model}-{board}-{runtime}"
     try:
         rep = build_firmware(tflite=tflite, board=board, runtime=runtime, tflm_dir=tflm_dir, out=out, quiet=True,
-                             tflm_cache=work / "tflm-lib")
+                             tflm_cache=cache)
     except DsmnError as e:
         return {"error": str(e).splitlines()[0]}, None
     run, outs = measure(rep["elf"], board, xs)
@@ -109,6 +109,7 @@ def main():
     ap.add_argument("--tflm-dir", default=None, help="TFLM tree (default DSMN_TFLM_DIR or ../shared/tflm)")
     ap.add_argument("--inputs", type=int, default=2, help="inputs per firmware (default 2)")
     ap.add_argument("--work", default=str(ROOT / "build" / "bench-runtimes"))
+    ap.add_argument("--tflm-cache", help="TFLM library cache (default WORK/tflm-lib)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "runtimes.json"))
     ap.add_argument("--markdown", action="store_true", help="print the README table")
     args = ap.parse_args()
@@ -118,6 +119,7 @@ def main():
     paths = dict(kv.split("=", 1) for kv in args.tflite)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.tflm_cache or work / "tflm-lib")
     results = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tflm_dir": str(tree),
                "method": "QEMU -icount shift=0, instructions = SysTick ticks x 1e9 / clock; sizes from the "
                          "linker map (memory.json)", "boards": args.boards, "models": {}}
@@ -135,7 +137,7 @@ def main():
             per[board] = {}
             outs = {}
             for rt in ("native", "tflm"):
-                entry, outs[rt] = one(model, path, board, rt, work, tree, xs)
+                entry, outs[rt] = one(model, path, board, rt, work, tree, xs, cache)
                 per[board][rt] = entry
                 print(f"{model} {board} {rt}: " + json.dumps({k: v for k, v in entry.items() if k != "memory"}),
                       flush=True)

@@ -32,8 +32,12 @@ pytestmark = [
 ]
 
 QEMU_BOARDS = ["qemu-an386", "qemu-an547"]
+# An arena ~3/4 of what model1 needs: AllocateTensors fails and says so. (Far smaller arenas,
+# e.g. 16 KiB, make this TFLM revision, built with NDEBUG, write through an unchecked null
+# allocation instead of failing; build-firmware never makes an arena below the card's.)
+SHORT_ARENA = 300_000
 # What the firmware may take from the C library: no heap, no stdio, no syscalls.
-LIBC_ALLOWED = re.compile(r"lib_a-(mem\w+|str\w+|errno|impure)\.o$")
+LIBC_ALLOWED = re.compile(r"lib_a-(mem[\w-]+|str[\w-]+|errno|impure)\.o\)$")
 FORBIDDEN_SYMBOLS = ("malloc", "_malloc_r", "free", "_sbrk", "_sbrk_r", "raise", "_kill", "_getpid", "_write",
                      "_exit", "fiprintf", "printf", "__dso_handle", "__cxa_atexit", "__aeabi_atexit",
                      "__cxa_guard_acquire")
@@ -44,9 +48,12 @@ def _card(model):
 
 
 @pytest.fixture(scope="session")
-def tflm_cache(tmp_path_factory):
-    """One TFLM library cache for the whole session: each core's library is compiled once."""
-    return tmp_path_factory.mktemp("tflm-lib")
+def tflm_cache():
+    """The TFLM library cache in the build directory (DSMN_TFLM_CACHE overrides): each core's
+    library is compiled at most once per session, and not again while its key is unchanged."""
+    import os
+
+    return Path(os.environ.get("DSMN_TFLM_CACHE") or Path(__file__).resolve().parents[1] / "build" / "tflm-lib")
 
 
 @pytest.fixture(scope="session")
@@ -107,10 +114,9 @@ def test_link_map_no_heap_no_syscalls_no_static_constructors(board, tflm_built):
     elf = Path(rep["elf"])
     text = (elf.parent / "dsmn_firmware.map").read_text()
     members = _archive_members(text)
-    libc = [m for m in members if "libtflm" not in m and ("libc" in m or "libg" in m or "libnosys" in m
-                                                          or "libstdc++" in m or "libsupc++" in m)]
+    libc = [m for m in members if re.search(r"/libc(_nano)?\.a\(|/libg(_nano)?\.a\(", m)]
     assert libc and all(LIBC_ALLOWED.search(m) for m in libc), [m for m in libc if not LIBC_ALLOWED.search(m)]
-    assert not any("libnosys" in m or "libstdc++" in m or "libsupc++" in m for m in members)
+    assert not [m for m in members if re.search(r"/lib(nosys|stdc\+\+|supc\+\+)(_nano)?\.a\(", m)]
     syms = _defined_symbols(str(elf))
     assert not [s for s in FORBIDDEN_SYMBOLS if s in syms]
     # nothing for startup.c to construct: .init_array is empty
@@ -127,12 +133,13 @@ def _addr(map_text, name):
 def test_an547_image_runs_cmsis_nn_helium_code(tflm_built):
     """The M55 build does not only define ARM_MATH_MVEI: CMSIS-NN's kernels in the image are MVE code."""
     rep = tflm_built("qemu-an547")
-    dis = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn", rep["elf"]], capture_output=True,
-                         text=True, check=True).stdout
+    # -m armv8.1-m.main: without it objdump decodes MVE loads as coprocessor ldc/cdp
+    dis = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", "armv8.1-m.main", "--no-show-raw-insn", rep["elf"]],
+                         capture_output=True, text=True, check=True).stdout
     funcs = re.split(r"\n(?=[0-9a-f]{8} <)", dis)
     mve = {f.split("<", 1)[1].split(">", 1)[0] for f in funcs
-           if re.search(r"^[0-9a-f]{8} <arm_", f) and re.search(r"\tv(ldrb|ldrw|mlava|mladava|addva)\.[su]?\d+\s+\S*q\d", f)}
-    assert any("mat_mult" in f for f in mve) and any("depthwise" in f for f in mve), sorted(mve)
+           if re.search(r"^[0-9a-f]{8} <arm_", f) and re.search(r"\tv(mlava|mladava|addva)\.[su]\d+\s", f) and re.search(r"\tvldr[bhw]\.[su]?\d+\s+q\d", f)}
+    assert {"arm_nn_mat_mult_nt_t_s8", "arm_nn_vec_mat_mult_t_s8"} <= mve, sorted(mve)  # conv, 1x1 conv, FC
     an386 = tflm_built("qemu-an386")
     dis386 = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn", an386["elf"]],
                             capture_output=True, text=True, check=True).stdout
@@ -148,15 +155,16 @@ def test_library_has_only_the_models_kernels_and_is_reused(tflm_built, tflm_cach
     assert not [s for s in kernels if "resize_nearest_neighbor" in s or "svdf" in s or "lstm" in s]
     assert len(kernels) <= 2 * len(key["ops"]) + 1
     # a second firmware for the same core and ops (here: a too-small arena) links the same library
-    small = tflm_built("qemu-an386", tflm_arena=16 * 1024)
+    lib = Path(first["tflm"]["library"])
+    stamp = lib.stat().st_mtime_ns
+    small = tflm_built("qemu-an386", tflm_arena=SHORT_ARENA)
     assert small["tflm"]["cached"] and small["tflm"]["library"] == first["tflm"]["library"]
-    assert small["tflm"]["key"] == first["tflm"]["key"]
-    libs = sorted(p.parent.name for p in Path(tflm_cache).glob("*/libtflm.a"))
-    assert len(libs) == len({n.split("-")[0] + n.split("-")[1] for n in libs})  # one per core
+    assert small["tflm"]["key"] == first["tflm"]["key"] and lib.stat().st_mtime_ns == stamp
+    assert Path(tflm_cache).resolve() in lib.parents
 
 
 def test_tflm_error_is_an_error_frame_with_its_status(tflm_built):
-    rep = tflm_built("qemu-an386", tflm_arena=16 * 1024)
+    rep = tflm_built("qemu-an386", tflm_arena=SHORT_ARENA)
     card = _card(SHIPPED_MODEL)
     x = validation_inputs(card, 1)[0]
     with Emulator(rep["elf"], board="qemu-an386") as emu:
@@ -166,7 +174,7 @@ def test_tflm_error_is_an_error_frame_with_its_status(tflm_built):
                 s.infer(1, x)
             assert e.value.code == 4
             assert "AllocateTensors" in e.value.text and "kTfLiteError (1)" in e.value.text
-            assert "arena bytes 16384" in e.value.text
+            assert f"arena bytes {SHORT_ARENA}" in e.value.text
             assert s.ping(b"still alive") == (11, protocol.crc32(b"still alive"))  # answered, not hung
 
 
@@ -196,7 +204,7 @@ def test_tflm_tree_refuses_what_it_cannot_use(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(DsmnError, match="not empty"):
         tflm.make_tree(tmp_path / "co", tmp_path / "full")
-    with pytest.raises(DsmnError, match="create_tflm_tree.py failed.*no network"):
+    with pytest.raises(DsmnError, match="(?s)create_tflm_tree.py failed.*no network"):
         tflm.make_tree(tmp_path / "co", tmp_path / "new")
     assert not (tmp_path / "new").exists() and not (tmp_path / "new.partial").exists()
 

@@ -133,12 +133,18 @@ static void handle_infer(const proto_msg_t *m)
         return;
     }
     if (runtime_status != 0) {
-        send_error(m->msg_id, PROTO_ERR_RUNTIME_INIT, "runtime failed to initialise");
+        send_error(m->msg_id, PROTO_ERR_RUNTIME_INIT,
+                   runtime_error_text()[0] ? runtime_error_text() : "runtime failed to initialise");
         return;
     }
     uint64_t t0 = board_counter_now();
     int status = runtime_invoke((const int8_t *)(m->data + INFER_HEADER_BYTES), output);
     uint64_t ticks = board_counter_now() - t0;
+    if (status != 0) { /* the runtime's own words (TFLM: stage and TfLiteStatus), not a bare number */
+        send_error(m->msg_id, PROTO_ERR_RUNTIME_INVOKE,
+                   runtime_error_text()[0] ? runtime_error_text() : "runtime failed during inference");
+        return;
+    }
 
     memcpy(payload, m->data, 4); /* seq */
     payload[4] = (uint8_t)(status < 0 ? -status : status);

@@ -40,6 +40,7 @@ enum proto_error_code {
     PROTO_ERR_RUNTIME_INIT = 4,
     PROTO_ERR_BAD_KIND = 5,
     PROTO_ERR_NO_FRONTEND = 6,
+    PROTO_ERR_RUNTIME_INVOKE = 7,
 };
 
 uint32_t proto_crc32_update(uint32_t crc, const uint8_t *data, size_t n);

@@ -16,6 +16,10 @@ uint32_t runtime_arena_bytes(void);
  * *bytes = 0 if the runtime has none to lend. Its contents are lost at the next invoke. */
 void *runtime_scratch(uint32_t *bytes);
 
+/* What the last failed runtime_init/runtime_invoke said (e.g. TFLM's stage and TfLiteStatus),
+ * for the protocol's ERROR text; "" when there is nothing to add. */
+const char *runtime_error_text(void);
+
 #ifdef __cplusplus
 }
 #endif

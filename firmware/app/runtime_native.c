@@ -15,3 +15,5 @@ void *runtime_scratch(uint32_t *bytes)
     *bytes = (uint32_t)DSMN_ARENA_BYTES;
     return dsmn_arena_base();
 }
+
+const char *runtime_error_text(void) { return ""; }

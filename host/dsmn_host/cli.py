@@ -28,6 +28,7 @@ STAGE_MODULES = [
     "dsmn_host.compare",
     "dsmn_host.firmware",
     "dsmn_host.flash",
+    "dsmn_host.tflm",
     "dsmn_host.emulate",
     "dsmn_host.evaluate",
     "dsmn_host.demo",

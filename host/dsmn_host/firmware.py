@@ -146,7 +146,8 @@ def _dims4(shape):
     return [int(d) for d in shape] + [0] * (4 - len(shape))
 
 
-def render(gen, card, model_path, board, runtime, tflm_dir=None, native_sources=(), native_includes=()):
+def render(gen, card, model_path, board, runtime, tflm_dir=None, native_sources=(), native_includes=(),
+           tflm_arena=None):
     env = _env()
     gen.mkdir(parents=True, exist_ok=True)
     ctx = dict(
@@ -168,6 +169,8 @@ def render(gen, card, model_path, board, runtime, tflm_dir=None, native_sources=
              "project.cmake": "project.cmake.j2"}
     if runtime == "tflm":
         ctx.update(tflm_context(model_path, card))
+        if tflm_arena is not None:
+            ctx["tflm_arena_bytes"] = int(tflm_arena) // 16 * 16
         files.update({"model_data.cc": "model_data.cc.j2", "model_data.h": "model_data.h.j2",
                       "op_resolver.h": "op_resolver.h.j2"})
     for out, tmpl in files.items():
@@ -310,22 +313,31 @@ def memory_report(map_path, board, runtime, model_path, card, estimate_flash, es
 
 def format_report(r):
     f, m = r["flash"], r["ram"]
-    return "\n".join([
+    lines = [
         f"board {r['board']} runtime {r['runtime']} model {Path(r['model']).name} ({r['model_sha256'][:12]})",
         f"flash {r['flash_bytes']:>9} / {r['board_flash_bytes']} B ({r['flash_used_pct']}%): "
         + ", ".join(f"{k} {v}" for k, v in f.items()),
         f"RAM   {r['ram_bytes']:>9} / {r['board_ram_bytes']} B ({r['ram_used_pct']}%): "
         + ", ".join(f"{k} {v}" for k, v in m.items()),
-    ])
+    ]
+    t = r.get("tflm")
+    if t:
+        lines.append(f"TFLM  CMSIS-NN paths {t['cmsis_nn']['paths']}; library of {t['sources']} sources for "
+                     f"{len(t['ops'])} ops ({'cached' if t['cached'] else 'compiled'}: {t['library']})")
+    return "\n".join(lines)
 
 
 def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="native", tflm_dir=None,
-                   out=None, jobs=2, quiet=False, ram_budget=None, plan=None, front_end=None):
+                   out=None, jobs=2, quiet=False, ram_budget=None, plan=None, front_end=None,
+                   tflm_cache=None, tflm_arena=None):
     """Render, configure and build; returns the memory report (also written to OUT/memory.json).
 
     Native runtime: the compiler picks the fastest plan whose arena fits `ram_budget` (default:
     what the board leaves after buffers and stack), or the end `plan` names (fast / min).
-    `front_end`: None builds the on-device front end in when the model and board allow it."""
+    `front_end`: None builds the on-device front end in when the model and board allow it.
+    For TFLM the library is compiled once per core and op set into `tflm_cache` (default
+    build/tflm-lib) and reused. `tflm_arena` overrides the arena size (tests use it to make
+    AllocateTensors fail on purpose)."""
     from dsmn_host.boards import get_board
 
     b = get_board(board)
@@ -373,13 +385,22 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
             render(gen, card, model, b, runtime, None)
             raise DsmnError(f"--runtime tflm needs --tflm-dir DIR, a TFLM tree made by create_tflm_tree.py "
                             f"with the cmsis_nn kernels (the project is rendered in {gen})")
-        if not (Path(tflm_dir) / "tensorflow" / "lite" / "micro").is_dir():
-            raise DsmnError(f"{tflm_dir}: not a TFLM source tree (no tensorflow/lite/micro); make one with "
-                            "tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py")
+        from dsmn_host import tflm
 
-    render(gen, card, model, b, runtime, Path(tflm_dir).resolve() if tflm_dir else None, sources, includes)
+        tflm_dir = tflm.check_tree(tflm_dir)
+
+    ctx = render(gen, card, model, b, runtime, tflm_dir, sources, includes, tflm_arena=tflm_arena)
     fe_info = frontend.render_build(gen, runtime, est_arena) if front_end else frontend.remove_build(gen)
     require_toolchain()
+    tflm_info = None
+    if runtime == "tflm":
+        cache = Path(tflm_cache or Path("build") / "tflm-lib")
+        lib, tflm_info = tflm.build_library(tflm_dir, [op["name"] for op in ctx["ops"]], b.cpu_flags,
+                                            gen / "arm-none-eabi.cmake", cache, jobs=jobs)
+        tflm_info.update(library=str(lib), ops=[op["name"] for op in ctx["ops"]],
+                         arena_bytes=ctx["tflm_arena_bytes"],
+                         cmsis_nn=tflm.cmsis_nn_paths(tflm_dir, b.cpu_flags, TOOLCHAIN_PREFIX))
+        (gen / "tflm_lib.cmake").write_text(f'set(DSMN_TFLM_LIB "{lib}")\n')
     build = out
     _run(["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Unix Makefiles",
           f"-DCMAKE_TOOLCHAIN_FILE={gen / 'arm-none-eabi.cmake'}", f"-DDSMN_GEN_DIR={gen}"],
@@ -393,6 +414,8 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     if native_report is not None:
         report["native"] = {k: native_report[k] for k in ("peak_activation_bytes", "flash_bytes", "plan",
                                                           "ram_budget_bytes", "estimated_instructions")}
+    if tflm_info is not None:
+        report["tflm"] = tflm_info
     report["front_end"] = fe_info or ({"skipped": fe_skipped} if fe_skipped else None)
     if fe_skipped and not quiet:
         print(f"front end {fe_skipped}")
@@ -406,7 +429,8 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
 def _cmd(args):
     build_firmware(tflite=args.tflite, run_dir=args.run, board=args.board, runtime=args.runtime,
                    tflm_dir=args.tflm_dir, out=args.out, jobs=args.jobs, ram_budget=args.ram_budget,
-                   plan=args.plan, front_end=False if args.no_front_end else None)
+                   plan=args.plan, front_end=False if args.no_front_end else None,
+                   tflm_cache=args.tflm_cache)
 
 
 def register(subparsers):
@@ -430,6 +454,9 @@ def register(subparsers):
                    help="native: the ahead-of-time generated graph; tflm: TFLite-Micro (default native)")
     p.add_argument("--tflm-dir", metavar="DIR",
                    help="TFLM source tree from create_tflm_tree.py (with cmsis_nn kernels), for --runtime tflm")
+    p.add_argument("--tflm-cache", metavar="DIR",
+                   help="where the TFLM library is compiled once per core and op set and reused "
+                        "(default build/tflm-lib)")
     p.add_argument("--out", metavar="DIR", help="build directory (default build/firmware-BOARD-RUNTIME)")
     p.add_argument("--jobs", type=int, default=2, help="parallel compile jobs (default 2)")
     from dsmn_host.codegen import ram_budget_arg

@@ -26,7 +26,8 @@ TYPE_NAMES = {HELLO: "HELLO", PING: "PING", PONG: "PONG", ACK: "ACK", NAK: "NAK"
               INFER: "INFER", RESULT: "RESULT", ERROR: "ERROR", AUDIO: "AUDIO",
               AUDIO_RESULT: "AUDIO_RESULT", INPUT: "INPUT"}
 ERROR_NAMES = {1: "unknown message type", 2: "bad length", 3: "message larger than the board's buffer",
-               4: "runtime failed to initialise", 5: "unsupported INFER kind", 6: "no front end"}
+               4: "runtime failed to initialise", 5: "unsupported INFER kind", 6: "no front end",
+               7: "runtime failed during inference"}
 FLAG_WINDOWED = 0x01  # frame flags bit 0: this sender keeps several chunks in flight
 FEATURE_AUDIO = 0x01  # HELLO extension features bit 0: AUDIO and INPUT requests
 CLIP_SAMPLES = 44100

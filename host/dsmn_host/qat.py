@@ -353,14 +353,8 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     after every epoch and frozen while training. onnx2tf recalibrates and cannot take QAT's
     ranges, so this is how the ranges QAT trains against are the ones the int8 model gets.
     """
-    import math
-
-    import torch
-
-    from dsmn_host import convert
-    from dsmn_host.features import open_features
-    from dsmn_host.models import build_model
-    from dsmn_host.train import _save, evaluate, pick_device, set_threads, train_one_epoch
+    from dsmn_host.distributed import Distributed
+    from dsmn_host.train import pick_device, set_threads
 
     run_dir = Path(run_dir)
     config_path, best_path = run_dir / "config.json", run_dir / "best.pt"
@@ -375,7 +369,26 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     if batch_size:
         recipe["batch_size"] = batch_size
     set_threads(threads)
-    dev = pick_device(device)
+    pick_device(device)
+    ctx = Distributed.setup(device)   # under torchrun: each rank trains a share, rank 0 writes
+    try:
+        return _run_qat(ctx, ctx.device(device), run_dir, config, recipe, settings, seed, progress)
+    finally:
+        ctx.close()
+
+
+def _run_qat(ctx, dev, run_dir, config, recipe, settings, seed, progress):
+    import math
+
+    import torch
+
+    from dsmn_host import convert
+    from dsmn_host.distributed import prepare_for_ranks
+    from dsmn_host.features import open_features
+    from dsmn_host.models import build_model
+    from dsmn_host.train import _save, evaluate, train_one_epoch
+
+    best_path = run_dir / "best.pt"
 
     # ---- data and the float model
     source = config.get("cache") or config["data"]
@@ -393,7 +406,7 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     folded = fold_batchnorm(model).to(dev).eval()
     gains = equalize(folded, calib)
     folded_metrics = evaluate(folded, cache, val_rows, dev)
-    qmodel = prepare_qat(copy.deepcopy(folded)).to(dev)
+    qmodel = prepare_for_ranks(prepare_qat(copy.deepcopy(folded)).to(dev), ctx)
     recalibrate(qmodel, calib)
     ptq_metrics = evaluate(qmodel, cache, val_rows, dev)
 
@@ -411,13 +424,14 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
         for g in optimizer.param_groups:
             g["lr"] = lr_now
         fit = train_one_epoch(qmodel, optimizer, scaler, cache, train_rows, recipe, dev, 0.5,
-                              desc=f"qat {epoch + 1}/{settings['epochs']}", progress=progress)
+                              desc=f"qat {epoch + 1}/{settings['epochs']}", progress=progress,
+                              ctx=ctx, seed=seed, epoch=7919 + epoch)
         recalibrate(qmodel, calib)
         val = evaluate(qmodel, cache, val_rows, dev)
         history.append({"epoch": epoch, "lr": lr_now, **fit, "val_loss": val["loss"], "val_acc": val["acc"]})
         if val["loss"] < best["loss"]:
             best = {"epoch": epoch, "loss": val["loss"], "model": copy.deepcopy(qmodel)}
-        if progress:
+        if progress and ctx.main:
             print(f"qat {epoch + 1}/{settings['epochs']} train loss {fit['train_loss']:.4f} | "
                   f"val loss {val['loss']:.4f} acc {val['acc']:.3f}")
 
@@ -425,15 +439,17 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     qat_metrics = evaluate(qmodel, cache, val_rows, dev)
     ranges = {name: q.range() for name, q in act_quantizers(qmodel).items()}
     plain = strip_qat(qmodel).cpu()
+    report = {"model": config["model"], "settings": settings, "input_clip": clip, "equalization_gains": gains,
+              "float": float_metrics, "float_bn_folded": folded_metrics, "post_training_quant": ptq_metrics,
+              "qat": qat_metrics, "kept_epoch": best["epoch"], "history": history, "processes": ctx.world}
+    if not ctx.main:
+        return report
     _save({"model_name": config["model"], "folded": True, "form": DEPLOY_FORM, "model": plain.state_dict(),
            "act_ranges": ranges, "weight_quant": "int8 symmetric per output channel [-127, 127]",
            "act_quant": "int8 asymmetric per tensor, min/max over the calibration inputs",
            "input_clip": clip, "equalization_gains": gains, "kept_epoch": best["epoch"],
            "val_loss": qat_metrics["loss"],
            "val_acc": qat_metrics["acc"]}, run_dir / "qat.pt")
-    report = {"model": config["model"], "settings": settings, "input_clip": clip, "equalization_gains": gains,
-              "float": float_metrics, "float_bn_folded": folded_metrics, "post_training_quant": ptq_metrics,
-              "qat": qat_metrics, "kept_epoch": best["epoch"], "history": history}
     (run_dir / "qat_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -575,6 +575,8 @@ def _run(args):
     rep = run_qat(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                   calibration_inputs=args.calibration_inputs, seed=args.seed, device=args.device,
                   threads=args.threads, progress=not args.no_progress)
+    if rep.get("processes", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
+        return 0   # under torchrun: rank 0 reports
     print(f"{args.run_dir}: float accuracy {rep['float']['acc']:.3f} (log loss {rep['float']['loss']:.4f}); "
           f"int8 before QAT {rep['post_training_quant']['acc']:.3f}; "
           f"after QAT {rep['qat']['acc']:.3f} (log loss {rep['qat']['loss']:.4f}); "

@@ -334,13 +334,10 @@ def train(data, out, model_name="model1", recipe=None, seed=0, resume=False, dev
     calls this; rank 0 writes. `amp` is None (full float), "bf16" or "fp16" autocast (CUDA only;
     fp16 with a gradient scaler); `compile` wraps the network in torch.compile (CUDA only).
     """
-    import torch
-
     from dsmn_host.features import open_features
-    from dsmn_host.models import build_model
 
     out = Path(out)
-    config_path, last_path = out / "config.json", out / "last.pt"
+    config_path = out / "config.json"
     _check_out(out, resume)
     if resume:
         config = json.loads(config_path.read_text())
@@ -362,8 +359,7 @@ def train(data, out, model_name="model1", recipe=None, seed=0, resume=False, dev
     if amp not in (None, False, "bf16", "fp16"):
         raise DsmnError(f"--amp {amp}: use bf16 or fp16")
     set_threads(threads)
-    dev = pick_device(device)
-    if (amp or compile) and dev.type != "cuda":
+    if (amp or compile) and pick_device(device).type != "cuda":
         raise DsmnError(f"--amp/--compile are CUDA options (the device here is {dev.type})")
 
     # ---- data (and teacher logits, checked against the training clips before anything is written)
@@ -376,6 +372,12 @@ def train(data, out, model_name="model1", recipe=None, seed=0, resume=False, dev
         from dsmn_host.distill import teacher_targets
 
         teacher = teacher_targets(recipe["teacher_logits"], cache, train_rows, recipe["kd_temperature"])
+        if resume and config.get("teacher"):
+            from dsmn_host.distill import describe_logits
+
+            if describe_logits(recipe["teacher_logits"])["sha256"] != config["teacher"]["sha256"]:
+                raise DsmnError(f"{recipe['teacher_logits']}: changed since this run started (sha256 differs "
+                                f"from {config_path}); resume needs the same teacher logits")
 
     from dsmn_host.distributed import Distributed
 
@@ -396,6 +398,9 @@ def _train(ctx, cache, data, out, model_name, recipe, seed, resume, dev, progres
     from dsmn_host.models import build_model
 
     config_path, last_path = out / "config.json", out / "last.pt"
+    if recipe["batch_size"] % ctx.world:    # before anything is written
+        raise DsmnError(f"--batch-size {recipe['batch_size']} is the global batch: it must be a multiple of "
+                        f"the {ctx.world} processes")
     if not resume and ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         config = {"model": model_name, "recipe": recipe, "seed": seed, "data": str(Path(data).resolve()),

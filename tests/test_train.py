@@ -105,9 +105,20 @@ def test_training_learns_and_writes_run_dir(trained_run_dir):
     assert train_acc >= 0.3, train_acc
 
 
-def test_resume_equals_uninterrupted(feature_cache_dir, tmp_path):
-    recipe = {"epochs": 2, "batch_size": 16}
-    train(feature_cache_dir, tmp_path / "straight", "model1", recipe, seed=5, threads=1, progress=False)
+RESUME_RECIPE = {"epochs": 2, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def straight_run(feature_cache_dir, tmp_path_factory):
+    """2 uninterrupted epochs, the reference for the resume tests."""
+    out = tmp_path_factory.mktemp("straight") / "straight"
+    train(feature_cache_dir, out, "model1", RESUME_RECIPE, seed=5, threads=1, progress=False)
+    return out
+
+
+def test_resume_equals_uninterrupted(feature_cache_dir, tmp_path, straight_run):
+    recipe = RESUME_RECIPE
+    (tmp_path / "straight").symlink_to(straight_run)
     train(feature_cache_dir, tmp_path / "killed", "model1", recipe, seed=5, threads=1, progress=False,
           stop_after=1)
     with pytest.raises(DsmnError, match="--resume"):
@@ -187,11 +198,11 @@ def test_amp_and_compile_need_cuda(feature_cache_dir, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_kill_between_checkpoint_and_journal_line(feature_cache_dir, tmp_path):
+def test_kill_between_checkpoint_and_journal_line(feature_cache_dir, tmp_path, straight_run):
     """last.pt is written before the epoch's metrics line; a kill between the two leaves a
     checkpoint one epoch ahead of the journal, and --resume restores the line from last.pt."""
-    recipe = {"epochs": 2, "batch_size": 16}
-    train(feature_cache_dir, tmp_path / "straight", "model1", recipe, seed=5, threads=1, progress=False)
+    recipe = RESUME_RECIPE
+    (tmp_path / "straight").symlink_to(straight_run)
     run = tmp_path / "killed"
     train(feature_cache_dir, run, "model1", recipe, seed=5, threads=1, progress=False, stop_after=1)
     (run / "metrics.jsonl").write_text("")        # the line that a kill would not have written

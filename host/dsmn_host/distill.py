@@ -273,15 +273,15 @@ def register(subparsers):
         description="Run the best.pt of each RUN_DIR (any `dsmn-host train` run, e.g. model2 and model4) over "
                     "every clip of a split of the feature cache, augmentations off, and write the mean of "
                     "their scene logits keyed by clip file name (format: dsmn_host.distill).",
-        epilog="example: dsmn-host teacher-logits runs/model2 runs/model4 --data tau22.features "
+        epilog="example:\n  dsmn-host teacher-logits runs/model2 runs/model4 --data tau22.features "
                "--out teachers.npz",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="teacher run directories")
     p.add_argument("--data", required=True, help="feature cache (or TAU22 directory) the student trains on")
     p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--split", default="train", help="split whose clips get logits")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--split", default="train", help="split whose clips get logits (default train)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: up to 8)")
     p.set_defaults(func=_cmd_teacher_logits)
 
@@ -292,10 +292,10 @@ def register(subparsers):
                     "filename/files/names and logits/outputs, optionally labels/classes) or a dict "
                     "{file name: logits}, reorder the columns to our scene order by label name, and write "
                     f"a {FORMAT} .npz for `train --teacher-logits`.",
-        epilog="example: dsmn-host convert-logits ensemble_logits.pt --labels "
+        epilog="example:\n  dsmn-host convert-logits ensemble_logits.pt --labels "
                "airport,shopping_mall,metro_station,street_pedestrian,public_square,street_traffic,tram,bus,"
                "metro,park --out teachers.npz",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("input", help=".npz or .pt file of teacher logits")
     c.add_argument("--out", required=True, help="output .npz")

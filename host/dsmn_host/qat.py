@@ -353,8 +353,14 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     after every epoch and frozen while training. onnx2tf recalibrates and cannot take QAT's
     ranges, so this is how the ranges QAT trains against are the ones the int8 model gets.
     """
-    from dsmn_host.distributed import Distributed
-    from dsmn_host.train import pick_device, set_threads
+    import math
+
+    import torch
+
+    from dsmn_host import convert
+    from dsmn_host.features import open_features
+    from dsmn_host.models import build_model
+    from dsmn_host.train import _save, evaluate, pick_device, set_threads, train_one_epoch
 
     run_dir = Path(run_dir)
     config_path, best_path = run_dir / "config.json", run_dir / "best.pt"
@@ -370,25 +376,9 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
         recipe["batch_size"] = batch_size
     set_threads(threads)
     pick_device(device)
-    ctx = Distributed.setup(device)   # under torchrun: each rank trains a share, rank 0 writes
-    try:
-        return _run_qat(ctx, ctx.device(device), run_dir, config, recipe, settings, seed, progress)
-    finally:
-        ctx.close()
-
-
-def _run_qat(ctx, dev, run_dir, config, recipe, settings, seed, progress):
-    import math
-
-    import torch
-
-    from dsmn_host import convert
-    from dsmn_host.distributed import prepare_for_ranks
-    from dsmn_host.features import open_features
-    from dsmn_host.models import build_model
-    from dsmn_host.train import _save, evaluate, train_one_epoch
-
-    best_path = run_dir / "best.pt"
+    from dsmn_host.distributed import Distributed, prepare_for_ranks  # torchrun: ranks share, rank 0 writes
+    ctx = Distributed.setup(device)
+    dev = ctx.device(device)
 
     # ---- data and the float model
     source = config.get("cache") or config["data"]
@@ -439,18 +429,20 @@ def _run_qat(ctx, dev, run_dir, config, recipe, settings, seed, progress):
     qat_metrics = evaluate(qmodel, cache, val_rows, dev)
     ranges = {name: q.range() for name, q in act_quantizers(qmodel).items()}
     plain = strip_qat(qmodel).cpu()
-    report = {"model": config["model"], "settings": settings, "input_clip": clip, "equalization_gains": gains,
-              "float": float_metrics, "float_bn_folded": folded_metrics, "post_training_quant": ptq_metrics,
-              "qat": qat_metrics, "kept_epoch": best["epoch"], "history": history, "processes": ctx.world}
     if not ctx.main:
-        return report
+        ctx.close()
+        return {"qat": qat_metrics, "processes": ctx.world}
     _save({"model_name": config["model"], "folded": True, "form": DEPLOY_FORM, "model": plain.state_dict(),
            "act_ranges": ranges, "weight_quant": "int8 symmetric per output channel [-127, 127]",
            "act_quant": "int8 asymmetric per tensor, min/max over the calibration inputs",
            "input_clip": clip, "equalization_gains": gains, "kept_epoch": best["epoch"],
            "val_loss": qat_metrics["loss"],
            "val_acc": qat_metrics["acc"]}, run_dir / "qat.pt")
+    report = {"model": config["model"], "settings": settings, "input_clip": clip, "equalization_gains": gains,
+              "float": float_metrics, "float_bn_folded": folded_metrics, "post_training_quant": ptq_metrics,
+              "qat": qat_metrics, "kept_epoch": best["epoch"], "history": history, "processes": ctx.world}
     (run_dir / "qat_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    ctx.close()
     return report
 
 
@@ -575,8 +567,8 @@ def _run(args):
     rep = run_qat(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                   calibration_inputs=args.calibration_inputs, seed=args.seed, device=args.device,
                   threads=args.threads, progress=not args.no_progress)
-    if rep.get("processes", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
-        return 0   # under torchrun: rank 0 reports
+    if "float" not in rep:   # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(f"{args.run_dir}: float accuracy {rep['float']['acc']:.3f} (log loss {rep['float']['loss']:.4f}); "
           f"int8 before QAT {rep['post_training_quant']['acc']:.3f}; "
           f"after QAT {rep['qat']['acc']:.3f} (log loss {rep['qat']['loss']:.4f}); "

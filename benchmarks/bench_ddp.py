@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--clips-per-class", type=int, default=20)
     ap.add_argument("--model", default="model1")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--order", default="1x1,1x2,2x1",
+                    help="configurations in order (1x1, 1x2, 2x1; repeat one, e.g. 1x1,2x1,1x1,2x1, to see drift)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "ddp.json"))
     args = ap.parse_args()
     from dsmn_host.features import build_cache
@@ -42,14 +44,15 @@ def main():
     common = ["--data", str(work / "cache"), "--model", args.model, "--epochs", "1",
               "--batch-size", str(args.batch_size), "--no-progress"]
     configs = {
-        "1 process x 1 thread": [sys.executable, "-m", "dsmn_host", "train", "--threads", "1"],
-        "1 process x 2 threads": [sys.executable, "-m", "dsmn_host", "train", "--threads", "2"],
-        "2 processes (torchrun, gloo) x 1 thread": [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                    "--nproc_per_node", "2", "-m", "dsmn_host", "train",
-                                                    "--threads", "1"],
+        "1x1": ("1 process x 1 thread", [sys.executable, "-m", "dsmn_host", "train", "--threads", "1"]),
+        "1x2": ("1 process x 2 threads", [sys.executable, "-m", "dsmn_host", "train", "--threads", "2"]),
+        "2x1": ("2 processes (torchrun, gloo) x 1 thread",
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                 "-m", "dsmn_host", "train", "--threads", "1"]),
     }
     results = []
-    for i, (name, argv) in enumerate(configs.items()):
+    for i, key in enumerate(args.order.split(",")):
+        name, argv = configs[key]
         out = work / f"run{i}"
         try:
             load = os.getloadavg()[0]

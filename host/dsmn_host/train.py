@@ -360,7 +360,7 @@ def train(data, out, model_name="model1", recipe=None, seed=0, resume=False, dev
         raise DsmnError(f"--amp {amp}: use bf16 or fp16")
     set_threads(threads)
     if (amp or compile) and pick_device(device).type != "cuda":
-        raise DsmnError(f"--amp/--compile are CUDA options (the device here is {dev.type})")
+        raise DsmnError(f"--amp/--compile are CUDA options (the device here is {pick_device(device).type})")
 
     # ---- data (and teacher logits, checked against the training clips before anything is written)
     cache = open_features(data)

@@ -105,9 +105,20 @@ def test_training_learns_and_writes_run_dir(trained_run_dir):
     assert train_acc >= 0.3, train_acc
 
 
-def test_resume_equals_uninterrupted(feature_cache_dir, tmp_path):
-    recipe = {"epochs": 2, "batch_size": 16}
-    train(feature_cache_dir, tmp_path / "straight", "model1", recipe, seed=5, threads=1, progress=False)
+RESUME_RECIPE = {"epochs": 2, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def straight_run(feature_cache_dir, tmp_path_factory):
+    """2 uninterrupted epochs, the reference for the resume tests."""
+    out = tmp_path_factory.mktemp("straight") / "straight"
+    train(feature_cache_dir, out, "model1", RESUME_RECIPE, seed=5, threads=1, progress=False)
+    return out
+
+
+def test_resume_equals_uninterrupted(feature_cache_dir, tmp_path, straight_run):
+    recipe = RESUME_RECIPE
+    (tmp_path / "straight").symlink_to(straight_run)
     train(feature_cache_dir, tmp_path / "killed", "model1", recipe, seed=5, threads=1, progress=False,
           stop_after=1)
     with pytest.raises(DsmnError, match="--resume"):
@@ -126,3 +137,77 @@ def test_resume_equals_uninterrupted(feature_cache_dir, tmp_path):
 def test_resume_without_run_is_user_error(tmp_path):
     with pytest.raises(DsmnError, match="nothing to resume"):
         train(None, tmp_path / "empty", resume=True, progress=False)
+
+
+# --- bad input and kills (issue 14): one-line errors, nothing written, no journal ahead of last.pt
+
+def _cli(argv, capsys):
+    from dsmn_host.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:      # argparse rejects the option itself
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_train_into_existing_run_refuses(feature_cache_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")         # a run killed in its first epoch counts too
+    before = sorted(p.name for p in run.iterdir())
+    code, err = _cli(["train", "--data", feature_cache_dir, "--out", run, "--epochs", "1"], capsys)
+    assert code == 2 and len(err) == 1
+    assert "already holds a run (config.json)" in err[0] and "--resume" in err[0]
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_train_out_is_a_file(feature_cache_dir, tmp_path, capsys):
+    f = tmp_path / "not-a-dir"
+    f.write_text("x")
+    code, err = _cli(["train", "--data", feature_cache_dir, "--out", f], capsys)
+    assert code == 2 and len(err) == 1 and f"--out {f}: is a file" in err[0]
+    code, err = _cli(["train", "--data", feature_cache_dir, "--out", f / "run"], capsys)
+    assert code == 2 and len(err) == 1 and "is a file, not a directory" in err[0]
+    assert f.read_text() == "x"
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--batch-size", "--threads"])
+def test_train_zero_counts_are_refused(feature_cache_dir, tmp_path, capsys, option):
+    code, err = _cli(["train", "--data", feature_cache_dir, "--out", tmp_path / "r", option, "0"], capsys)
+    assert code == 2 and f"{option}: 0: must be at least 1" in err[-1]
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(DsmnError, match="--epochs 0: must be at least 1"):
+        train(feature_cache_dir, tmp_path / "r", recipe={"epochs": 0}, progress=False)
+
+
+def test_train_has_no_worker_processes(feature_cache_dir, tmp_path, capsys):
+    """train reads batches from the memory-mapped cache in the training process (features
+    decoding is `dsmn-host features --workers`): an unknown option, said in one line of usage."""
+    code, err = _cli(["train", "--data", feature_cache_dir, "--out", tmp_path / "r", "--workers", "0"], capsys)
+    assert code == 2 and "unrecognized arguments: --workers 0" in err[-1]
+
+
+def test_amp_and_compile_need_cuda(feature_cache_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: --amp/--compile are allowed here")
+    for kwargs in ({"amp": "bf16"}, {"compile": True}):
+        with pytest.raises(DsmnError, match="CUDA options"):
+            train(feature_cache_dir, tmp_path / "r", recipe={"epochs": 1}, device="cpu", progress=False, **kwargs)
+    assert not (tmp_path / "r").exists()
+
+
+def test_kill_between_checkpoint_and_journal_line(feature_cache_dir, tmp_path, straight_run):
+    """last.pt is written before the epoch's metrics line; a kill between the two leaves a
+    checkpoint one epoch ahead of the journal, and --resume restores the line from last.pt."""
+    recipe = RESUME_RECIPE
+    (tmp_path / "straight").symlink_to(straight_run)
+    run = tmp_path / "killed"
+    train(feature_cache_dir, run, "model1", recipe, seed=5, threads=1, progress=False, stop_after=1)
+    (run / "metrics.jsonl").write_text("")        # the line that a kill would not have written
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 0
+    train(None, run, resume=True, threads=1, progress=False)
+    strip = lambda p: [{k: v for k, v in json.loads(s).items() if not k.startswith("train_seconds")  # noqa: E731
+                        and k != "train_clips_per_s"} for s in p.read_text().splitlines()]
+    assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(run / "metrics.jsonl")

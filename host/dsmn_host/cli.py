@@ -19,6 +19,7 @@ STAGE_MODULES = [
     "dsmn_host.features",
     "dsmn_host.complexity",
     "dsmn_host.train",
+    "dsmn_host.distill",
     "dsmn_host.qat",
     "dsmn_host.export",
     "dsmn_host.convert",

@@ -62,7 +62,10 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     if batch_size:
         recipe["batch_size"] = batch_size
     set_threads(threads)
-    dev = pick_device(device)
+    pick_device(device)
+    from dsmn_host.distributed import Distributed, prepare_for_ranks  # torchrun: ranks share, rank 0 writes
+    ctx = Distributed.setup(device)
+    dev = ctx.device(device)
 
     # ---- data and the float model
     source = config.get("cache") or config["data"]
@@ -80,7 +83,7 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     folded = fold_batchnorm(model).to(dev).eval()
     gains = equalize(folded, calib)
     folded_metrics = evaluate(folded, cache, val_rows, dev)
-    qmodel = prepare_qat(copy.deepcopy(folded)).to(dev)
+    qmodel = prepare_for_ranks(prepare_qat(copy.deepcopy(folded)).to(dev), ctx)
     recalibrate(qmodel, calib)
     ptq_metrics = evaluate(qmodel, cache, val_rows, dev)
 
@@ -98,13 +101,14 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
         for g in optimizer.param_groups:
             g["lr"] = lr_now
         fit = train_one_epoch(qmodel, optimizer, scaler, cache, train_rows, recipe, dev, 0.5,
-                              desc=f"qat {epoch + 1}/{settings['epochs']}", progress=progress)
+                              desc=f"qat {epoch + 1}/{settings['epochs']}", progress=progress,
+                              ctx=ctx, seed=seed, epoch=7919 + epoch)
         recalibrate(qmodel, calib)
         val = evaluate(qmodel, cache, val_rows, dev)
         history.append({"epoch": epoch, "lr": lr_now, **fit, "val_loss": val["loss"], "val_acc": val["acc"]})
         if val["loss"] < best["loss"]:
             best = {"epoch": epoch, "loss": val["loss"], "model": copy.deepcopy(qmodel)}
-        if progress:
+        if progress and ctx.main:
             print(f"qat {epoch + 1}/{settings['epochs']} train loss {fit['train_loss']:.4f} | "
                   f"val loss {val['loss']:.4f} acc {val['acc']:.3f}")
 
@@ -112,6 +116,9 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     qat_metrics = evaluate(qmodel, cache, val_rows, dev)
     ranges = {name: q.range() for name, q in act_quantizers(qmodel).items()}
     plain = strip_qat(qmodel).cpu()
+    if not ctx.main:
+        ctx.close()
+        return {"qat": qat_metrics, "processes": ctx.world}
     _save({"model_name": config["model"], "folded": True, "form": DEPLOY_FORM, "model": plain.state_dict(),
            "act_ranges": ranges, "weight_quant": "int8 symmetric per output channel [-127, 127]",
            "act_quant": "int8 asymmetric per tensor, min/max over the calibration inputs",
@@ -120,8 +127,9 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
            "val_acc": qat_metrics["acc"]}, run_dir / "qat.pt")
     report = {"model": config["model"], "settings": settings, "input_clip": clip, "equalization_gains": gains,
               "float": float_metrics, "float_bn_folded": folded_metrics, "post_training_quant": ptq_metrics,
-              "qat": qat_metrics, "kept_epoch": best["epoch"], "history": history}
+              "qat": qat_metrics, "kept_epoch": best["epoch"], "history": history, "processes": ctx.world}
     (run_dir / "qat_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    ctx.close()
     return report
 
 
@@ -186,6 +194,8 @@ def _run(args):
     rep = run_qat(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                   calibration_inputs=args.calibration_inputs, seed=args.seed, device=args.device,
                   threads=args.threads, progress=not args.no_progress)
+    if "float" not in rep:   # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(f"{args.run_dir}: float accuracy {rep['float']['acc']:.3f} (log loss {rep['float']['loss']:.4f}); "
           f"int8 before QAT {rep['post_training_quant']['acc']:.3f}; "
           f"after QAT {rep['qat']['acc']:.3f} (log loss {rep['qat']['loss']:.4f}); "

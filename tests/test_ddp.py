@@ -1,0 +1,135 @@
+"""Distributed training under torchrun (2 CPU processes, gloo): one set of outputs, the same
+first-epoch weights as one process on the same global batch, resume, and PCGrad's order."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsmn_host.train import pcgrad_backward, train
+
+# the full paper recipe (RAdam, mixup, device response, SpecAugment, PCGrad, dropout, BatchNorm)
+# on the tiny set: global batch 8 = 2 processes x 4
+RECIPE = {"epochs": 2, "batch_size": 8}
+ARGS = ["--epochs", "2", "--batch-size", "8", "--seed", "3", "--threads", "1", "--no-progress"]
+RUN_FILES = {"config.json", "best.pt", "last.pt", "metrics.jsonl", "curves.png"}
+# Float sums in another order (per-rank partial sums, then all_reduce) make the runs differ by
+# rounding, amplified where the loss barely depends on a weight: measured after one epoch, every
+# tensor is within 11 % of its own update (mostly < 1 %) and the training loss within 2e-6
+# relative, while BatchNorm on per-rank statistics (--no-sync-batchnorm) puts weights 280 % of
+# their update apart, and a wrong batch, augmentation or dropout row changes the loss at 1e-3.
+# Not compared: weights the loss is invariant to up to BatchNorm's eps, whose gradients are
+# rounding noise in any two runs (biases feeding a BatchNorm; the per-channel scalars before a
+# Sparable's depthwise convs and BatchNorm).
+UPDATE_FRACTION = 0.25
+INVARIANT = ("out_conv.bias", ".ch_conv.weight")
+
+
+def torchrun(*args, timeout=300):
+    """`torchrun --standalone --nproc_per_node 2 -m dsmn_host ARGS` (gloo on CPU, one thread each)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "host")] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dsmn_host", *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def initial_state(seed=3):
+    from dsmn_host.models import build_model
+
+    torch.manual_seed(seed)   # what train() does before building the network
+    return build_model("model1").state_dict()
+
+
+def assert_same_training(a, b, init):
+    assert set(a) == set(b)
+    for key in a:
+        if not a[key].dtype.is_floating_point:
+            assert torch.equal(a[key], b[key]), key
+        elif not key.endswith(INVARIANT):   # weights and BatchNorm running statistics
+            diff, update = float((a[key] - b[key]).norm()), float((a[key] - init[key]).norm())
+            assert diff <= UPDATE_FRACTION * update + 1e-6, (key, diff, update)
+
+
+@pytest.fixture(scope="module")
+def single_first_epoch(feature_cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "single"
+    train(feature_cache_dir, out, "model1", RECIPE, seed=3, threads=1, progress=False, stop_after=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp_first_epoch(feature_cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "ddp"
+    proc = torchrun("train", "--data", feature_cache_dir, "--out", out, *ARGS, "--stop-after", "1")
+    return out, proc
+
+
+def test_torchrun_writes_one_set_of_outputs(ddp_first_epoch):
+    out, proc = ddp_first_epoch
+    assert {p.name for p in out.iterdir()} == RUN_FILES          # nothing half-written, no per-rank copies
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["processes"] == 2 and record["epoch"] == 0
+    assert json.loads((out / "config.json").read_text())["processes"] == 2
+    assert proc.stderr.count("Traceback") == 0
+
+
+def test_first_epoch_equals_one_process_on_the_global_batch(ddp_first_epoch, single_first_epoch):
+    out, _ = ddp_first_epoch
+    a = torch.load(single_first_epoch / "last.pt", weights_only=False)
+    b = torch.load(out / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 0
+    assert_same_training(a["model"], b["model"], initial_state())   # weights and BatchNorm statistics
+    ra = json.loads((single_first_epoch / "metrics.jsonl").read_text())
+    rb = json.loads((out / "metrics.jsonl").read_text())
+    assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=2e-5)
+    assert rb["train_acc"] == ra["train_acc"]
+    assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-4)
+
+
+def test_resume_under_torchrun_continues_like_one_process(ddp_first_epoch, single_first_epoch, feature_cache_dir):
+    out, _ = ddp_first_epoch
+    train(None, single_first_epoch, resume=True, threads=1, progress=False)
+    torchrun("train", "--out", out, "--resume", "--threads", "1", "--no-progress")
+    a = torch.load(single_first_epoch / "last.pt", weights_only=False)
+    b = torch.load(out / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 1
+    assert_same_training(a["model"], b["model"], initial_state())
+    assert [json.loads(s)["epoch"] for s in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_pcgrad_reduces_each_head_before_projecting():
+    """Two 'ranks' each holding half of a batch: PCGrad of the head gradients summed over ranks is
+    PCGrad of the whole batch; projecting per rank and then summing is not."""
+    w = torch.nn.Parameter(torch.zeros(2))
+    # per-clip gradients of the two heads: rank 0's conflict, rank 1's agree, the sums are orthogonal
+    ga = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    gb = torch.tensor([[-1.0, 1.0], [1.0, 1.0]])
+
+    def losses(rows):
+        return [w @ ga[rows].sum(0), w @ gb[rows].sum(0)]
+
+    pcgrad_backward(losses(slice(0, 2)), [w])
+    whole = w.grad.clone()
+    torch.testing.assert_close(whole, torch.tensor([2.0, 2.0]))
+    halves = [slice(0, 1), slice(1, 2)]
+    stacked = []
+    for h in halves:   # each rank's unreduced task gradients
+        pcgrad_backward(losses(h), [w], reduce=lambda t: stacked.append(t.clone()))
+    other = {0: stacked[1], 1: stacked[0]}
+    for r, h in enumerate(halves):   # the all_reduce: add the other rank's
+        pcgrad_backward(losses(h), [w], reduce=lambda t, r=r: t.add_(other[r]))
+        torch.testing.assert_close(w.grad, whole)
+    per_rank = torch.zeros(2)
+    for h in halves:
+        pcgrad_backward(losses(h), [w])
+        per_rank += w.grad
+    torch.testing.assert_close(per_rank, torch.tensor([2.5, 2.5]))   # the other order: not the same step

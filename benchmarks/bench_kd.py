@@ -37,7 +37,7 @@ def _log(msg):
 
 def prepare(work, threads):
     """The default synthetic set, its cache, the two teachers and their logits (each once)."""
-    from dsmn_host.distill import teacher_logits
+    from dsmn_host.teachers import teacher_logits
     from dsmn_host.features import build_cache
     from dsmn_host.synth import write_synthetic_set
     from dsmn_host.train import train

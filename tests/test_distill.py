@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsmn_host.distill import (FORMAT, convert_logits, kd_loss, read_logits, teacher_logits, teacher_targets,
-                               write_logits)
+from dsmn_host.distill import FORMAT, convert_logits, kd_loss, read_logits, teacher_targets, write_logits
 from dsmn_host.errors import DsmnError
+from dsmn_host.teachers import teacher_logits
 from dsmn_host.tau import SCENES
 from dsmn_host.train import soft_cross_entropy_sum, train
 

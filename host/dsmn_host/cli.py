@@ -20,6 +20,7 @@ STAGE_MODULES = [
     "dsmn_host.complexity",
     "dsmn_host.train",
     "dsmn_host.distill",
+    "dsmn_host.teachers",
     "dsmn_host.qat",
     "dsmn_host.export",
     "dsmn_host.convert",

@@ -20,6 +20,19 @@ from torch.utils.data.distributed import DistributedSampler
 from dsmn_host.errors import DsmnError
 
 
+
+def pick_device(name="auto"):
+    """The torch device `--device` names (auto: CUDA when present); one home for train, qat and
+    teacher-logits, here because every process-group decision depends on it."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DsmnError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
 class Distributed:
     """This process's place in a torchrun job (world 1 without torchrun: every collective is a no-op).
 
@@ -47,8 +60,6 @@ class Distributed:
 
     def device(self, name):
         """Each rank its own GPU (cuda -> cuda:LOCAL_RANK); CPU ranks share the CPU."""
-        from dsmn_host.train import pick_device
-
         dev = pick_device(name)
         if dev.type == "cuda" and self.world > 1 and dev.index is None:
             dev = torch.device("cuda", self.local_rank)

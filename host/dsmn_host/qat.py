@@ -47,7 +47,8 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     from dsmn_host.features import open_features
     from dsmn_host.int8io import nhwc_to_features
     from dsmn_host.models import build_model
-    from dsmn_host.train import _save, evaluate, pick_device, set_threads, train_one_epoch
+    from dsmn_host.distributed import pick_device
+    from dsmn_host.train import _save, evaluate, set_threads, train_one_epoch
 
     run_dir = Path(run_dir)
     config_path, best_path = run_dir / "config.json", run_dir / "best.pt"

@@ -225,16 +225,17 @@ def _cmd_tree(args):
 
 
 def register(subparsers):
+    from dsmn_host.clihelp import style
+
     p = subparsers.add_parser(
         "tflm-tree",
         help="make a TFLite-Micro source tree (CMSIS-NN kernels) from a tflite-micro checkout",
         description="Run the checkout's create_tflm_tree.py with the options build-firmware expects "
                     f"({TREE_MAKEFILE_OPTIONS}) into OUT. The tree is written to OUT.partial and "
-                    "renamed when complete. Example:\n"
-                    "  git clone https://github.com/tensorflow/tflite-micro\n"
-                    "  dsmn-host tflm-tree --tflite-micro tflite-micro --out tflm\n"
-                    "  dsmn-host build-firmware --runtime tflm --tflm-dir tflm",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+                    "renamed when complete.",
+        **style("git clone https://github.com/tensorflow/tflite-micro   # then:",
+                "dsmn-host tflm-tree --tflite-micro tflite-micro --out tflm",
+                "dsmn-host build-firmware --runtime tflm --tflm-dir tflm"),
     )
     p.add_argument("--tflite-micro", required=True, metavar="CHECKOUT", help="a tflite-micro git checkout")
     p.add_argument("--out", required=True, metavar="DIR", help="new directory for the tree")

@@ -192,16 +192,6 @@ def plot_curves(history, path):
     plt.close(fig)
 
 
-def pick_device(name="auto"):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DsmnError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
 def set_threads(threads):
     import torch
 
@@ -334,6 +324,7 @@ def train(data, out, model_name="model1", recipe=None, seed=0, resume=False, dev
     calls this; rank 0 writes. `amp` is None (full float), "bf16" or "fp16" autocast (CUDA only;
     fp16 with a gradient scaler); `compile` wraps the network in torch.compile (CUDA only).
     """
+    from dsmn_host.distributed import pick_device
     from dsmn_host.features import open_features
 
     out = Path(out)

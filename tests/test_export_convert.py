@@ -266,8 +266,8 @@ def test_int8_accuracy_within_1pp_of_float_on_1000_clips(int8_tflite, exported_o
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from dsmn_host.evaluate import quantize
     from dsmn_host.features import open_features
+    from dsmn_host.int8io import features_to_nhwc, features_to_time_mel, quantize
     from dsmn_host.modelcard import load_card
 
     cache = open_features(large_val_cache)
@@ -285,8 +285,7 @@ def test_int8_accuracy_within_1pp_of_float_on_1000_clips(int8_tflite, exported_o
     f_top, q_top = [], []
     for start in range(0, len(idx), 100):
         x = cache.inputs(idx[start:start + 100])                      # (B, 2, mel, time)
-        x_tm = np.ascontiguousarray(x.transpose(0, 1, 3, 2))
-        x_nhwc = np.ascontiguousarray(x.transpose(0, 3, 2, 1))
+        x_tm, x_nhwc = features_to_time_mel(x), features_to_nhwc(x)
         for k in range(len(x)):
             f_top.append(sess.run(None, {in_name: x_tm[k:k + 1]})[0][0, :10].argmax())
             ref.set_tensor(i_in, quantize(x_nhwc[k:k + 1], s_in, zp_in))

@@ -54,8 +54,9 @@ def one(model, tflite, board, runtime, work, tflm_dir, xs, cache):
 
     out = work / f"{model}-{board}-{runtime}"
     try:
+        # features-mode firmware (no on-device front end): the two runtimes compared like for like
         rep = build_firmware(tflite=tflite, board=board, runtime=runtime, tflm_dir=tflm_dir, out=out, quiet=True,
-                             tflm_cache=cache)
+                             tflm_cache=cache, front_end=False)
     except DsmnError as e:
         return {"error": str(e).splitlines()[0]}, None
     run, outs = measure(rep["elf"], board, xs)

@@ -367,6 +367,10 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     fe_skipped = None
     if front_end is None:  # auto: built in when the model takes its input and the board has room
         front_end = frontend.fits_model(card)
+        if front_end and runtime != "native":
+            # TFLM lends no arena: the front end would add its whole scratch as RAM of its own,
+            # a path no test runs on the board; features-mode TFLM firmware unless asked for.
+            front_end, fe_skipped = False, "left out: the TFLM runtime lends it no arena (features mode only)"
         if front_end:
             try:
                 check_fits(est_flash + frontend.FLASH_ESTIMATE, est_arena,

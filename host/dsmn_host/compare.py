@@ -12,7 +12,6 @@ view.
 """
 
 import json
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -43,37 +42,9 @@ def read_trace(data):
 def run_traced(gen_dir, inputs, target="host", timeout=600):
     """Build the generated code in `gen_dir` with -DDSMN_TRACE and run `inputs` (N x input
     bytes, int8) on `target`; returns (outputs, {tensor: [array per input]})."""
-    from dsmn_host import codegen
+    from dsmn_host.runner import run_batch
 
-    gen_dir = Path(gen_dir)
-    meta = json.loads((gen_dir / "memory.json").read_text())
-    inputs = np.ascontiguousarray(inputs, dtype=np.int8)
-    n = inputs.shape[0]
-    if inputs.size != n * meta["input_bytes"]:
-        raise DsmnError(f"inputs have {inputs.size // max(n, 1)} elements per item; the model "
-                        f"takes {meta['input_bytes']}")
-    if target == "host":
-        exe = codegen.build_host_runner(gen_dir, exe=gen_dir / "dsmn_runner_trace",
-                                        cflags=["-DDSMN_TRACE"])
-        with tempfile.TemporaryDirectory() as d:
-            fi, fo, ft = Path(d) / "in.bin", Path(d) / "out.bin", Path(d) / "trace.bin"
-            inputs.tofile(fi)
-            r = subprocess.run([str(exe), str(fi), str(fo), str(n)], capture_output=True, text=True,
-                               timeout=timeout, env=dict(os.environ, DSMN_TRACE_FILE=str(ft)))
-            if r.returncode != 0:
-                raise DsmnError(f"traced runner failed ({r.returncode}): {r.stderr[-2000:]}")
-            out = np.fromfile(fo, dtype=np.int8).reshape(n, meta["output_bytes"])
-            trace = ft.read_bytes()
-    elif target == "qemu-an386":
-        elf = codegen.build_qemu_runner(gen_dir, elf=gen_dir / "dsmn_runner_trace_an386.elf",
-                                        cflags=["-DDSMN_TRACE"])
-        out, stats = codegen.run_qemu(elf, inputs, meta["output_bytes"], timeout=timeout,
-                                      extra_files=("trace.bin",))
-        if "trace.bin" not in stats["files"]:
-            raise DsmnError("QEMU runner wrote no trace.bin (semihosting file open failed)")
-        trace = stats["files"]["trace.bin"]
-    else:
-        raise DsmnError(f"unknown target {target!r}; use host or qemu-an386")
+    out, trace = run_batch(gen_dir, inputs, target=target, timeout=timeout, trace=True)
     return out, read_trace(trace)
 
 

@@ -5,6 +5,7 @@ produce outputs and instruction counts. Step labels come from memory.json's "ste
 """
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -39,8 +40,12 @@ def build_host_runner(gen_dir, exe=None, cflags=()):
     return exe
 
 
-def run_batch(gen_dir, inputs, target="host", timeout=600):
-    """Run generated code on int8 `inputs` (N x input shape); returns N x output bytes int8."""
+def run_batch(gen_dir, inputs, target="host", timeout=600, trace=False):
+    """Run generated code on int8 `inputs` (N x input shape); returns N x output bytes int8.
+
+    `trace`: build with -DDSMN_TRACE (every step's output tensor written as it is computed:
+    by the host runner to $DSMN_TRACE_FILE, by the QEMU runner to trace.bin by semihosting)
+    and return (outputs, trace bytes)."""
     gen_dir = Path(gen_dir)
     meta = json.loads((gen_dir / "memory.json").read_text())
     inputs = np.ascontiguousarray(inputs, dtype=np.int8)
@@ -48,21 +53,32 @@ def run_batch(gen_dir, inputs, target="host", timeout=600):
     if inputs.size != n * meta["input_bytes"]:
         raise DsmnError(f"inputs have {inputs.size // max(n, 1)} elements per item; the model "
                         f"takes {meta['input_bytes']}")
+    cflags = ["-DDSMN_TRACE"] if trace else []
+    what = "traced runner" if trace else "runner"
     if target == "host":
-        exe = build_host_runner(gen_dir)
+        exe = build_host_runner(gen_dir, exe=gen_dir / ("dsmn_runner_trace" if trace else "dsmn_runner"),
+                                cflags=cflags)
         with tempfile.TemporaryDirectory() as d:
-            fi, fo = Path(d) / "in.bin", Path(d) / "out.bin"
+            fi, fo, ft = Path(d) / "in.bin", Path(d) / "out.bin", Path(d) / "trace.bin"
             inputs.tofile(fi)
+            env = dict(os.environ, DSMN_TRACE_FILE=str(ft)) if trace else None
             r = subprocess.run([str(exe), str(fi), str(fo), str(n)], capture_output=True,
-                               text=True, timeout=timeout)
+                               text=True, timeout=timeout, env=env)
             if r.returncode != 0:
-                raise DsmnError(f"runner failed ({r.returncode}): {r.stderr[-2000:]}")
-            out = np.fromfile(fo, dtype=np.int8)
-        return out.reshape(n, meta["output_bytes"])
-    if target == "qemu-an386":
-        out, _ = run_qemu(build_qemu_runner(gen_dir), inputs, meta["output_bytes"], timeout=timeout)
-        return out
-    raise DsmnError(f"unknown target {target!r}; use host or qemu-an386")
+                raise DsmnError(f"{what} failed ({r.returncode}): {r.stderr[-2000:]}")
+            out = np.fromfile(fo, dtype=np.int8).reshape(n, meta["output_bytes"])
+            trace_bytes = ft.read_bytes() if trace else None
+    elif target == "qemu-an386":
+        elf = build_qemu_runner(gen_dir, elf=gen_dir / ("dsmn_runner_trace_an386.elf" if trace
+                                                        else "dsmn_runner_an386.elf"), cflags=cflags)
+        out, stats = run_qemu(elf, inputs, meta["output_bytes"], timeout=timeout,
+                              extra_files=("trace.bin",) if trace else ())
+        if trace and "trace.bin" not in stats["files"]:
+            raise DsmnError("QEMU runner wrote no trace.bin (semihosting file open failed)")
+        trace_bytes = stats["files"].get("trace.bin")
+    else:
+        raise DsmnError(f"unknown target {target!r}; use host or qemu-an386")
+    return (out, trace_bytes) if trace else out
 
 
 QEMU_RUNNER_DIR = RUNTIME_DIR / "qemu_runner"

@@ -122,6 +122,17 @@ static void send_error(uint16_t msg_id, uint16_t code, const char *text)
     proto_link_respond(&link, PROTO_ERROR, msg_id, payload, (uint16_t)(2 + n));
 }
 
+/* INFER and AUDIO both need an initialised runtime; if it failed, say so with the runtime's own
+ * account (TFLM's stage and TfLiteStatus) where it has one. */
+static int runtime_ready(uint16_t msg_id)
+{
+    if (runtime_status == 0)
+        return 1;
+    send_error(msg_id, PROTO_ERR_RUNTIME_INIT,
+               runtime_error_text()[0] ? runtime_error_text() : "runtime failed to initialise");
+    return 0;
+}
+
 static void handle_infer(const proto_msg_t *m)
 {
     if (m->len < INFER_HEADER_BYTES || m->len - INFER_HEADER_BYTES != DSMN_CFG_INPUT_BYTES) {
@@ -132,11 +143,8 @@ static void handle_infer(const proto_msg_t *m)
         send_error(m->msg_id, PROTO_ERR_BAD_KIND, "only INFER kind 0 (int8 tensor) is supported");
         return;
     }
-    if (runtime_status != 0) {
-        send_error(m->msg_id, PROTO_ERR_RUNTIME_INIT,
-                   runtime_error_text()[0] ? runtime_error_text() : "runtime failed to initialise");
+    if (!runtime_ready(m->msg_id))
         return;
-    }
     uint64_t t0 = board_counter_now();
     int status = runtime_invoke((const int8_t *)(m->data + INFER_HEADER_BYTES), output);
     uint64_t ticks = board_counter_now() - t0;
@@ -264,10 +272,8 @@ static void handle_audio(const proto_msg_t *m)
         send_error(m->msg_id, PROTO_ERR_NO_FRONTEND, "front end scratch does not fit the runtime's arena");
         return;
     }
-    if (runtime_status != 0) {
-        send_error(m->msg_id, PROTO_ERR_RUNTIME_INIT, "runtime failed to initialise");
+    if (!runtime_ready(m->msg_id))
         return;
-    }
     uint64_t t0 = board_counter_now();
     int fe_result = dsmn_fe_end(&fe, FE_INPUT);
     fe_ticks += board_counter_now() - t0;

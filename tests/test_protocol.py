@@ -134,11 +134,11 @@ def test_hello_round_trip_and_fixed_offsets():
         P.Hello.decode(raw[:-2])  # a label cut short
 
 
-@pytest.fixture
-def served(harness, tmp_path):
-    """The C protocol layer serving on a real pty; yields the pty path."""
+def _serve(harness, hello, tmp_path):
+    """The C protocol layer serving `hello` on a real pty: yields the pty path, then checks the
+    layer did not crash (ASan/UBSan)."""
     hello_file = tmp_path / "hello.bin"
-    hello_file.write_bytes(_hello().encode())
+    hello_file.write_bytes(hello.encode())
     master, slave = os.openpty()
     tty.setraw(master)
     tty.setraw(slave)
@@ -152,6 +152,12 @@ def served(harness, tmp_path):
         os.close(master)
         os.close(slave)
     assert proc.returncode in (-9, 0), "the C protocol layer crashed (ASan/UBSan)"
+
+
+@pytest.fixture
+def served(harness, tmp_path):
+    """The C protocol layer serving on a real pty; yields the pty path."""
+    yield from _serve(harness, _hello(), tmp_path)
 
 
 def _expected(data):
@@ -273,21 +279,7 @@ def _hello_rev2(window=4):
 @pytest.fixture
 def served_rev2(harness, tmp_path):
     """The C layer behind a revision-2 HELLO (window 4, AUDIO): a windowed host."""
-    hello_file = tmp_path / "hello.bin"
-    hello_file.write_bytes(_hello_rev2().encode())
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
-    env = dict(os.environ, HARNESS_HELLO=str(hello_file), ASAN_OPTIONS="detect_leaks=0")
-    proc = subprocess.Popen([str(harness), "serve"], stdin=master, stdout=master, env=env)
-    try:
-        yield os.ttyname(slave)
-    finally:
-        proc.kill()
-        proc.wait()
-        os.close(master)
-        os.close(slave)
-    assert proc.returncode in (-9, 0), "the C protocol layer crashed (ASan/UBSan)"
+    yield from _serve(harness, _hello_rev2(), tmp_path)
 
 
 def test_hello_extension_round_trip_and_v1_view():

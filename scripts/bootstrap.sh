@@ -30,8 +30,9 @@ cmsis_sha=307d32298faa7c58db912851027fce35f886fec7eb1a27c4b309ce1a97f47519
 cmsis_dir="${DSMN_CACHE:-$HOME/.cache/dsmn-host}/cmsisdsp-$cmsis_ver"
 if [ ! -f "$cmsis_dir/Include/arm_math.h" ]; then
   tmp="$(mktemp -d)"
-  # --no-build-isolation: pip only needs the sdist's metadata, not its build dependencies.
-  "$PY" -m pip download -q --no-deps --no-binary cmsisdsp --no-build-isolation "cmsisdsp==$cmsis_ver" -d "$tmp"
+  # pip prepares the sdist's metadata even for a download; with build isolation it fetches its own
+  # setuptools + wheel (a fresh Python may have setuptools without wheel: bdist_wheel then fails).
+  "$PY" -m pip download -q --no-deps --no-binary cmsisdsp "cmsisdsp==$cmsis_ver" -d "$tmp"
   echo "$cmsis_sha  $tmp/cmsisdsp-$cmsis_ver.tar.gz" | sha256sum -c --quiet
   tar -xzf "$tmp/cmsisdsp-$cmsis_ver.tar.gz" -C "$tmp" "cmsisdsp-$cmsis_ver/Include" \
     "cmsisdsp-$cmsis_ver/PrivateInclude" "cmsisdsp-$cmsis_ver/Source" "cmsisdsp-$cmsis_ver/LICENSE"

@@ -73,7 +73,8 @@ def int8_accuracy(tflite, cache_path, split="evaluate"):
 
     from dsmn_host.features import open_features
     from dsmn_host.modelcard import load_card
-    from dsmn_host.verify import _quantize, _tflite_ref_runner
+    from dsmn_host.int8io import features_to_nhwc, quantize
+    from dsmn_host.verify import _tflite_ref_runner
 
     card = load_card(tflite)
     cache = open_features(cache_path)
@@ -82,9 +83,9 @@ def int8_accuracy(tflite, cache_path, split="evaluate"):
     correct = 0
     for start in range(0, len(rows), 64):
         r = rows[start:start + 64]
-        x = np.ascontiguousarray(cache.inputs(r).transpose(0, 3, 2, 1))   # B, time, mel, 2
+        x = features_to_nhwc(cache.inputs(r))   # B, time, mel, 2
         for i in range(len(r)):
-            out = run(_quantize(x[i:i + 1], card["input"]["scale"], card["input"]["zero_point"]))
+            out = run(quantize(x[i:i + 1], card["input"]["scale"], card["input"]["zero_point"]))
             correct += int(np.asarray(out).reshape(-1)[:10].argmax() == int(cache.scene_idx[r[i]]))
     return correct / len(rows)
 

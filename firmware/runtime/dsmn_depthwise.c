@@ -258,3 +258,14 @@ void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p_arg, const dsmn_requant 
         }
     }
 }
+
+int32_t dsmn_depthwise_conv2d_s8_scratch_bytes(const dsmn_conv_params *p, const dsmn_dims *in_dims,
+                                               const dsmn_dims *filter_dims,
+                                               const dsmn_dims *out_dims)
+{
+    (void)p;
+    (void)in_dims;
+    (void)filter_dims;
+    (void)out_dims;
+    return 0; /* DWF_CHUNK channel constants, DSMN_MAX_TAPS tap lists, a 256-entry table: stack */
+}

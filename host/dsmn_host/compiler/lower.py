@@ -225,7 +225,9 @@ class Lowering(IR):
         note = (f"{kind} {c['wsh'][1]}x{c['wsh'][2]} s{c['stride'][0]}x{c['stride'][1]} "
                 f"d{c['dil'][0]}x{c['dil'][1]}" + (" +split" if len(wins) > 1 else ""))
         self.steps.append(Step(op.index, op.name, "kernel", [x], [t for t, _, _ in calls], code,
-                               note=note, macs=self._macs(c), band=band))
+                               note=note, macs=self._macs(c), band=band, scratch_bytes=0,
+                               scratch_calls=[f"{fn}_scratch_bytes(&{p}, &{di}, &{df}, &{do})"
+                                              for _, p, do in calls]))
 
     @staticmethod
     def _macs(c):
@@ -315,7 +317,8 @@ class Lowering(IR):
         def code(ptr, scratch):
             return f"dsmn_sparable_s8(&{p}, &{di}, {ptr[x]}, &{do}, {ptr[y]});"
         macs = self._macs(cq) + self._macs(cr)
-        self.steps.append(Step(add.index, "SPARABLE", "kernel", [x], [y], code,
+        self.steps.append(Step(add.index, "SPARABLE", "kernel", [x], [y], code, scratch_bytes=0,
+                               scratch_calls=[f"dsmn_sparable_s8_scratch_bytes(&{p}, &{di}, &{do})"],
                                note=f"ops {pq.index},{pr.index},{add.index}" +
                                     "".join(f",{n.index}" for n in tail) + " fused", macs=macs))
 
@@ -490,9 +493,11 @@ class Lowering(IR):
                         f"(int32_t *){scratch});")
             band = RowBand({x: RowMap(h=h)}, band_code, reduce=True, rows=h,
                            init=lambda scratch: f"memset({scratch}, 0, {4 * inner});",
-                           finish=lambda ptr, scratch: f"dsmn_mean_finish_s8(&{p}, (const int32_t *){scratch}, {ptr(y, 0)});")
+                           finish=lambda ptr, scratch: f"dsmn_mean_finish_s8(&{p}, (const int32_t *){scratch}, {ptr(y, 0)});",
+                           scratch_calls=[f"dsmn_mean_accumulate_s8_scratch_bytes({inner})"])
         self.steps.append(Step(op.index, op.name, "kernel", [x], [y], code,
-                               scratch_bytes=4 * outer * inner, note=f"axes {axes}", band=band))
+                               scratch_bytes=4 * outer * inner, note=f"axes {axes}", band=band,
+                               scratch_calls=[f"dsmn_mean_s8_scratch_bytes(&{p})"]))
 
     def _pool(self, op, fn):
         o = op.options

@@ -165,6 +165,31 @@ def test_scratch_is_what_each_kernel_states(plan, tmp_path):
     assert good.size
 
 
+def test_param_dataclasses_mirror_the_c_structs():
+    """compiler/params.py has one dataclass per struct of dsmn_kernels.h, fields in the same
+    order (the generator writes positional initialisers), each field 32 bits on Cortex-M."""
+    import re
+    from dataclasses import fields
+
+    from dsmn_host.compiler import params
+    from dsmn_host.compiler.kernels import RUNTIME_DIR
+
+    src = re.sub(r"/\*.*?\*/", "", (RUNTIME_DIR / "dsmn_kernels.h").read_text(), flags=re.S)
+    structs = {}
+    for body, name in re.findall(r"typedef struct \{(.*?)\} (\w+);", src, flags=re.S):
+        names = []
+        for decl in body.split(";"):
+            decl = decl.strip()
+            if not decl:
+                continue
+            ctype, rest = re.match(r"(?:const\s+)?(\w+)\s+(.*)", decl, flags=re.S).groups()
+            assert ctype == "int32_t" or ctype.startswith("dsmn_") or ctype == "int8_t", decl
+            names += [re.sub(r"[\s*]|\[.*\]", "", d) for d in rest.split(",")]
+        structs[name] = names
+    mirrored = {cls.CTYPE: [f.name for f in fields(cls)] for cls in params.STRUCTS}
+    assert mirrored == structs
+
+
 def test_refusal_names_smallest_peak_and_board_ram(tmp_path):
     from dsmn_host import codegen
     from dsmn_host.errors import DsmnError

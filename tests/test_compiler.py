@@ -122,6 +122,74 @@ def test_model1_tiled_bit_exact_host(how, model1_reference, model1_min, tmp_path
     assert all(m["label"] for m in mem["marks"])
 
 
+@pytest.mark.parametrize("plan", ["fast", "min"])
+def test_scratch_is_what_each_kernel_states(plan, tmp_path):
+    """Scratch contract (dsmn_kernels.h): every kernel step's scratch in the plan equals its
+    kernel's own *_scratch_bytes(), which the generated dsmn_init() evaluates on the real
+    build (every run_batch of models 1-4 and the random chains in these tests runs it); a
+    reservation that differs fails init with DSMN_ERR_SCRATCH + the step's mark."""
+    import re
+
+    import tensorflow as tf
+    from dsmn_host import codegen
+    from dsmn_host.errors import DsmnError
+
+    wt = rs.Weights(3)
+
+    def fn(x):
+        y = tf.nn.relu(tf.nn.conv2d(x, wt((3, 3, 2, 4)), 1, "SAME") + wt((4,), 0.1))
+        z = tf.nn.depthwise_conv2d(y, wt((3, 3, 4, 1)), [1, 1, 1, 1], "SAME") + wt((4,), 0.1)
+        return z * tf.sigmoid(tf.reduce_mean(z, axis=[1, 2], keepdims=True))
+
+    buf = rs.to_int8_tflite(fn, (8, 5, 2), seed=3)
+    (tmp_path / "m.tflite").write_bytes(buf)
+    report = codegen.generate(tmp_path / "m.tflite", tmp_path / "gen", plan=plan)
+    src = (tmp_path / "gen" / "dsmn_model.c").read_text()
+    checks = re.findall(r"if \((dsmn_\w+)_scratch_bytes\(.*\) != (\d+)\) \{\n\s+return "
+                        r"DSMN_ERR_SCRATCH \+ (\d+); /\* op (\d+) ", src)
+    kernels = {k for k, _, _, _ in checks}
+    assert {"dsmn_conv2d_s8", "dsmn_depthwise_conv2d_s8"} <= kernels
+    assert ("dsmn_mean_accumulate_s8" if plan == "min" else "dsmn_mean_s8") in kernels
+    # each conv / depthwise / MEAN op of the graph is checked, MEAN against 4 bytes a channel
+    assert {int(o) for *_, o in checks} >= {s["op_index"] for s in report["ops"]
+                                            if s["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "MEAN")}
+    assert [int(b) for k, b, _, _ in checks if k.startswith("dsmn_mean")] == [16]
+    assert [s["scratch_bytes"] for s in report["ops"] if s["op"] == "MEAN"] == [16]
+    xs = rs.random_inputs(buf, 1, 0)
+    good = codegen.run_batch(tmp_path / "gen", xs)     # dsmn_init passed: they agree
+    mean = next(c for c in checks if c[0].startswith("dsmn_mean"))
+    (tmp_path / "gen" / "dsmn_model.c").write_text(
+        src.replace(f") != {mean[1]}) {{", f") != {int(mean[1]) + 4}) {{"))
+    with pytest.raises(DsmnError, match=f"dsmn_init failed: {1000 + int(mean[2])} "):
+        codegen.run_batch(tmp_path / "gen", xs)
+    assert good.size
+
+
+def test_param_dataclasses_mirror_the_c_structs():
+    """compiler/params.py has one dataclass per struct of dsmn_kernels.h, fields in the same
+    order (the generator writes positional initialisers), each field 32 bits on Cortex-M."""
+    import re
+    from dataclasses import fields
+
+    from dsmn_host.compiler import params
+    from dsmn_host.compiler.kernels import RUNTIME_DIR
+
+    src = re.sub(r"/\*.*?\*/", "", (RUNTIME_DIR / "dsmn_kernels.h").read_text(), flags=re.S)
+    structs = {}
+    for body, name in re.findall(r"typedef struct \{(.*?)\} (\w+);", src, flags=re.S):
+        names = []
+        for decl in body.split(";"):
+            decl = decl.strip()
+            if not decl:
+                continue
+            ctype, rest = re.match(r"(?:const\s+)?(\w+)\s+(.*)", decl, flags=re.S).groups()
+            assert ctype == "int32_t" or ctype.startswith("dsmn_") or ctype == "int8_t", decl
+            names += [re.sub(r"[\s*]|\[.*\]", "", d) for d in rest.split(",")]
+        structs[name] = names
+    mirrored = {cls.CTYPE: [f.name for f in fields(cls)] for cls in params.STRUCTS}
+    assert mirrored == structs
+
+
 def test_refusal_names_smallest_peak_and_board_ram(tmp_path):
     from dsmn_host import codegen
     from dsmn_host.errors import DsmnError

@@ -4,7 +4,13 @@
 
 #include "dsmn_model.h"
 
-int runtime_init(void) { return 0; }
+static int init_status;
+
+int runtime_init(void)
+{
+    init_status = dsmn_init();
+    return init_status;
+}
 
 int runtime_invoke(const int8_t *input, int8_t *output) { return dsmn_invoke(input, output); }
 
@@ -16,4 +22,10 @@ void *runtime_scratch(uint32_t *bytes)
     return dsmn_arena_base();
 }
 
-const char *runtime_error_text(void) { return ""; }
+const char *runtime_error_text(void)
+{
+    /* DSMN_ERR_SCRATCH + k: step k of dsmn_model.c (memory.json's steps) reserves scratch that
+     * differs from its kernel's *_scratch_bytes(): the generator and the kernels disagree. */
+    return init_status >= DSMN_ERR_SCRATCH ? "dsmn_init: a step's scratch differs from its kernel's"
+                                           : "";
+}

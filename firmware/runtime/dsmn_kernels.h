@@ -230,6 +230,23 @@ void dsmn_add_rows_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_
 void dsmn_mul_rows_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t rows,
                       int32_t count, const int8_t *in1, const int8_t *in2, int8_t *out);
 
+/* Scratch contract (CMSIS-NN's *_get_buffer_size_s8): each kernel states, from the same
+ * parameters it is called with, how many bytes of caller-provided scratch it needs; the code
+ * generator reserves that much in the arena for the step, and the generated dsmn_init()
+ * checks every step's reservation against these functions. The conv family keeps its working
+ * storage on the stack (fixed bounds: channel chunks, tap lists, 256-entry tables), so it
+ * needs none; MEAN needs its int32 sums. */
+int32_t dsmn_conv2d_s8_scratch_bytes(const dsmn_conv_params *p, const dsmn_dims *in_dims,
+                                     const dsmn_dims *filter_dims, const dsmn_dims *out_dims);
+int32_t dsmn_depthwise_conv2d_s8_scratch_bytes(const dsmn_conv_params *p, const dsmn_dims *in_dims,
+                                               const dsmn_dims *filter_dims,
+                                               const dsmn_dims *out_dims);
+int32_t dsmn_sparable_s8_scratch_bytes(const dsmn_sparable_params *p, const dsmn_dims *in_dims,
+                                       const dsmn_dims *out_dims);
+int32_t dsmn_mean_s8_scratch_bytes(const dsmn_mean_params *p);
+/* dsmn_mean_accumulate_s8's `acc`, which dsmn_mean_finish_s8 reads. */
+int32_t dsmn_mean_accumulate_s8_scratch_bytes(int32_t inner);
+
 #ifdef __cplusplus
 }
 #endif

@@ -111,3 +111,13 @@ void dsmn_max_pool_s8(const dsmn_pool_params *p_arg, const dsmn_dims *id, const 
         }
     }
 }
+
+int32_t dsmn_mean_s8_scratch_bytes(const dsmn_mean_params *p)
+{
+    return p->outer * p->inner * (int32_t)sizeof(int32_t);
+}
+
+int32_t dsmn_mean_accumulate_s8_scratch_bytes(int32_t inner)
+{
+    return inner * (int32_t)sizeof(int32_t);
+}

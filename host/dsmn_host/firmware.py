@@ -35,6 +35,8 @@ NATIVE_KERNEL_O2_FACTOR = 1.8
 NATIVE_INVOKE_BYTES_PER_STEP = 48
 # A band call of a tiled unit copies its parameter struct and sets the rows first.
 NATIVE_INVOKE_BYTES_PER_BAND_CALL = 96
+# dsmn_init() checks each kernel call's scratch (measured 32 bytes a check, model1 at -O2).
+NATIVE_INIT_BYTES_PER_CHECK = 40
 NATIVE_KERNEL_CODE_FALLBACK = 16 * 1024  # when codegen could not measure (no arm-none-eabi-gcc)
 TFLM_ARENA_MARGIN_MIN = 4096  # the card measures the arena on a 64-bit host; 32-bit needs a little less
 
@@ -90,6 +92,7 @@ def estimate(card, board, runtime, native_report=None):
         kernel = breakdown.pop("kernel_code", None) or NATIVE_KERNEL_CODE_FALLBACK
         flash = (sum(v for v in breakdown.values() if v) + int(kernel * NATIVE_KERNEL_O2_FACTOR)
                  + NATIVE_INVOKE_BYTES_PER_STEP * len(native_report["ops"]) + APP_CODE_ESTIMATE
+                 + NATIVE_INIT_BYTES_PER_CHECK * native_report.get("scratch_checks", 0)
                  + NATIVE_INVOKE_BYTES_PER_BAND_CALL * sum(u["calls"] for u in native_report.get("units", [])
                                                            if u["tiled"]))
         arena = native_report["peak_activation_bytes"]

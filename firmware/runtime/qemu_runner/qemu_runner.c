@@ -158,6 +158,9 @@ int main(void)
     if (sh_read(fi, &n, 4) != 0) {
         return 1;
     }
+    if (dsmn_init() != 0) {
+        return 1;
+    }
     char *p = stats;
     const uint32_t cal_iters = 1000000u;
     uint64_t t0 = ticks_now();

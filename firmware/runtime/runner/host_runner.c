@@ -43,6 +43,13 @@ int main(int argc, char **argv)
 #endif
     static int8_t in[DSMN_INPUT_BYTES];
     static int8_t out[DSMN_OUTPUT_BYTES];
+    const int init = dsmn_init();
+    if (init != 0) {
+        fprintf(stderr, "dsmn_init failed: %d (DSMN_ERR_SCRATCH + step %d: the scratch the "
+                "generator reserved differs from the kernel's *_scratch_bytes())\n", init,
+                init - DSMN_ERR_SCRATCH);
+        return 5;
+    }
     for (long i = 0; i < n; i++) {
         if (fread(in, 1, sizeof in, fi) != sizeof in) {
             fprintf(stderr, "short input at item %ld\n", i);

@@ -13,6 +13,22 @@ def render(name, **ctx):
     return env.get_template(name).render(**ctx)
 
 
+def scratch_checks(tp):
+    """The checks dsmn_init() makes: per kernel call of every step, its kernel's
+    *_scratch_bytes() call (a band call's own in a tiled unit) against the bytes the plan
+    reserved for the step, labelled with the step's DSMN_MARK number."""
+    checks, mark = [], 0
+    for u, st in zip(tp.units, tp.steps):
+        if st.kind == "alias":
+            continue
+        for s in u.steps:
+            sc = s.band.scratch_calls if u.tiled and s.band.scratch_calls is not None else s.scratch_calls
+            checks += [{"expr": e, "bytes": s.scratch_bytes, "mark": mark,
+                        "label": f"op {s.op_index} {s.op_name}"} for e in sc]
+        mark += 1
+    return checks
+
+
 def emit(graph, tp, decls, model_name, struct_sizes=None):
     """(dsmn_model.h, dsmn_model.c, marks): marks label every DSMN_MARK (unit) in order."""
     plan = tp.plan
@@ -56,6 +72,7 @@ def emit(graph, tp, decls, model_name, struct_sizes=None):
     if plan.owner[graph.outputs[0]] == "in":
         tail.append(f"memcpy(output, input, {gout.nbytes});")
     ctx = dict(model_name=model_name, decls=decls, calls=calls, tail=tail, units=units,
+               scratch_checks=scratch_checks(tp),
                struct_sizes=sorted((struct_sizes or {}).items()),
                arena_bytes=max(plan.arena_bytes, ALIGN), input_bytes=gin.nbytes,
                output_bytes=gout.nbytes, input_shape=list(gin.shape), output_shape=list(gout.shape),

@@ -57,6 +57,7 @@ class RowBand:
     init: object = None              # reduce only: (scratch) -> C zeroing the accumulator
     finish: object = None            # reduce only: (ptr, scratch) -> C
     rows: int = 0                    # H of the outputs (of the input for a reduction)
+    scratch_calls: list = None       # as Step.scratch_calls for the band call (None: the Step's)
 
 
 @dataclass
@@ -68,6 +69,9 @@ class Step:
     outputs: list           # activation tensor indices written
     code: object = None     # callable(ptr: dict[int,str], scratch: str) -> C statements
     scratch_bytes: int = 0
+    # C calls of the kernels' *_scratch_bytes() for this step's calls: the kernels' own
+    # statement of what scratch_bytes must be; the generated dsmn_init() checks each equals it.
+    scratch_calls: list = field(default_factory=list)
     note: str = ""
     macs: int = 0
     band: RowBand = None    # set when the Step can run on bands of rows (see tile.py)

@@ -6,6 +6,7 @@ also get a RowBand (see ir.py) so the tile pass can stream them.
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -13,6 +14,10 @@ from dsmn_host.errors import DsmnError
 from dsmn_host.compiler.fold import fold_shapes, resolve_reshape
 from dsmn_host.compiler.fuse import find_fusions
 from dsmn_host.compiler.ir import IR, RowBand, RowMap, Step, op_error as _err, rows_of, row_bytes
+from dsmn_host.compiler.params import (MAX_TAIL, AddParams, Broadcast, ConvParams, Dims, FcParams,
+                                       GatherParams, LogisticParams, MeanParams, MulParams,
+                                       PadParams, PoolParams, Requant, RequantParams, SoftmaxParams,
+                                       SparableParams, TailOp)
 from dsmn_host.compiler.qmath import (ACT_NAMES, activation_range, add_one, dims4, mul_one,
                                       quantize_multiplier, round_away, tflite_padding)
 
@@ -22,10 +27,6 @@ SUPPORTED_OPS = (
     "STRIDED_SLICE", "SPLIT", "SPLIT_V", "TRANSPOSE", "QUANTIZE", "LOGISTIC", "TANH", "SOFTMAX",
     "PAD", "PADV2",
 )
-
-
-# Structs holding pointers differ in size between the host (64-bit) and Cortex-M builds.
-POINTER_STRUCTS = ("dsmn_requant", "dsmn_sparable_params", "dsmn_tail_op")
 
 
 class Emitter:
@@ -50,14 +51,13 @@ class Emitter:
         self.flash[kind] += len(values) * {"int8_t": 1, "int32_t": 4}[ctype]
         return n
 
-    def struct(self, ctype, fields, base, size):
-        """A const struct; `size` is what the flash accounting assumes (the Cortex-M layout),
-        checked by a _Static_assert in the generated C for the pointer-free structs."""
-        if size and ctype not in POINTER_STRUCTS:
-            self.struct_sizes[ctype] = size
+    def struct(self, s, base):
+        """A const struct from its dataclass (params.py); its Cortex-M size is what the flash
+        accounting counts and what a _Static_assert in the generated C checks."""
+        self.struct_sizes[s.CTYPE] = (s.size(), s.has_pointer())
         n = self.name(base)
-        self.decls.append(f"static const {ctype} {n} = {fields};")
-        self.flash["params"] += size
+        self.decls.append(f"static const {s.CTYPE} {n} = {s.initializer()};")
+        self.flash["params"] += s.size()
         return n
 
 
@@ -83,8 +83,7 @@ class Lowering(IR):
         return r
 
     def dims_struct(self, shape):
-        n, h, w, c = dims4(shape)
-        return self.e.struct("dsmn_dims", f"{{{n}, {h}, {w}, {c}}}", "dims", 16)
+        return self.e.struct(Dims(*dims4(shape)), "dims")
 
     def per_channel(self, op, in_idx, f_idx, out_idx, n_ch):
         s_in, _ = self.qp(in_idx)
@@ -169,10 +168,9 @@ class Lowering(IR):
             if ish[3] % wsh[3] or n_ch % (ish[3] // wsh[3]):
                 raise _err(op, f"input channels {ish[3]} / filter channels {wsh[3]} do not form "
                                "whole groups")
-        m, s = self.per_channel(op, x, w, y, n_ch)
-        fields = (f"{-zin}, {zout}, {o.strideH}, {o.strideW}, {dil_h}, {dil_w}, {pad_h}, {pad_w}, "
-                  f"{amin}, {amax}, {mult}")
-        return dict(x=x, y=y, w=w, b=b, ish=ish, wsh=wsh, osh=osh, fields=fields, m=m, s=s, pad_h=pad_h,
+        cp = ConvParams(-zin, zout, o.strideH, o.strideW, dil_h, dil_w, pad_h, pad_w, amin, amax, mult)
+        return dict(x=x, y=y, w=w, b=b, ish=ish, wsh=wsh, osh=osh, cp=cp,
+                    q=Requant(*self.per_channel(op, x, w, y, n_ch)), pad_h=pad_h,
                     dil=(dil_h, dil_w), stride=(o.strideH, o.strideW), mult=mult)
 
     def _windows(self, y, osh):
@@ -192,7 +190,7 @@ class Lowering(IR):
         channels) is the same arithmetic as a depthwise conv; run it with that kernel, filter
         reordered to 1×H×W×O (the converter writes pooling-as-conv this way)."""
         c = self._conv_setup(op, depthwise)
-        q = self.e.struct("dsmn_requant", f"{{{c['m']}, {c['s']}}}", "rq", 8)
+        q = self.e.struct(c["q"], "rq")
         layout = (3, 1, 2, 0) if channelwise else None
         wd, bd = self.weights(op, c["w"], layout), self.bias(op, c["b"])
         wsh = [c["wsh"][i] for i in layout] if channelwise else c["wsh"]
@@ -202,20 +200,12 @@ class Lowering(IR):
         wins = self._windows(c["y"], c["osh"])
         calls = []
         for t, y0, x0, dims in wins:
-            p = self.e.struct("dsmn_conv_params", f"{{{c['fields']}, {y0}, {x0}}}", "cp", 52)
+            p = self.e.struct(replace(c["cp"], out_y0=y0, out_x0=x0), "cp")
             do = self.dims_struct(dims)
             calls.append((t, p, do))
 
-        def code(ptr, scratch):
-            return "\n    ".join(f"{fn}(&{p}, &{q}, &{di}, {ptr[x]}, &{df}, {wd}, {bd}, &{do}, {ptr[t]});"
-                                  for t, p, do in calls)
-
-        def band_code(ptr, lo, hi, scratch):
-            out = []
-            for (t, p, do), (_, y0, _, dims) in zip(calls, wins):
-                out.append(f"{fn[:-3]}_rows_s8(&{p}, &{q}, &{di}, {ptr(x, 0)}, &{df}, {wd}, {bd}, "
-                           f"&{do}, {lo}, {hi - lo}, {ptr(t, lo)});")
-            return "\n    ".join(out)
+        code, band_code = self._window_calls(
+            fn, x, calls, lambda p, do, xin: f"&{p}, &{q}, &{di}, {xin}, &{df}, {wd}, {bd}, &{do}")
         band = None
         if rows_of(c["ish"]) and rows_of(c["osh"]) and all(y0 == 0 for _, y0, _, _ in wins):
             band = RowBand({x: RowMap(c["stride"][0], c["pad_h"], c["dil"][0], c["wsh"][1],
@@ -225,7 +215,22 @@ class Lowering(IR):
         note = (f"{kind} {c['wsh'][1]}x{c['wsh'][2]} s{c['stride'][0]}x{c['stride'][1]} "
                 f"d{c['dil'][0]}x{c['dil'][1]}" + (" +split" if len(wins) > 1 else ""))
         self.steps.append(Step(op.index, op.name, "kernel", [x], [t for t, _, _ in calls], code,
-                               note=note, macs=self._macs(c), band=band))
+                               note=note, macs=self._macs(c), band=band, scratch_bytes=0,
+                               scratch_calls=[f"{fn}_scratch_bytes(&{p}, &{di}, &{df}, &{do})"
+                                              for _, p, do in calls]))
+
+    @staticmethod
+    def _window_calls(fn, x, calls, args):
+        """(code, band_code) of a kernel called once per output window (conv, depthwise, pool):
+        `calls` are (output tensor, params, out dims); args(params, out dims, input address) the
+        arguments before the output, and in a band the rows, of the kernel's _rows_ entry."""
+        def code(ptr, scratch):
+            return "\n    ".join(f"{fn}({args(p, do, ptr[x])}, {ptr[t]});" for t, p, do in calls)
+
+        def band_code(ptr, lo, hi, scratch):
+            return "\n    ".join(f"{fn[:-3]}_rows_s8({args(p, do, ptr(x, 0))}, {lo}, {hi - lo}, "
+                                  f"{ptr(t, lo)});" for t, p, do in calls)
+        return code, band_code
 
     @staticmethod
     def _macs(c):
@@ -254,11 +259,9 @@ class Lowering(IR):
             mo, sho = quantize_multiplier(twice / ((1 << left) * so))
             if op.name == "SUB":
                 m2 = -m2
-            t = (-z1, -z2, zo, left, m1, sh1, m2, sh2, mo, sho, amin, amax)
-            return "add", "{" + ", ".join(map(str, t)) + "}", t
+            return AddParams(-z1, -z2, zo, left, m1, sh1, m2, sh2, mo, sho, amin, amax)
         mo, sho = quantize_multiplier(float(s1) * float(s2) / float(so))
-        t = (-z1, -z2, zo, mo, sho, amin, amax)
-        return "mul", "{" + ", ".join(map(str, t)) + "}", t
+        return MulParams(-z1, -z2, zo, mo, sho, amin, amax)
 
     def _sparable(self, add, pq, pr, tail):
         cq, cr = self._conv_setup(pq, True), self._conv_setup(pr, True)
@@ -266,56 +269,51 @@ class Lowering(IR):
         last = (tail[-1] if tail else add)
         y = last.outputs[0]
         self.check_int8(add, [add.inputs[0], add.inputs[1], add.outputs[0]])
-        _, addf, _ = self._binary_fields(add, add.inputs[0], add.inputs[1], add.outputs[0])
+        addp = self._binary_fields(add, add.inputs[0], add.inputs[1], add.outputs[0])
         tails, tail_fns = [], []
         cur = add.outputs[0]
         n_ch = self.t(y).shape[-1]
-        zero_add = "{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}"
-        zero_mul = "{0, 0, 0, 0, 0, 0, 0}"
         for n in tail:
             self.check_int8(n, list(n.inputs[:2]) + [n.outputs[0]])
-            kind, f, ft = self._binary_fields(n, n.inputs[0], n.inputs[1], n.outputs[0])
+            f = self._binary_fields(n, n.inputs[0], n.inputs[1], n.outputs[0])
+            is_mul = isinstance(f, MulParams)
             kidx = n.inputs[1] if n.inputs[0] == cur else n.inputs[0]
             kvals = np.asarray(self.t(kidx).data).reshape(-1).astype(int)
-            tail_fns.append((kind, ft, int(n.inputs[0] == kidx), kvals))
+            first = int(n.inputs[0] == kidx)
+            tail_fns.append((is_mul, f.values(), first, kvals))
             karr = self.e.array("int8_t", self.t(kidx).data, "k", "weights")
             per_ch = int(np.prod(self.t(kidx).shape)) > 1
-            first = int(n.inputs[0] == kidx)
-            tails.append(f"{{{int(kind == 'mul')}, {first}, {int(per_ch)}, {karr}, "
-                         f"{f if kind == 'add' else zero_add}, {f if kind == 'mul' else zero_mul}}}")
+            tails.append(TailOp(int(is_mul), first, int(per_ch), karr,
+                                AddParams() if is_mul else f, f if is_mul else MulParams()))
             cur = n.outputs[0]
-        tails += ["{0}"] * (4 - len(tails))
+        tails += [TailOp() for _ in range(MAX_TAIL - len(tails))]
         lut = "NULL"
         if tail_fns:
             table = np.zeros((n_ch, 256), np.int64)
             for c in range(n_ch):
                 for r0 in range(-128, 128):
                     r = r0
-                    for kind, ft, kfirst, kv in tail_fns:
+                    for is_mul, ft, kfirst, kv in tail_fns:
                         k = int(kv[c if len(kv) > 1 else 0])
                         a1, a2 = (k, r) if kfirst else (r, k)
-                        r = mul_one(ft, a1, a2) if kind == "mul" else add_one(ft, a1, a2)
+                        r = mul_one(ft, a1, a2) if is_mul else add_one(ft, a1, a2)
                     table[c, r0 + 128] = r
             lut = self.e.array("int8_t", table, "lut", "tables")
         wq, bq = self.weights(pq, cq["w"]), self.bias(pq, cq["b"])
         wr, br = self.weights(pr, cr["w"]), self.bias(pr, cr["b"])
-        fq, fr = dims4(cq["wsh"]), dims4(cr["wsh"])
+        fq, fr = Dims(*dims4(cq["wsh"])), Dims(*dims4(cr["wsh"]))
         # Operand order of the ADD: q is its first input.
         if add.inputs[0] != pq.outputs[0]:
             cq, cr, wq, wr, bq, br, fq, fr = cr, cq, wr, wq, br, bq, fr, fq
-        p = self.e.struct(
-            "dsmn_sparable_params",
-            "{\n    {{" + cq["fields"] + ", 0, 0}, {" + cr["fields"] + ", 0, 0}},\n"
-            f"    {{{{{cq['m']}, {cq['s']}}}, {{{cr['m']}, {cr['s']}}}}},\n"
-            f"    {{{{{', '.join(map(str, fq))}}}, {{{', '.join(map(str, fr))}}}}},\n"
-            f"    {{{wq}, {wr}}}, {{{bq}, {br}}},\n    {addf}, {len(tail)},\n"
-            "    {" + ", ".join(tails) + "},\n    " + lut + "\n}", "sp", 0)
+        p = self.e.struct(SparableParams([cq["cp"], cr["cp"]], [cq["q"], cr["q"]], [fq, fr],
+                                         [wq, wr], [bq, br], addp, len(tail), tails, lut), "sp")
         di, do = self.dims_struct(self.t(x).shape), self.dims_struct(self.t(y).shape)
 
         def code(ptr, scratch):
             return f"dsmn_sparable_s8(&{p}, &{di}, {ptr[x]}, &{do}, {ptr[y]});"
         macs = self._macs(cq) + self._macs(cr)
-        self.steps.append(Step(add.index, "SPARABLE", "kernel", [x], [y], code,
+        self.steps.append(Step(add.index, "SPARABLE", "kernel", [x], [y], code, scratch_bytes=0,
+                               scratch_calls=[f"dsmn_sparable_s8_scratch_bytes(&{p}, &{di}, &{do})"],
                                note=f"ops {pq.index},{pr.index},{add.index}" +
                                     "".join(f",{n.index}" for n in tail) + " fused", macs=macs))
 
@@ -337,11 +335,9 @@ class Lowering(IR):
         amin, amax = self.act(op, o.fusedActivationFunction, y)
         _, zin = self.qp(x)
         _, zout = self.qp(y)
-        m, s = self.per_channel(op, x, w, y, out_depth)
-        p = self.e.struct("dsmn_fc_params",
-                          f"{{{-zin}, {zout}, {batches}, {depth}, {out_depth}, {amin}, {amax}}}",
-                          "fp", 28)
-        q = self.e.struct("dsmn_requant", f"{{{m}, {s}}}", "rq", 8)
+        rq = Requant(*self.per_channel(op, x, w, y, out_depth))
+        p = self.e.struct(FcParams(-zin, zout, batches, depth, out_depth, amin, amax), "fp")
+        q = self.e.struct(rq, "rq")
         wd, bd = self.weights(op, w), self.bias(op, b)
 
         def code(ptr, scratch):
@@ -364,9 +360,7 @@ class Lowering(IR):
             if any(s[k] not in (1, sy[k]) for k in range(4)):
                 raise _err(op, f"shapes {self.t(a).shape} and {self.t(b).shape} do not broadcast")
         st1, st2 = strides(sa), strides(sb)
-        bc = self.e.struct("dsmn_broadcast",
-                           f"{{{{{', '.join(map(str, sy))}}}, {{{', '.join(map(str, st1))}}}, "
-                           f"{{{', '.join(map(str, st2))}}}}}", "bc", 48)
+        bc = self.e.struct(Broadcast(list(sy), st1, st2), "bc")
         return "&" + bc, int(np.prod(sy))
 
     def _const_operand(self, op, idx):
@@ -382,26 +376,9 @@ class Lowering(IR):
         a, b = op.inputs[:2]
         y = op.outputs[0]
         self.check_int8(op, [a, b, y])
-        act = op.options.fusedActivationFunction if op.options is not None else 0
-        amin, amax = self.act(op, act, y)
-        (s1, z1), (s2, z2), (so, zo) = self.qp(a), self.qp(b), self.qp(y)
-        if kind in ("ADD", "SUB"):
-            left = 20
-            twice = 2 * max(s1, s2)
-            m1, sh1 = quantize_multiplier(s1 / twice)
-            m2, sh2 = quantize_multiplier(s2 / twice)
-            mo, sho = quantize_multiplier(twice / ((1 << left) * so))
-            if kind == "SUB":
-                m2 = -m2
-            p = self.e.struct("dsmn_add_params",
-                              f"{{{-z1}, {-z2}, {zo}, {left}, {m1}, {sh1}, {m2}, {sh2}, {mo}, {sho}, "
-                              f"{amin}, {amax}}}", "ap", 48)
-            fn = "dsmn_add_s8"
-        else:
-            mo, sho = quantize_multiplier(float(s1) * float(s2) / float(so))
-            p = self.e.struct("dsmn_mul_params",
-                              f"{{{-z1}, {-z2}, {zo}, {mo}, {sho}, {amin}, {amax}}}", "mp", 28)
-            fn = "dsmn_mul_s8"
+        f = self._binary_fields(op, a, b, y)
+        p = self.e.struct(f, "mp" if isinstance(f, MulParams) else "ap")
+        fn = "dsmn_mul_s8" if isinstance(f, MulParams) else "dsmn_add_s8"
         bc, count = self._broadcast(op, a, b, y)
         ca, cb = self._const_operand(op, a), self._const_operand(op, b)
         ins = [i for i, c in ((a, ca), (b, cb)) if c is None]
@@ -475,8 +452,8 @@ class Lowering(IR):
         sh = min(sh, 32, 31 + s)
         m = int((m << sh) // red) if sh >= 0 else int((m >> -sh) // red)
         s = s - sh
-        p = self.e.struct("dsmn_mean_params", f"{{{outer}, {red}, {inner}, {zi}, {zo}, {m}, {s}}}",
-                          "mn", 28)
+        mp = MeanParams(outer, red, inner, zi, zo, m, s)
+        p = self.e.struct(mp, "mn")
 
         def code(ptr, scratch):
             return f"dsmn_mean_s8(&{p}, {ptr[x]}, (int32_t *){scratch}, {ptr[y]});"
@@ -490,9 +467,11 @@ class Lowering(IR):
                         f"(int32_t *){scratch});")
             band = RowBand({x: RowMap(h=h)}, band_code, reduce=True, rows=h,
                            init=lambda scratch: f"memset({scratch}, 0, {4 * inner});",
-                           finish=lambda ptr, scratch: f"dsmn_mean_finish_s8(&{p}, (const int32_t *){scratch}, {ptr(y, 0)});")
+                           finish=lambda ptr, scratch: f"dsmn_mean_finish_s8(&{p}, (const int32_t *){scratch}, {ptr(y, 0)});",
+                           scratch_calls=[f"dsmn_mean_accumulate_s8_scratch_bytes({inner})"])
         self.steps.append(Step(op.index, op.name, "kernel", [x], [y], code,
-                               scratch_bytes=4 * outer * inner, note=f"axes {axes}", band=band))
+                               scratch_bytes=mp.scratch_bytes(), note=f"axes {axes}", band=band,
+                               scratch_calls=[f"dsmn_mean_s8_scratch_bytes(&{p})"]))
 
     def _pool(self, op, fn):
         o = op.options
@@ -507,21 +486,13 @@ class Lowering(IR):
         di = self.dims_struct(ish)
         calls = []
         for t, y0, x0, dims in self._windows(y, osh):
-            p = self.e.struct("dsmn_pool_params",
-                              f"{{{o.strideH}, {o.strideW}, {o.filterHeight}, {o.filterWidth}, {pad_h}, "
-                              f"{pad_w}, {amin}, {amax}, {y0}, {x0}}}", "pp", 40)
+            p = self.e.struct(PoolParams(o.strideH, o.strideW, o.filterHeight, o.filterWidth, pad_h,
+                                         pad_w, amin, amax, y0, x0), "pp")
             calls.append((t, p, self.dims_struct(dims)))
 
-        def code(ptr, scratch):
-            return "\n    ".join(f"{fn}(&{p}, &{di}, {ptr[x]}, &{do}, {ptr[t]});" for t, p, do in calls)
+        code, band_code = self._window_calls(fn, x, calls,
+                                             lambda p, do, xin: f"&{p}, &{di}, {xin}, &{do}")
         wins = self._windows(y, osh)
-
-        def band_code(ptr, lo, hi, scratch):
-            out = []
-            for (t, p, do), (_, y0, _, dims) in zip(calls, wins):
-                out.append(f"{fn[:-3]}_rows_s8(&{p}, &{di}, {ptr(x, 0)}, &{do}, {lo}, {hi - lo}, "
-                           f"{ptr(t, lo)});")
-            return "\n    ".join(out)
         band = None
         if rows_of(ish) and rows_of(osh) and all(y0 == 0 for _, y0, _, _ in wins):
             band = RowBand({x: RowMap(o.strideH, pad_h, 1, o.filterHeight, ish[1])}, band_code,
@@ -575,9 +546,7 @@ class Lowering(IR):
         self._alias(op)
 
     def _gather(self, op, x, y, offset, dims, strides, note):
-        p = self.e.struct("dsmn_gather_params",
-                          f"{{{{{', '.join(map(str, dims))}}}, {{{', '.join(map(str, strides))}}}, {offset}}}",
-                          "gp", 36)
+        p = self.e.struct(GatherParams(list(dims), list(strides), offset), "gp")
 
         def code(ptr, scratch):
             return f"dsmn_gather_s8(&{p}, {ptr[x]}, {ptr[y]});"
@@ -690,7 +659,7 @@ class Lowering(IR):
         self.check_int8(op, [x, y])
         (si, zi), (so, zo) = self.qp(x), self.qp(y)
         m, s = quantize_multiplier(float(si) / float(so))
-        p = self.e.struct("dsmn_requant_params", f"{{{zi}, {zo}, {m}, {s}}}", "qp", 16)
+        p = self.e.struct(RequantParams(zi, zo, m, s), "qp")
         count = int(np.prod(self.t(y).shape))
 
         def code(ptr, scratch):
@@ -707,7 +676,7 @@ class Lowering(IR):
         mult = int(round_away(q * (1 << 31)))
         radius = int(math.floor(1.0 * ((1 << 4) - 1) * (1 << (31 - 4)) / (1 << left))) if left >= 0 else \
             int(math.floor(1.0 * ((1 << 4) - 1) * (1 << (31 - 4)) * (1 << -left)))
-        return f"{{{zi}, {radius}, {mult}, {left}}}"
+        return LogisticParams(zi, radius, mult, left)
 
     def _q4_activation(self, op, fn, out_scale, out_zp):
         x, y = op.inputs[0], op.outputs[0]
@@ -716,7 +685,7 @@ class Lowering(IR):
         if zo != out_zp or np.float32(so) != np.float32(out_scale):
             raise _err(op, f"output quantisation must be scale 1/{int(1 / out_scale)}, zero point "
                            f"{out_zp} (got {so}, {zo})")
-        p = self.e.struct("dsmn_logistic_params", self._q4_input_params(si, zi), "lp", 16)
+        p = self.e.struct(self._q4_input_params(si, zi), "lp")
         count = int(np.prod(self.t(y).shape))
 
         def code(ptr, scratch):
@@ -750,7 +719,7 @@ class Lowering(IR):
                            "(TFLite requires beta * scale * 2^26 > 1)")
         mult, left = quantize_multiplier(real)
         radius = int(math.floor(1.0 * ((1 << 5) - 1) * (1 << (31 - 5)) / (1 << left)))
-        p = self.e.struct("dsmn_softmax_params", f"{{{mult}, {left}, {-radius}}}", "sm", 12)
+        p = self.e.struct(SoftmaxParams(mult, left, -radius), "sm")
 
         def code(ptr, scratch):
             return f"dsmn_softmax_s8(&{p}, {outer}, {depth}, {ptr[x]}, {ptr[y]});"
@@ -781,9 +750,7 @@ class Lowering(IR):
             raise _err(op, f"padded shape {out} does not match output {self.t(y).shape}")
         ind, outd = dims4(shape), dims4(out)
         before = [0] * (4 - len(shape)) + [int(a) for a, _ in pads]
-        p = self.e.struct("dsmn_pad_params",
-                          f"{{{{{', '.join(map(str, ind))}}}, {{{', '.join(map(str, outd))}}}, "
-                          f"{{{', '.join(map(str, before))}}}, {pad_value}}}", "pd", 52)
+        p = self.e.struct(PadParams(list(ind), list(outd), before, pad_value), "pd")
 
         def code(ptr, scratch):
             return f"dsmn_pad_s8(&{p}, {ptr[x]}, {ptr[y]});"

@@ -1,6 +1,7 @@
 """Report pass: memory.json / memory.txt - the plan chosen, the arena, the trade-off table,
 per-step buffers and the step labels the profiling runner prints against."""
 
+from dsmn_host.compiler.emit import scratch_checks
 from dsmn_host.compiler.kernels import runtime_code_bytes_estimate
 
 
@@ -66,6 +67,7 @@ def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded
                    "band_buffer_bytes": u.scratch_bytes if u.tiled else 0,
                    "calls": u.calls, "moved_bytes": u.moved_bytes} for ui, u in enumerate(units)],
         "marks": marks,
+        "scratch_checks": len(scratch_checks(tp)),
         "ops": per_op,
         "op_counts": _counts(real_steps),
         "model_op_counts": _counts(graph.operators, attr="name"),

@@ -1,0 +1,271 @@
+/* DEPTHWISE_CONV_2D, int8 with per-channel requantisation. */
+#include "dsmn_conv_internal.h"
+
+static void dw_taps(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg, const dsmn_dims *id,
+                    const int8_t *in, const dsmn_dims *fd, const int8_t *filter,
+                    const int32_t *bias, const dsmn_dims *od, int8_t *out)
+{
+    const dsmn_conv_params p_local = *p_arg;
+    const dsmn_conv_params *p = &p_local;
+    const dsmn_requant q_local = *q_arg;
+    const dsmn_requant *q = &q_local;
+    const int8_t *ip[DSMN_MAX_TAPS];
+    const int8_t *wp[DSMN_MAX_TAPS];
+    for (int32_t b = 0; b < od->n; b++) {
+        for (int32_t oy = 0; oy < od->h; oy++) {
+            for (int32_t ox = 0; ox < od->w; ox++) {
+                const int32_t n = gather_taps(p, id, in, fd, filter, b, oy + p->out_y0,
+                                              ox + p->out_x0, ip, wp);
+                int8_t *o = out + (((b * od->h) + oy) * od->w + ox) * od->c;
+                for (int32_t c = 0; c < od->c; c++) {
+                    int32_t acc = dw_acc(ip, wp, n, c, p->input_offset) + (bias ? bias[c] : 0);
+                    acc = dsmn_mbqm(acc, q->multiplier[c], q->shift[c]) + p->output_offset;
+                    o[c] = (int8_t)dsmn_clamp(acc, p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+}
+
+/* Fast depthwise path: depth multiplier 1, stride 1, a same-size output, at most DWF_MAXT
+ * taps. Taps whose weight is zero in every channel of a chunk are left out (a Sparable's
+ * cross-shaped 3x3 kernel keeps 5 of 9); padding taps read a row of -input_offset, which
+ * contributes nothing, as in the reference. Requantisation as in the Sparable kernel: doubled
+ * accumulator, smmulr, add-half shift (exact while |acc| < 2^29, checked per channel). */
+#define DWF_CHUNK 16
+#define DWF_MAXT 9
+#define DWF_MAXC 128
+
+typedef struct {
+    int32_t base, mult, right, half;
+    int32_t w[DWF_MAXT];
+} dwf_ch;
+
+/* Requantise one doubled accumulator and clamp (`full`: the whole int8 range, one saturation). */
+static inline int8_t dwf_out(int32_t acc, const dwf_ch *ch, int32_t off, int32_t lo, int32_t hi,
+                             const int full)
+{
+    const int32_t u = dsmn_rq_doubled(acc, ch->mult, ch->half, ch->right) + off;
+    return (int8_t)(full ? SSAT8(u) : dsmn_clamp(u, lo, hi));
+}
+
+static inline void dwf_body(const int8_t *const *tp, int32_t nt, const dwf_ch *ch, int32_t cn,
+                            int32_t off, int32_t lo, int32_t hi, int8_t *o, const int full)
+{
+    for (int32_t j = 0; j < cn; j++, ch++) {
+        int32_t acc = ch->base;
+        for (int32_t t = 0; t < nt; t++) {
+            acc += tp[t][j] * ch->w[t];
+        }
+        o[j] = dwf_out(acc, ch, off, lo, hi, full);
+    }
+}
+
+/* Five taps (the cross), tap pointers held in locals: stores through `o` may alias them. */
+static inline void dwf_body5(const int8_t *const *tp, const dwf_ch *ch, int32_t cn, int32_t off,
+                             int32_t lo, int32_t hi, int8_t *o, const int full)
+{
+    const int8_t *x0 = tp[0], *x1 = tp[1], *x2 = tp[2], *x3 = tp[3], *x4 = tp[4];
+    for (int32_t j = 0; j < cn; j++, ch++) {
+        const int32_t acc = ch->base + x0[j] * ch->w[0] + x1[j] * ch->w[1] + x2[j] * ch->w[2]
+                            + x3[j] * ch->w[3] + x4[j] * ch->w[4];
+        o[j] = dwf_out(acc, ch, off, lo, hi, full);
+    }
+}
+
+static __attribute__((noinline)) void dwf_run5(const int8_t *const *tp, const dwf_ch *ch, int32_t cn,
+                                               int32_t off, int32_t lo, int32_t hi, int8_t *o)
+{
+    dwf_body5(tp, ch, cn, off, lo, hi, o, 0);
+}
+
+static __attribute__((noinline)) void dwf_run5_full(const int8_t *const *tp, const dwf_ch *ch,
+                                                    int32_t cn, int32_t off, int8_t *o)
+{
+    dwf_body5(tp, ch, cn, off, -128, 127, o, 1);
+}
+
+static __attribute__((noinline)) void dwf_run(const int8_t *const *tp, int32_t nt, const dwf_ch *ch,
+                                              int32_t cn, int32_t off, int32_t lo, int32_t hi, int8_t *o)
+{
+    dwf_body(tp, nt, ch, cn, off, lo, hi, o, 0);
+}
+
+static int dw_fast(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_dims *id,
+                   const int8_t *in, const dsmn_dims *fd, const int8_t *filter, const int32_t *bias,
+                   const dsmn_dims *od, int8_t *out)
+{
+    const int32_t C = od->c, kt = fd->h * fd->w;
+    /* any band of whole rows (out_y0, od->h) is fine: input rows are global */
+    if (p->depth_multiplier != 1 || p->stride_h != 1 || p->stride_w != 1 || id->c != C || C > DWF_MAXC
+        || od->w != id->w || p->out_x0 != 0 || kt > DWF_MAXT || fd->c != C) {
+        return 0;
+    }
+    int8_t pad[DWF_CHUNK];
+    for (int32_t j = 0; j < DWF_CHUNK; j++) {
+        pad[j] = (int8_t)(-p->input_offset);
+    }
+    const int full = p->act_min == -128 && p->act_max == 127;
+    dwf_ch ch[DWF_CHUNK];
+    for (int32_t c0 = 0; c0 < C; c0 += DWF_CHUNK) {
+        const int32_t cn = C - c0 < DWF_CHUNK ? C - c0 : DWF_CHUNK;
+        int32_t dy[DWF_MAXT], dx[DWF_MAXT], tap[DWF_MAXT], nt = 0;
+        for (int32_t t = 0; t < kt; t++) {
+            int used = 0;
+            for (int32_t j = 0; j < cn; j++) {
+                used |= filter[t * C + c0 + j] != 0;
+            }
+            if (used) {
+                tap[nt] = t;
+                dy[nt] = (t / fd->w) * p->dilation_h - p->pad_h;
+                dx[nt] = (t % fd->w) * p->dilation_w - p->pad_w;
+                nt++;
+            }
+        }
+        for (int32_t j = 0; j < cn; j++) {
+            const int32_t c = c0 + j;
+            int32_t wsum = 0, wabs = 0;
+            for (int32_t t = 0; t < kt; t++) {
+                const int32_t w = filter[t * C + c];
+                wsum += w;
+                wabs += w < 0 ? -w : w;
+            }
+            const int64_t base = (int64_t)(bias ? bias[c] : 0) + (int64_t)p->input_offset * wsum;
+            if ((base < 0 ? -base : base) + 128ll * wabs >= (1ll << 29) || q->shift[c] >= 0 || q->shift[c] < -31) {
+                return 0; /* the caller's generic kernel then writes every output */
+            }
+            for (int32_t t = 0; t < nt; t++) {
+                ch[j].w[t] = filter[tap[t] * C + c] * 2;
+            }
+            ch[j].base = (int32_t)base * 2;
+            ch[j].mult = q->multiplier[c];
+            ch[j].right = -q->shift[c];
+            ch[j].half = 1 << (-q->shift[c] - 1);
+        }
+        for (int32_t b = 0; b < od->n; b++) {
+            const int8_t *img = in + b * id->h * id->w * C + c0;
+            for (int32_t oy = 0; oy < od->h; oy++) {
+                for (int32_t ox = 0; ox < od->w; ox++) {
+                    const int8_t *tp[DWF_MAXT];
+                    for (int32_t t = 0; t < nt; t++) {
+                        const int32_t iy = oy + p->out_y0 + dy[t], ix = ox + dx[t];
+                        tp[t] = (iy < 0 || iy >= id->h || ix < 0 || ix >= id->w) ? pad
+                                : img + (iy * id->w + ix) * C;
+                    }
+                    int8_t *o = out + (((b * od->h) + oy) * od->w + ox) * C + c0;
+                    if (nt == 5 && full) {
+                        dwf_run5_full(tp, ch, cn, p->output_offset, o);
+                    } else if (nt == 5) {
+                        dwf_run5(tp, ch, cn, p->output_offset, p->act_min, p->act_max, o);
+                    } else {
+                        dwf_run(tp, nt, ch, cn, p->output_offset, p->act_min, p->act_max, o);
+                    }
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg,
+                              const dsmn_dims *id, const int8_t *in,
+                              const dsmn_dims *fd, const int8_t *filter, const int32_t *bias,
+                              const dsmn_dims *od, int8_t *out)
+{
+    const dsmn_conv_params p_local = *p_arg;
+    const dsmn_conv_params *p = &p_local;
+    const dsmn_requant q_local = *q_arg;
+    const dsmn_requant *q = &q_local;
+    const int32_t in_c = id->c, mult = p->depth_multiplier;
+    const int32_t kh = fd->h, kw = fd->w, fc = fd->c;
+    const int32_t in_off = p->input_offset;
+
+    if (mult == 1 && kh == 1 && kw == 1 && p->pad_h == 0 && p->pad_w == 0 && p->stride_h == 1
+        && p->stride_w == 1 && p->out_y0 == 0 && p->out_x0 == 0 && od->h == id->h && od->w == id->w) {
+        /* Pointwise per channel: the output depends on one int8 value, so for large images
+         * each channel is tabulated (256 entries) and the pixels become table lookups. */
+        const int32_t n_pix = od->n * od->h * od->w, c_n = od->c;
+        if (n_pix >= 512) {
+            int8_t lut[256];
+            for (int32_t c = 0; c < c_n; c++) {
+                const int32_t w = filter[c], bc = bias ? bias[c] : 0;
+                const int32_t m = q->multiplier[c], sh = q->shift[c];
+                for (int32_t v = 0; v < 256; v++) {
+                    int32_t acc = (v - 128 + in_off) * w + bc;
+                    acc = dsmn_mbqm(acc, m, sh) + p->output_offset;
+                    lut[v] = (int8_t)dsmn_clamp(acc, p->act_min, p->act_max);
+                }
+                const int8_t *x = in + c;
+                int8_t *o = out + c;
+                const int8_t *lp = lut + 128;
+                for (int32_t k = 0; k < n_pix; k++, x += c_n, o += c_n) {
+                    *o = lp[*x];
+                }
+            }
+            return;
+        }
+        for (int32_t k = 0; k < n_pix; k++) {
+            const int8_t *x = in + k * c_n;
+            int8_t *o = out + k * c_n;
+            for (int32_t c = 0; c < c_n; c++) {
+                int32_t acc = (x[c] + in_off) * filter[c] + (bias ? bias[c] : 0);
+                acc = dsmn_mbqm(acc, q->multiplier[c], q->shift[c]) + p->output_offset;
+                o[c] = (int8_t)dsmn_clamp(acc, p->act_min, p->act_max);
+            }
+        }
+        return;
+    }
+    if (dw_fast(p, q, id, in, fd, filter, bias, od, out)) {
+        return;
+    }
+    if (mult == 1 && kh * kw <= DSMN_MAX_TAPS) {
+        dw_taps(p, q, id, in, fd, filter, bias, od, out);
+        return;
+    }
+
+    for (int32_t b = 0; b < od->n; b++) {
+        for (int32_t oy = 0; oy < od->h; oy++) {
+            const int32_t y0 = (oy + p->out_y0) * p->stride_h - p->pad_h;
+            for (int32_t ox = 0; ox < od->w; ox++) {
+                const int32_t x0 = (ox + p->out_x0) * p->stride_w - p->pad_w;
+                int8_t *o = out + (((b * od->h) + oy) * od->w + ox) * od->c;
+                for (int32_t ic = 0; ic < in_c; ic++) {
+                    for (int32_t m = 0; m < mult; m++) {
+                        const int32_t oc = ic * mult + m;
+                        int32_t acc = 0;
+                        for (int32_t ky = 0; ky < kh; ky++) {
+                            const int32_t iy = y0 + ky * p->dilation_h;
+                            if (iy < 0 || iy >= id->h) {
+                                continue;
+                            }
+                            for (int32_t kx = 0; kx < kw; kx++) {
+                                const int32_t ix = x0 + kx * p->dilation_w;
+                                if (ix < 0 || ix >= id->w) {
+                                    continue;
+                                }
+                                const int32_t v = in[((b * id->h + iy) * id->w + ix) * in_c + ic];
+                                acc += (v + in_off) * filter[(ky * kw + kx) * fc + oc];
+                            }
+                        }
+                        if (bias) {
+                            acc += bias[oc];
+                        }
+                        acc = dsmn_mbqm(acc, q->multiplier[oc], q->shift[oc]) + p->output_offset;
+                        o[oc] = (int8_t)dsmn_clamp(acc, p->act_min, p->act_max);
+                    }
+                }
+            }
+        }
+    }
+}
+
+int32_t dsmn_depthwise_conv2d_s8_scratch_bytes(const dsmn_conv_params *p, const dsmn_dims *in_dims,
+                                               const dsmn_dims *filter_dims,
+                                               const dsmn_dims *out_dims)
+{
+    (void)p;
+    (void)in_dims;
+    (void)filter_dims;
+    (void)out_dims;
+    return 0; /* DWF_CHUNK channel constants, DSMN_MAX_TAPS tap lists, a 256-entry table: stack */
+}

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchjson import write_result  # noqa: E402
 # Instructions are measured on these; a board without its own counts uses those of the QEMU
 # board with the same core and RAM (so the same compiler plan: 128 KiB parts run the min plan).
 QEMU_BOARDS = ("qemu-an386", "qemu-stm32f405")
@@ -178,10 +180,7 @@ def main(argv=None):
     an386 = ram.get("qemu-an386", {}).get("audio", {}).get("elf")
     if an386:
         result["link"] = link_runs(an386, tflite, cache.path, args.clips, work)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,8 @@ void dsmn_fe_push_bytes(dsmn_fe_t *fe, const uint8_t *bytes, size_t n)
             m = 0;
         }
     }
-    dsmn_fe_push(fe, buf, m);
+    if (m)
+        dsmn_fe_push(fe, buf, m);
     if (k < n) {
         fe->odd = 1;
         fe->odd_byte = bytes[k];

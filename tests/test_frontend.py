@@ -251,36 +251,13 @@ def test_audio_eval_through_faults_and_a_reset_is_identical(audio_fw, audio_run,
     same journal as the clean run of audio_run (outputs, board inputs against the host's,
     agreement); the front end's instruction count is a measurement, not a result: resent chunks'
     UART interrupts land inside it (measured +2.8 % at this seed), so it may only grow."""
-    import socket
-
-    from faultrelay import FaultRelay
-
-    from dsmn_host import evaluate
-    from dsmn_host.emulate import Emulator
+    from faultrelay import eval_through_faults
 
     clean_dir, _ = audio_run
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    emu = Emulator(audio_fw["elf"], tcp_port=port, wait_for_client=True).start()
-
-    def power_cycle():
-        emu.stop()
-        emu.start()
-        return emu.url
-
-    logs = []
-    try:
-        # The link-limit PING is one input (22,536 B), then 88,208 B per clip: reset in clip 2.
-        with FaultRelay(emu.url, rate=0.01, max_burst=128, seed=11, reset=power_cycle,
-                        reset_after_bytes=22_536 + int(88_208 * 1.5)) as relay:
-            evaluate.run_eval([relay.port], source=feature_cache_dir, limit=N_AUDIO_CLIPS, stratify=True,
-                              card_path=audio_fw["card"], out_dir=tmp_path, baud=115200, log=logs.append,
-                              ack_timeout=0.5, input_mode="audio")
-            stats = dict(relay.stats, fraction=relay.fault_fraction)
-    finally:
-        emu.stop()
-    print("relay", stats, *logs, sep="\n")
+    # The link-limit PING is one input (22,536 B), then 88,208 B per clip: reset in clip 2.
+    stats, _ = eval_through_faults(audio_fw["elf"], tmp_path, seed=11, reset_after_bytes=22_536 + int(88_208 * 1.5),
+                                   source=feature_cache_dir, limit=N_AUDIO_CLIPS, stratify=True,
+                                   card_path=audio_fw["card"], input_mode="audio")
     assert stats["resets"] == 1 and stats["dropped"] > 0 and stats["corrupted"] > 0
     assert 0.003 < stats["fraction"] < 0.03
     timing = ("counter", "instructions", "cycles", "frontend_counter", "frontend_instructions", "frontend_cycles")

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchjson import write_result  # noqa: E402
 
 
 def main(argv=None):
@@ -74,10 +76,7 @@ def main(argv=None):
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         "note": "QEMU UART speed does not depend on --baud; the limit is measured with PING on each board",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

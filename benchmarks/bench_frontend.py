@@ -1,15 +1,16 @@
 """On-device front end and audio mode: instructions per clip, RAM of both modes per board, link
 utilisation of stop-and-wait against the windowed link, and the real-time factor per board clock.
 
-    python3 benchmarks/bench_frontend.py --data DATA_OR_CACHE [--tflite M] [--clips 2] [--out F.json]
+    python3 benchmarks/bench_frontend.py --data DATA_OR_CACHE [--tflite M] [--clips 4] [--only-link] [--out F.json]
 
 - Instructions: the AUDIO_RESULT counters on QEMU (-icount shift=0: SysTick ticks once per
   1e9/clock instructions), front end and network separately, on each QEMU board.
 - RAM: build-firmware's linker-map totals with and without the front end (--no-front-end) for
   every board of boards.BOARDS; a board the model does not fit is recorded with the reason.
 - Link: `dsmn-host eval` on qemu-an386, features and audio mode, stop-and-wait (windowed=False)
-  and windowed, against the link's limit: the best of a PING of one input's size with the
-  board's window and with 32 chunks in flight. Wall-clock: the machine was shared and loaded.
+  and windowed, each against the limit measured next to it: the best PING of the largest message
+  (board window or 32 chunks in flight) just before and just after the run, and eval's own.
+  Wall-clock: the machine was shared and loaded.
 - Real-time factor: (front end + network instructions) / clock for a 1 s clip, counting one
   instruction per clock (Cortex-M4 flash wait states and multi-cycle FP ops make real cycles
   somewhat higher; DWT on hardware measures them).
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchjson import write_result  # noqa: E402
 # Instructions are measured on these; a board without its own counts uses those of the QEMU
 # board with the same core and RAM (so the same compiler plan: 128 KiB parts run the min plan).
 QEMU_BOARDS = ("qemu-an386", "qemu-stm32f405")
@@ -85,28 +88,36 @@ def instructions(elf, board, pcm):
                 "clock_hz": s.hello.core_clock_hz}
 
 
+def _ping_limit(url, repeats=2):
+    """The best of `repeats` PINGs of the largest message with the board's window and with 32
+    chunks in flight (bytes/s): what the line carries at most, right now."""
+    from dsmn_host import evaluate, protocol
+
+    with protocol.Session.open(url) as s:
+        payload = bytes((i * 37) & 0xFF for i in range(s.hello.max_message))
+        rates = {}
+        for label, window in (("board_window", None), ("32_in_flight", evaluate.LIMIT_WINDOW), ("stop_and_wait", 1)):
+            best = 0
+            for _ in range(repeats):
+                t = time.monotonic()
+                s.ping(payload, window=window)
+                best = max(best, len(payload) / (time.monotonic() - t))
+            rates[label] = best
+    return rates
+
+
 def link_runs(elf, tflite, data, clips, work):
+    """Each eval run against the limit measured next to it: the best PING rate seen just before
+    and just after the run (and eval's own one-input PING), so a load change on the shared
+    machine between a run and a limit measured minutes earlier cannot read as >100 %."""
     from dsmn_host import evaluate
     from dsmn_host.emulate import Emulator
     from dsmn_host.modelcard import card_paths
 
     out = {}
     with Emulator(elf) as emu:
-        from dsmn_host import protocol
-
-        with protocol.Session.open(emu.url) as s:
-            payload = bytes((i * 37) & 0xFF for i in range(s.hello.max_message))
-            rates = {}
-            for label, window in (("board_window", None), ("32_in_flight", evaluate.LIMIT_WINDOW), ("stop_and_wait", 1)):
-                best = 0
-                for _ in range(2):
-                    t = time.monotonic()
-                    s.ping(payload, window=window)
-                    best = max(best, len(payload) / (time.monotonic() - t))
-                rates[label] = best
-        limit = max(rates["board_window"], rates["32_in_flight"])
-        out["ping_bytes_per_s"] = rates
-        out["limit_bytes_per_s"] = limit
+        before = _ping_limit(emu.url)
+        out["ping_bytes_per_s"] = before
         for mode in ("features", "audio"):
             for windowed in (False, True):
                 d = work / f"eval-{mode}-{'win' if windowed else 'saw'}"
@@ -114,22 +125,37 @@ def link_runs(elf, tflite, data, clips, work):
                                         card_path=card_paths(tflite)["json"], out_dir=d, baud=115200,
                                         log=lambda m: None, input_mode=mode, check_input=False,
                                         windowed=windowed)
+                after = _ping_limit(emu.url)
                 tp = rep["throughput"]
+                limit = max(before["board_window"], before["32_in_flight"], after["board_window"],
+                            after["32_in_flight"], tp.get("limit_bytes_per_s") or 0)
                 key = f"{mode}_{'windowed' if windowed else 'stop_and_wait'}"
-                out[key] = {"clips": tp["clips"], "bytes_per_s": tp["bytes_per_s"],
+                out[key] = {"clips": tp["clips"], "bytes_per_s": tp["bytes_per_s"], "limit_bytes_per_s": limit,
                             "utilisation": tp["bytes_per_s"] / limit, "agreement_exact": rep["agreement_exact"]}
                 print(f"{key}: {out[key]}", file=sys.stderr, flush=True)
+                before = after
     return out
+
+
+def link_only(elf, tflite, data, clips, out_path):
+    """--only-link: re-measure the link rows into an existing result file."""
+    out = Path(out_path)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    old["link"] = link_runs(elf, tflite, data, clips, Path(tempfile.mkdtemp(prefix="bench_frontend_link_")))
+    old["link_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_result(old, out)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tflite", help="int8 model (default: the shipped models/model1)")
     ap.add_argument("--data", required=True, help="TAU22-layout data directory or its feature cache")
-    ap.add_argument("--clips", type=int, default=2, help="clips per eval run (default 2)")
+    ap.add_argument("--clips", type=int, default=4, help="clips per eval (link) run (default 4)")
     ap.add_argument("--skip-ram", action="store_true", help="do not build for every board")
     ap.add_argument("--only-agreement", action="store_true",
                     help="only the host-build element agreement over the evaluate split (merged into --out)")
+    ap.add_argument("--only-link", action="store_true",
+                    help="only the link runs (qemu-an386 audio firmware built here), merged into --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frontend.json"))
     args = ap.parse_args(argv)
 
@@ -146,6 +172,11 @@ def main(argv=None):
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "host": {"python": platform.python_version(), "machine": platform.machine(),
                        "note": "wall-clock rates were measured on a shared, loaded 2-core machine"}}
+    if args.only_link:
+        from dsmn_host.firmware import build_firmware
+
+        elf = build_firmware(tflite=tflite, board="qemu-an386", out=work / "qemu-an386-audio", quiet=True)["elf"]
+        return link_only(elf, tflite, cache.path, args.clips, args.out)
     card = json.loads(Path(str(tflite).replace(".tflite", ".card.json")).read_text())
     agreement = native_agreement(cache, "fold1_evaluate", card["input"]["scale"], card["input"]["zero_point"], work)
     print("agreement", agreement, file=sys.stderr, flush=True)
@@ -178,10 +209,7 @@ def main(argv=None):
     an386 = ram.get("qemu-an386", {}).get("audio", {}).get("elf")
     if an386:
         result["link"] = link_runs(an386, tflite, cache.path, args.clips, work)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

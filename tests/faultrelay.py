@@ -210,3 +210,44 @@ class VanishingPort:
                 self._listen.close()
                 time.sleep(self.outage_s)
                 self._relisten()
+
+
+def restartable_emulator(elf):
+    """A started QEMU board on TCP and its power cycle, for FaultRelay(reset=...). On TCP with
+    wait=on QEMU holds the guest until the relay connects, so the boot banner and HELLO of the
+    restarted board reach the harness (on a pty nobody has open they are lost)."""
+    import socket
+
+    from dsmn_host.emulate import Emulator
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    emu = Emulator(elf, tcp_port=port, wait_for_client=True).start()
+
+    def power_cycle():
+        emu.stop()
+        emu.start()
+        return emu.url
+
+    return emu, power_cycle
+
+
+def eval_through_faults(elf, out_dir, *, seed, reset_after_bytes, **eval_kwargs):
+    """`evaluate.run_eval` on a restartable QEMU board through a relay that drops or corrupts
+    ~1 % of bytes both ways (bursts of up to 128) and power-cycles the board once, after
+    `reset_after_bytes` went to it. Returns (relay stats with the fault fraction, log lines)."""
+    from dsmn_host import evaluate
+
+    emu, power_cycle = restartable_emulator(elf)
+    logs = []
+    try:
+        with FaultRelay(emu.url, rate=0.01, max_burst=128, seed=seed, reset=power_cycle,
+                        reset_after_bytes=reset_after_bytes) as relay:
+            evaluate.run_eval([relay.port], out_dir=out_dir, baud=115200, log=logs.append, ack_timeout=0.5,
+                              **eval_kwargs)
+            stats = dict(relay.stats, fraction=relay.fault_fraction)
+    finally:
+        emu.stop()
+    print("relay", stats, *logs, sep="\n")
+    return stats, logs

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -123,35 +122,13 @@ def same_results(a, b):
 def test_faults_and_a_reset_give_identical_results(clean_run, fw, feature_cache_dir, tmp_path):
     """Bursts of dropped/corrupted bytes both ways (~1 % of bytes) plus one board power-cycle
     (QEMU restarted in the middle of the second clip) through a relay: the same journal."""
-    from faultrelay import FaultRelay
-
-    from dsmn_host.emulate import Emulator
+    from faultrelay import eval_through_faults
 
     clean_dir, _ = clean_run
-    # On TCP with wait=on QEMU holds the guest until the relay connects, so the boot banner and
-    # HELLO of the restarted board reach the harness (on a pty nobody has open they are lost).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    emu = Emulator(fw["elf"], tcp_port=port, wait_for_client=True).start()
-
-    def power_cycle():
-        emu.stop()
-        emu.start()
-        return emu.url
-
-    logs = []
-    try:
-        # The PING that measures the link is one input's size: reset during clip 2.
-        with FaultRelay(emu.url, rate=0.01, max_burst=128, seed=7, reset=power_cycle,
-                        reset_after_bytes=int(22_536 * 2.5)) as relay:
-            evaluate.run_eval([relay.port], source=feature_cache_dir, limit=N_CLIPS, stratify=True,
-                              card_path=fw["card"], out_dir=tmp_path, baud=115200, log=logs.append,
-                              ack_timeout=0.5)
-            stats = dict(relay.stats, fraction=relay.fault_fraction)
-    finally:
-        emu.stop()
-    print("relay", stats, *logs, sep="\n")
+    # The PING that measures the link is one input's size: reset during clip 2.
+    stats, logs = eval_through_faults(fw["elf"], tmp_path, seed=7, reset_after_bytes=int(22_536 * 2.5),
+                                      source=feature_cache_dir, limit=N_CLIPS, stratify=True,
+                                      card_path=fw["card"])
     assert stats["resets"] == 1 and stats["dropped"] > 0 and stats["corrupted"] > 0
     assert 0.003 < stats["fraction"] < 0.03
     assert any("reset" in m for m in logs)

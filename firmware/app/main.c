@@ -214,9 +214,18 @@ static size_t uart_source_read(sample_source_t *src, int16_t *dst, size_t max)
             u->p++;
             u->n--;
         } else if (u->n >= 2) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* The wire's byte order is the core's: whole samples are one copy. */
+            size_t whole = u->n / 2u < max - k ? u->n / 2u : max - k;
+            memcpy(dst + k, u->p, whole * 2u);
+            k += whole;
+            u->p += whole * 2u;
+            u->n -= whole * 2u;
+#else
             dst[k++] = (int16_t)(uint16_t)(u->p[0] | (u->p[1] << 8));
             u->p += 2;
             u->n -= 2;
+#endif
         } else {
             u->odd = 1;
             u->odd_byte = u->p[0];
@@ -231,10 +240,10 @@ static uart_source_t uart_source = {{"uart", uart_source_read}, 0, 0, 0, 0};
 /* Moves whatever the source has into the front end (which transforms completed frames). */
 static void frontend_drain(sample_source_t *src)
 {
-    int16_t buf[64];
+    int16_t buf[256];
     size_t n;
     uint64_t t0 = board_counter_now();
-    while ((n = src->read(src, buf, 64)) > 0)
+    while ((n = src->read(src, buf, 256)) > 0)
         dsmn_fe_push(&fe, buf, n);
     fe_ticks += board_counter_now() - t0;
 }

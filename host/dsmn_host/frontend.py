@@ -47,7 +47,7 @@ CMSIS_DSP_INCLUDES = ["Include", "PrivateInclude"]
 CMSIS_DSP_DEFINES = ["__GNUC_PYTHON__"]
 # Both the board and the host reference build: no fused multiply-add, so the host build of the
 # front end rounds exactly as the board does (arm-none-eabi-gcc contracts a*b+c by default).
-FLAGS = ["-ffp-contract=off"]
+FLAGS = ["-ffp-contract=off", "-funroll-loops"]
 PCM_FULL_SCALE = 32768.0
 
 

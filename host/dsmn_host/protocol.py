@@ -617,13 +617,7 @@ class Session:
         if self.hello is not None and len(data) != self.hello.input_bytes:
             raise DsmnError(f"input is {len(data)} bytes but the board's model takes "
                             f"{self.hello.input_bytes} ({self.hello.input_shape})")
-        f = self.request(INFER, encode_infer(seq, data))
-        if f.type != RESULT:
-            raise ProtocolError(f"expected RESULT, got {f.name}")
-        r = Result.decode(f.payload)
-        if r.seq != seq & 0xFFFFFFFF:
-            raise ProtocolError(f"RESULT for seq {r.seq}, asked for {seq}")
-        return r
+        return self._sequenced(INFER, encode_infer(seq, data), RESULT, Result, seq)
 
     def audio(self, seq, pcm):
         """Stream one clip's int16 PCM (44,100 samples) through the board's front end and
@@ -631,12 +625,18 @@ class Session:
         if self.hello is not None and not self.hello.audio:
             raise DsmnError(f"board {self.hello.board} has no on-device front end (firmware built "
                             "without it, or its scratch does not fit); use features input")
-        f = self.request(AUDIO, encode_audio(seq, pcm))
-        if f.type != AUDIO_RESULT:
-            raise ProtocolError(f"expected AUDIO_RESULT, got {f.name}")
-        r = AudioResult.decode(f.payload)
+        return self._sequenced(AUDIO, encode_audio(seq, pcm), AUDIO_RESULT, AudioResult, seq)
+
+    def _sequenced(self, kind, payload, want, result_cls, seq):
+        """One request whose answer (type `want`) carries the request's sequence number back:
+        decoded with `result_cls`, and refused if it answers another clip."""
+        f = self.request(kind, payload)
+        name = TYPE_NAMES.get(want, want)
+        if f.type != want:
+            raise ProtocolError(f"expected {name}, got {f.name}")
+        r = result_cls.decode(f.payload)
         if r.seq != seq & 0xFFFFFFFF:
-            raise ProtocolError(f"AUDIO_RESULT for seq {r.seq}, asked for {seq}")
+            raise ProtocolError(f"{name} for seq {r.seq}, asked for {seq}")
         return r
 
     def read_input(self):

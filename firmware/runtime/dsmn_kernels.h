@@ -230,6 +230,11 @@ void dsmn_add_rows_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_
 void dsmn_mul_rows_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t rows,
                       int32_t count, const int8_t *in1, const int8_t *in2, int8_t *out);
 
+/* Sparable on output rows [y0, y0 + rows) (dsmn_sparable_rows.c); `in` is row 0 of the whole
+ * input (rows the band's taps do not reach need not be held). */
+void dsmn_sparable_rows_s8(const dsmn_sparable_params *p, const dsmn_dims *id, const int8_t *in,
+                           const dsmn_dims *od, int32_t y0, int32_t rows, int8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -38,6 +38,8 @@ def compile_plans(graph, band_rows=None):
     plans = search(graph, steps, 1)
     for rows in (2, 4):
         plans += search(graph, steps, rows)[1:]
+    # branchy blocks (concatenated branches) need several cuts merged at once
+    plans += search(graph, steps, 1, runs=True)[1:]
     return low, plans
 
 

@@ -390,6 +390,37 @@ def _merge_runs(graph, steps, cur, plans, key, cache, band_rows, longest=12):
     return True
 
 
+def refine_bands(graph, tp, limit, heights=(2, 3, 4, 6, 8, 11, 16, 22, 44)):
+    """The plan `tp` with each tiled unit's band height raised where that lowers the cost
+    and keeps the peak <= `limit`: a unit running while less is live than at the peak (the
+    ECA's first, mean-only pass) can take tall bands, paying fewer per-call setups, while
+    the unit at the peak keeps its short ones."""
+    import copy
+    units = list(tp.units)
+    best_cost, best_plan, best_steps = tp.cost, tp.plan, tp.steps
+    for k, u in enumerate(tp.units):
+        if not u.tiled:
+            continue
+        pick = None
+        for rows in heights:
+            if rows <= u.band_rows:
+                continue
+            v = copy.copy(u)
+            v.band_rows = rows
+            analyse(graph, v)
+            trial = units[:k] + [v] + units[k + 1:]
+            pseudo = [pseudo_step(w) for w in trial]
+            plan = plan_memory(graph, pseudo)
+            cost = sum(unit_cost(graph, w) for w in trial)
+            if plan.arena_bytes <= limit and cost < best_cost:
+                best_cost, pick, best_plan, best_steps = cost, v, plan, pseudo
+        if pick is not None:
+            units[k] = pick
+    if best_cost >= tp.cost:
+        return tp
+    return TiledPlan(units, best_steps, best_plan, best_cost, tp.cuts, tp.recompute)
+
+
 def choose(plans, budget=None, mode=None):
     """mode 'fast' / 'min' forces an end; otherwise the cheapest plan whose peak fits
     `budget` (None: the fastest plan). Returns (plan, reason) or (None, smallest peak)."""

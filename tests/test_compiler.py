@@ -257,6 +257,54 @@ def test_random_chain_tiled_bit_exact(tmp_path_factory, h, w, c, k1, k2, dil, st
     assert report["peak_activation_bytes"] <= report["tradeoff"][0]["peak_bytes"]
 
 
+@pytest.mark.parametrize("kind", ["SPARABLE", "CONCATENATION"])
+@settings(max_examples=max(1, N_EXAMPLES - 1), deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(h=st.integers(6, 14),
+       w=st.integers(3, 8), c=st.sampled_from([2, 4, 8]), dil=st.sampled_from([1, 2]),
+       tail=st.booleans(), band=st.integers(1, 4), seed=st.integers(0, 1000))
+def test_fused_and_concat_steps_tiled_bit_exact(tmp_path_factory, kind, h, w, c, dil, tail, band,
+                                                seed):
+    """The fused Sparable kernel (two depthwise + ADD + constant tail) and a channel
+    concatenation of branches run on row bands inside a tiled unit, bit-exact with TFLM."""
+    import tensorflow as tf
+    from dsmn_host import codegen
+
+    wt = rs.Weights(seed)
+
+    def fn(x):
+        y = tf.nn.relu(tf.nn.conv2d(x, wt((1, 1, 2, c)), 1, "SAME") + wt((c,), 0.1))
+        if kind == "SPARABLE":
+            z = (tf.nn.depthwise_conv2d(y, wt((3, 1, c, 1)), [1, 1, 1, 1], "SAME",
+                                        dilations=[dil, 1]) +
+                 tf.nn.depthwise_conv2d(y, wt((1, 3, c, 1)), [1, 1, 1, 1], "SAME",
+                                        dilations=[1, dil]))
+            if tail:
+                z = z * wt((c,), 0.5) + wt((c,), 0.1)
+        else:
+            b = tf.nn.depthwise_conv2d(y, wt((3, 3, c, 1)), [1, 1, 1, 1], "SAME",
+                                       dilations=[dil, dil])
+            z = tf.concat([tf.nn.conv2d(x, wt((1, 1, 2, c)), 1, "SAME"), b] +
+                          ([tf.nn.conv2d(y, wt((1, 1, c, c)), 1, "SAME")] if tail else []), axis=3)
+        s = tf.sigmoid(tf.reduce_mean(z, axis=[1, 2], keepdims=True))
+        z = z * s
+        return tf.nn.conv2d(z, wt((3, 1, z.shape[-1], c)), 1, "SAME")
+
+    buf = rs.to_int8_tflite(fn, (h, w, 2), seed=seed)
+    xs = rs.random_inputs(buf, 3, seed + 1)
+    d = tmp_path_factory.mktemp("fused")
+    (d / "m.tflite").write_bytes(buf)
+    report = codegen.generate(d / "m.tflite", d / "gen", plan="min", band_rows=band)
+    got = codegen.run_batch(d / "gen", xs)
+    try:
+        ref = rs.tflm_run(buf, xs)
+    except rs.TflmAborted:
+        reject()
+    assert np.array_equal(got.reshape(ref.shape), ref)
+    tiled = {u["unit"] for u in report["units"] if u["tiled"]}
+    assert any(o["op"] == kind and o["unit"] in tiled for o in report["ops"]), report["ops"]
+
+
 def test_convert_uses_the_one_scheduler():
     """convert.schedule_operators orders TFLite operators with compiler.schedule: from the
     shipped model's operators reversed it finds a topological order no worse than theirs."""

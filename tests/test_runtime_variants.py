@@ -80,8 +80,9 @@ def test_variant_tiled_plans_bit_exact(variant_tflite, feature_cache_dir, tmp_pa
     ref = rs.tflm_run(tflite.read_bytes(), xs)
     small = codegen.generate(tflite, tmp_path / "min", plan="min")
     fast_peak = small["tradeoff"][0]["peak_bytes"]
-    # (models 2 and 3 tile little so far: see docs/runtime.md; model4 halves)
-    assert small["peak_activation_bytes"] <= fast_peak, (name, small["peak_activation_bytes"], fast_peak)
+    # every variant's min plan is smaller than its untiled one (concatenations and Sparable
+    # run on bands; measured: model2 -24 %, model3 -55 %, model4 -33 %)
+    assert small["peak_activation_bytes"] < fast_peak, (name, small["peak_activation_bytes"], fast_peak)
     got = codegen.run_batch(tmp_path / "min", xs).reshape(ref.shape)
     assert np.array_equal(got, ref), f"{name} min plan"
     peaks = sorted({p["peak_bytes"] for p in small["tradeoff"]})

@@ -247,6 +247,11 @@ int32_t dsmn_mean_s8_scratch_bytes(const dsmn_mean_params *p);
 /* dsmn_mean_accumulate_s8's `acc`, which dsmn_mean_finish_s8 reads. */
 int32_t dsmn_mean_accumulate_s8_scratch_bytes(int32_t inner);
 
+/* Sparable on output rows [y0, y0 + rows) (dsmn_sparable_rows.c); `in` is row 0 of the whole
+ * input (rows the band's taps do not reach need not be held). */
+void dsmn_sparable_rows_s8(const dsmn_sparable_params *p, const dsmn_dims *id, const int8_t *in,
+                           const dsmn_dims *od, int32_t y0, int32_t rows, int8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

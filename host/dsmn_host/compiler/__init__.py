@@ -17,7 +17,7 @@ from dsmn_host.compiler.plan import plan_memory
 from dsmn_host.compiler.read import read_model
 from dsmn_host.compiler.report import build_report, report_text
 from dsmn_host.compiler.schedule import schedule_steps
-from dsmn_host.compiler.tile import choose, search
+from dsmn_host.compiler.tile import choose, refine_bands, search
 from dsmn_host.errors import DsmnError
 
 PLANS = ("fast", "min")
@@ -38,6 +38,8 @@ def compile_plans(graph, band_rows=None):
     plans = search(graph, steps, 1)
     for rows in (2, 4):
         plans += search(graph, steps, rows)[1:]
+    # branchy blocks (concatenated branches) need several cuts merged at once
+    plans += search(graph, steps, 1, runs=True)[1:]
     return low, plans
 
 
@@ -67,6 +69,9 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
                         f"smallest activation arena reachable is {smallest} B (--plan min)")
     name = plan or ("fast" if chosen is plans[0] else
                     "min" if chosen.peak == min(p.peak for p in plans) else "budget")
+    refined = refine_bands(graph, chosen, chosen.peak)
+    plans = [refined if p is chosen else p for p in plans]
+    chosen = refined
     h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name, low.e.struct_sizes)
     report = build_report(graph, chosen, low.e.flash, tflite_path, plans, name, ram_budget,
                           marks, low.folded)

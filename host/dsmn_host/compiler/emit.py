@@ -50,7 +50,9 @@ def emit(graph, tp, decls, model_name, struct_sizes=None):
             # one function per tiled unit: small functions compile fast and profile per unit
             fname = f"dsmn_unit{k}"
             units.append({"name": fname,
-                          "code": "\n    ".join(emit_unit(graph, u, ptr_full, plan.offsets[plan.scratch[k]]))})
+                          # a unit whose tensors are all held whole has no scratch of its own
+                          "code": "\n    ".join(emit_unit(graph, u, ptr_full, plan.offsets[plan.scratch[k]]
+                                                         if k in plan.scratch else 0))})
             code = f"{fname}(input, output);"
             label = (f"ops {', '.join(str(s.op_index) for s in u.steps)}: "
                      f"{len(u.steps)} steps in {u.bands} bands")

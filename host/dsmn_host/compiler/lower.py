@@ -315,7 +315,24 @@ class Lowering(IR):
         self.steps.append(Step(add.index, "SPARABLE", "kernel", [x], [y], code, scratch_bytes=0,
                                scratch_calls=[f"dsmn_sparable_s8_scratch_bytes(&{p}, &{di}, &{do})"],
                                note=f"ops {pq.index},{pr.index},{add.index}" +
-                                    "".join(f",{n.index}" for n in tail) + " fused", macs=macs))
+                                    "".join(f",{n.index}" for n in tail) + " fused", macs=macs,
+                               band=self._sparable_band(cq, cr, x, y, p, di, do)))
+
+    def _sparable_band(self, cq, cr, x, y, p, di, do):
+        """RowBand of a fused Sparable: its input rows are the union of both convs' windows
+        (stride 1), so one RowMap spanning the larger top and bottom reach describes them."""
+        ish, osh = self.t(x).shape, self.t(y).shape
+        if not (rows_of(ish) and rows_of(osh)):
+            return None
+        top = max(c["pad_h"] for c in (cq, cr))
+        bottom = max((c["wsh"][1] - 1) * c["dil"][0] - c["pad_h"] for c in (cq, cr))
+        if min(c["pad_h"] for c in (cq, cr)) < 0 or bottom < 0:
+            return None
+
+        def band_code(ptr, lo, hi, scratch):
+            return (f"dsmn_sparable_rows_s8(&{p}, &{di}, {ptr(x, 0)}, &{do}, {lo}, {hi - lo}, "
+                    f"{ptr(y, lo)});")
+        return RowBand({x: RowMap(1, top, 1, top + bottom + 1, ish[1])}, band_code, rows=osh[1])
 
     def op_FULLY_CONNECTED(self, op):
         o = op.options
@@ -530,7 +547,24 @@ class Lowering(IR):
             return (f"{{ const int8_t *const srcs[{len(ins)}] = {{{lst}}}; "
                     f"dsmn_concat_s8({len(ins)}, srcs, {arr}, {outer}, {ptr[y]}); }}")
         self.steps.append(Step(op.index, op.name, "kernel", [i for i in ins if consts[i] is None],
-                               [y], code, note=f"axis {axis}"))
+                               [y], code, note=f"axis {axis}",
+                               band=self._concat_band(ins, y, axis, arr, consts)))
+
+    def _concat_band(self, ins, y, axis, arr, consts):
+        """RowBand of a CONCATENATION along mel or channels: each output row is the inputs'
+        same rows side by side, so a band is the same copy with fewer outer rows."""
+        shape = list(self.t(y).shape)
+        if axis < 2 or not rows_of(shape) or any(consts[i] is not None for i in ins):
+            return None
+        if any(list(self.t(i).shape[:2]) != shape[:2] for i in ins):
+            return None
+        per_row = int(np.prod(shape[2:axis]))
+
+        def band_code(ptr, lo, hi, scratch):
+            lst = ", ".join(ptr(i, lo) for i in ins)
+            return (f"{{ const int8_t *const srcs[{len(ins)}] = {{{lst}}}; "
+                    f"dsmn_concat_s8({len(ins)}, srcs, {arr}, {(hi - lo) * per_row}, {ptr(y, lo)}); }}")
+        return RowBand({i: RowMap(h=shape[1]) for i in ins}, band_code, rows=shape[1])
 
     def _alias(self, op):
         x, y = op.inputs[0], op.outputs[0]

@@ -37,6 +37,9 @@ INSTR_PER_CALL = 400.0
 # model1's first tiled unit (QEMU mps2-an386: 1.8 M extra instructions over 230 band calls).
 INSTR_PER_BAND_CALL = 7800.0
 INSTR_PER_MOVED_BYTE = 0.35
+# A banded Sparable runs the kernel's generic per-pixel path (its fast path needs the output
+# window to match the input rows); an estimate of the extra per MAC over the fast path.
+INSTR_PER_SPARABLE_BAND_MAC = 6.0
 
 
 def step_cost(graph, st):
@@ -263,6 +266,7 @@ def unit_cost(graph, u):
     if not u.tiled:
         return step_cost(graph, u.steps[0])
     return (sum(step_cost(graph, st) - INSTR_PER_CALL for st in u.steps)
+            + INSTR_PER_SPARABLE_BAND_MAC * sum(st.macs for st in u.steps if st.op_name == "SPARABLE")
             + INSTR_PER_BAND_CALL * u.calls + INSTR_PER_MOVED_BYTE * u.moved_bytes)
 
 
@@ -322,9 +326,11 @@ def _footprint(tp):
     return sum(tp.plan.sizes[b] for b in tp.plan.sizes if b not in ("in", "out"))
 
 
-def search(graph, steps, band_rows=1):
+def search(graph, steps, band_rows=1, runs=False):
     """Plans from the untiled one (fast) towards the smallest peak (min), each accepted move
-    lowering the peak or, at equal peak, the bytes allocated. Returns the list of plans."""
+    lowering the peak or, at equal peak, the bytes allocated. `runs`: when no single move
+    helps, try merging runs of cuts (a greedy path that can end lower or higher than the
+    single-move one: the caller keeps both). Returns the list of plans."""
     all_cuts = {k for k in range(1, len(steps))
                 if steps[k].band is not None and steps[k - 1].band is not None}
     reducers = [k for k, st in enumerate(steps) if st.band is not None and st.band.reduce]
@@ -357,7 +363,62 @@ def search(graph, steps, band_rows=1):
                     cur = cand
                     plans.append(cur)
                     improved = True
+            if not improved and runs:
+                improved = _merge_runs(graph, steps, cur, plans, key, cache, band_rows)
+                cur = plans[-1]
     return plans
+
+
+def _merge_runs(graph, steps, cur, plans, key, cache, band_rows, longest=12):
+    """When no single cut helps: the best merge of a run of consecutive cuts. A tensor read
+    by several later steps (a branch point, a concatenation's inputs) stops being held whole
+    only when every reader joins the unit, which no one merge achieves alone."""
+    cuts = sorted(cur.cuts)
+    best = None
+    for n in range(2, longest + 1):
+        for a in range(len(cuts) - n + 1):
+            run = cuts[a:a + n]
+            if run[-1] - run[0] != n - 1:
+                continue
+            cand = evaluate(graph, steps, set(cur.cuts) - set(run), set(cur.recompute), cache,
+                            band_rows)
+            if key(cand) < key(best or cur):
+                best = cand
+    if best is None:
+        return False
+    plans.append(best)
+    return True
+
+
+def refine_bands(graph, tp, limit, heights=(2, 3, 4, 6, 8, 11, 16, 22, 44)):
+    """The plan `tp` with each tiled unit's band height raised where that lowers the cost
+    and keeps the peak <= `limit`: a unit running while less is live than at the peak (the
+    ECA's first, mean-only pass) can take tall bands, paying fewer per-call setups, while
+    the unit at the peak keeps its short ones."""
+    import copy
+    units = list(tp.units)
+    best_cost, best_plan, best_steps = tp.cost, tp.plan, tp.steps
+    for k, u in enumerate(tp.units):
+        if not u.tiled:
+            continue
+        pick = None
+        for rows in heights:
+            if rows <= u.band_rows:
+                continue
+            v = copy.copy(u)
+            v.band_rows = rows
+            analyse(graph, v)
+            trial = units[:k] + [v] + units[k + 1:]
+            pseudo = [pseudo_step(w) for w in trial]
+            plan = plan_memory(graph, pseudo)
+            cost = sum(unit_cost(graph, w) for w in trial)
+            if plan.arena_bytes <= limit and cost < best_cost:
+                best_cost, pick, best_plan, best_steps = cost, v, plan, pseudo
+        if pick is not None:
+            units[k] = pick
+    if best_cost >= tp.cost:
+        return tp
+    return TiledPlan(units, best_steps, best_plan, best_cost, tp.cuts, tp.recompute)
 
 
 def choose(plans, budget=None, mode=None):

@@ -102,7 +102,7 @@ def variant_tflite(name, cache, work):
     from dsmn_host.convert import calibration_inputs, convert
     from dsmn_host.export import export_model
     from dsmn_host.models import TimeMelWrapper, build_model
-    from dsmn_host.qat import fold_batchnorm
+    from dsmn_host.deploy_form import fold_batchnorm
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

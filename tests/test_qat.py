@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dsmn_host.checkpoints import export_ready_model, load_qat_model
-from dsmn_host.deploy_form import (_make_act_quantizer, _make_weight_quantizer, act_quantizers, equalize,
-                                   fold_batchnorm, prepare_qat)
+from dsmn_host.deploy_form import equalize, fold_batchnorm
+from dsmn_host.fakequant import FakeQuantAct, FakeQuantWeight, act_quantizers, prepare_qat
 from dsmn_host.features import logmel_to_input, open_features
 from dsmn_host.models import QPoint, build_model
 
@@ -96,7 +96,7 @@ def test_equalize_is_exact_and_evens_out_channel_ranges(name):
 
 def test_weight_quantizer_is_per_channel_symmetric_int8():
     w = torch.randn(6, 4, 3, 1) * torch.arange(1, 7).float()[:, None, None, None]
-    q = _make_weight_quantizer()(w)
+    q = FakeQuantWeight()(w)
     for c in range(6):
         scale = w[c].abs().max() / 127
         levels = q[c] / scale
@@ -107,7 +107,7 @@ def test_weight_quantizer_is_per_channel_symmetric_int8():
 
 
 def test_activation_quantizer_asymmetric_grid_with_exact_zero():
-    fq = _make_act_quantizer()
+    fq = FakeQuantAct()
     fq.train()
     x = torch.linspace(-0.5, 3.0, 1000)
     fq(x)  # observe: the range is this batch's min/max

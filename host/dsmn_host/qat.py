@@ -14,7 +14,8 @@ What the int8 model will do, and how it is simulated here:
 
 The checkpoint `qat.pt` stores plain float weights of the folded network (they quantize to
 exactly the int8 values QAT saw) and the activation ranges, so the export stage builds an
-ordinary float graph. The network form lives in `deploy_form`, reading the checkpoints back in
+ordinary float graph. This module is the training loop; the network form lives in `deploy_form`,
+the fake quantizers and their ranges in `fakequant`, reading the checkpoints back in
 `checkpoints`: later stages import those, never this training module.
 """
 
@@ -24,7 +25,6 @@ from pathlib import Path
 
 from dsmn_host.calib import DEFAULT_CALIB
 from dsmn_host.checkpoints import DEPLOY_FORM
-from dsmn_host.deploy_form import act_quantizers, equalize, fold_batchnorm, prepare_qat, set_mode, strip_qat
 from dsmn_host.errors import DsmnError
 
 QAT_DEFAULTS = {"epochs": 10, "lr": 1e-4, "min_lr": 1e-6, "calibration_inputs": DEFAULT_CALIB}
@@ -44,6 +44,8 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     import torch
 
     from dsmn_host.calib import calibration_inputs as read_calibration_inputs
+    from dsmn_host.deploy_form import equalize, fold_batchnorm
+    from dsmn_host.fakequant import act_quantizers, prepare_qat, recalibrate, strip_qat
     from dsmn_host.features import open_features
     from dsmn_host.int8io import nhwc_to_features
     from dsmn_host.models import build_model
@@ -132,63 +134,6 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     (run_dir / "qat_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     ctx.close()
     return report
-
-
-def recalibrate(qmodel, x, batch=64):
-    """Set every activation range to the min/max over `x` (what the converter will measure),
-    then freeze the ranges and quantize."""
-    import torch
-
-    set_mode(qmodel, observe=True, quantize=False)
-    was_training = qmodel.training
-    qmodel.eval()
-    for i in range(0, len(x), batch):
-        calibrate(qmodel, x[i:i + batch], first=i == 0)
-    qs = act_quantizers(qmodel)
-    for dst, src in converter_range_ties(qs):
-        qs[dst].lo.copy_(qs[src].lo), qs[dst].hi.copy_(qs[src].hi)
-    set_mode(qmodel, observe=False, quantize=True)
-    qmodel.train(was_training)
-
-
-def converter_range_ties(names):
-    """(tensor, takes the range of) pairs, in order, where the int8 model does not quantize a
-    tensor with its own min/max.
-
-    - CONCATENATION: TFLite's int8 spec requires every input to share the output's scale and
-      zero point, so the pooled block outputs of the head and the three branches of a full
-      block are quantized with the range of their concatenation (up to ~5x coarser);
-    - measured with onnx2tf 1.28.8 + TensorFlow 2.21 on split blocks: the low-half projection
-      conv gets the range of the projection sum, and that sum the range of the block sum.
-    QAT copies these so it trains against the steps the int8 model really has.
-    """
-    names = set(names)
-    ties = []
-    for name in sorted(names):
-        if name.startswith("q_pooled.") and "q_cat" in names:
-            ties.append((name, "q_cat"))
-        if name.endswith(".q_cat") and name.startswith("blocks."):
-            block = name[:-len("q_cat")]
-            ties += [(block + part, name) for part in ("q_in", "q_sep1", "sep3.q_out") if block + part in names]
-        if name.endswith(".q_low"):
-            block = name[:-len("q_low")]
-            if block + "q_sum2" in names and block + "q_sum3" in names:
-                ties += [(block + "q_low", block + "q_sum2"), (block + "q_sum2", block + "q_sum3")]
-    return ties
-
-
-def calibrate(qmodel, x, first):
-    """Observe one clean batch; the first sets every range, later ones only widen them."""
-    import torch
-
-    qs = [q for q in act_quantizers(qmodel).values() if not q.fixed]
-    before = [(q.lo.clone(), q.hi.clone()) for q in qs]
-    with torch.no_grad():
-        qmodel(x)
-    if not first:
-        for q, (lo, hi) in zip(qs, before):
-            q.lo.copy_(torch.minimum(q.lo, lo))
-            q.hi.copy_(torch.maximum(q.hi, hi))
 
 
 def _run(args):

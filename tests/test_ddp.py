@@ -170,3 +170,35 @@ def test_qat_under_torchrun_writes_once_and_equals_one_process(single_first_epoc
     # (6 Adam steps at lr 1e-4 move weights ~6e-4; the tolerance is well below that)
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _global_bn_rank(rank, init_file, x, out):
+    import torch.distributed as dist
+
+    from dsmn_host.distributed import GlobalBatchNorm
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    bn = GlobalBatchNorm(x.shape[1], momentum=1.0).train()
+    y = bn(x[rank * 2:(rank + 1) * 2])
+    out[rank] = {"mean": bn.running_mean.clone(), "var": bn.running_var.clone(), "dtype": str(y.dtype)}
+    dist.destroy_process_group()
+
+
+def test_global_batchnorm_statistics_in_float32_for_half_activations(tmp_path):
+    """Under --amp, BatchNorm receives bf16/fp16 activations: the global statistics are still
+    accumulated in float32 (a bf16 mean near 10 has a step of 0.06), and the output keeps the
+    input's dtype, as cuDNN's BatchNorm does."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    x = (10 + torch.randn(4, 3, 8, 16)).to(torch.bfloat16)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_global_bn_rank, args=(str(tmp_path / "rdzv"), x, out), nprocs=2)
+        out = dict(out)
+    ref = x.double()
+    mean, var = ref.mean((0, 2, 3)), ref.var((0, 2, 3), unbiased=True)
+    for rank in (0, 1):
+        torch.testing.assert_close(out[rank]["mean"].double(), mean, rtol=1e-6, atol=0)
+        torch.testing.assert_close(out[rank]["var"].double(), var, rtol=1e-5, atol=0)
+        assert out[rank]["dtype"] == "torch.bfloat16"

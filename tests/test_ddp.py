@@ -202,3 +202,40 @@ def test_global_batchnorm_statistics_in_float32_for_half_activations(tmp_path):
         torch.testing.assert_close(out[rank]["mean"].double(), mean, rtol=1e-6, atol=0)
         torch.testing.assert_close(out[rank]["var"].double(), var, rtol=1e-5, atol=0)
         assert out[rank]["dtype"] == "torch.bfloat16"
+
+
+def test_qat_resume_under_torchrun_continues_like_one_process(single_first_epoch, tmp_path):
+    """A 2-epoch QAT under torchrun stopped after epoch 1, then resumed under torchrun: every
+    rank loads qat_last.pt, rank 0 alone writes, and the result equals the uninterrupted
+    2-epoch QAT of one process on the same global batch (one-process resume is exact:
+    tests/test_qat.py)."""
+    import shutil
+
+    from dsmn_host.qat import run_qat
+
+    runs = {}
+    for name in ("single", "ddp"):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        for f in ("config.json", "best.pt"):
+            shutil.copy(single_first_epoch / f, runs[name] / f)
+    run_qat(runs["single"], epochs=2, calibration_inputs=16, seed=3, threads=1, progress=False)
+    torchrun("qat", runs["ddp"], "--epochs", "2", "--calibration-inputs", "16", "--seed", "3",
+             "--threads", "1", "--no-progress", "--stop-after", "1")
+    assert {p.name for p in runs["ddp"].iterdir()} == {"config.json", "best.pt", "qat_last.pt"}
+    proc = torchrun("qat", runs["ddp"], "--resume", "--threads", "1", "--no-progress")
+    assert {p.name for p in runs["ddp"].iterdir()} == {"config.json", "best.pt", "qat.pt", "qat_metrics.json"}
+    assert proc.stdout.count("after QAT") == 1
+    ra = json.loads((runs["single"] / "qat_metrics.json").read_text())
+    rb = json.loads((runs["ddp"] / "qat_metrics.json").read_text())
+    assert rb["processes"] == 2 and rb["settings"] == ra["settings"]
+    assert [h["epoch"] for h in rb["history"]] == [0, 1]
+    for ha, hb in zip(ra["history"], rb["history"]):
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=2e-5)
+        assert hb["train_acc"] == ha["train_acc"]
+        assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-4)
+    a = torch.load(runs["single"] / "qat.pt", weights_only=False)
+    b = torch.load(runs["ddp"] / "qat.pt", weights_only=False)
+    assert a["kept_epoch"] == b["kept_epoch"]
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, msg=key)

@@ -236,6 +236,6 @@ def test_qat_resume_under_torchrun_continues_like_one_process(single_first_epoch
         assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-4)
     a = torch.load(runs["single"] / "qat.pt", weights_only=False)
     b = torch.load(runs["ddp"] / "qat.pt", weights_only=False)
-    assert a["kept_epoch"] == b["kept_epoch"]
+    assert a["kept_epoch"] == b["kept_epoch"] >= 0   # fine-tuned weights are compared, not the start
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, msg=key)

@@ -213,6 +213,6 @@ def test_qat_resume_equals_uninterrupted(trained_run_dir, tmp_path):
             assert hb[key] == ha[key], key
     a = torch.load(runs["whole"] / "qat.pt", weights_only=False)
     b = torch.load(runs["resumed"] / "qat.pt", weights_only=False)
-    assert b["act_ranges"] == a["act_ranges"] and b["kept_epoch"] == a["kept_epoch"]
+    assert b["act_ranges"] == a["act_ranges"] and b["kept_epoch"] == a["kept_epoch"] >= 0
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-6, atol=1e-7, msg=key)

@@ -97,42 +97,22 @@ def model1_firmware(work, xs, ref):
             "hello_core_clock_hz": hello_hz, "bit_exact": ok}
 
 
-def variant_tflite(name, cache, work):
-    import torch
-    from dsmn_host.convert import calibration_inputs, convert
-    from dsmn_host.export import export_model
-    from dsmn_host.models import TimeMelWrapper, build_model
-    from dsmn_host.qat import fold_batchnorm
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = build_model(name)
-    x = torch.from_numpy(calibration_inputs(cache, n=32)).permute(0, 3, 1, 2)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        net.forward_tm(x)
-    net.eval()
-    export_model(TimeMelWrapper(fold_batchnorm(net)), work / f"{name}.onnx", metadata={"model": name})
-    convert(work / f"{name}.onnx", cache, work / f"{name}_int8.tflite", n_calib=32)
-    return work / f"{name}_int8.tflite"
-
-
 def variants(work):
+    import torch
+
     from dsmn_host import codegen
     from dsmn_host.features import build_cache
     from dsmn_host.modelcard import build_card
     from dsmn_host.synth import write_synthetic_set
     import runtime_support as rs
 
+    torch.set_num_threads(1)
     write_synthetic_set(work / "synth", clips_per_class=9, seed=1234)
     build_cache(work / "synth", work / "synth.features", workers=1, progress=False)
     out = {}
     model1 = ROOT / "models" / "model1" / "model1_int8.tflite"
     for name in ("model1", "model2", "model3", "model4"):
-        path = model1 if name == "model1" else variant_tflite(name, work / "synth.features", work)
+        path = model1 if name == "model1" else rs.random_variant_tflite(name, work / "synth.features", work)
         card = build_card(path) if name != "model1" else json.loads(
             model1.with_name("model1_int8.card.json").read_text())
         buf = path.read_bytes()

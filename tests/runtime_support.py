@@ -205,3 +205,36 @@ def assert_bit_exact(model_bytes, xs, workdir, target="host"):
                              f"{int(d.max())}; at {k.tolist()}: ref={ref.reshape(-1)[k].tolist()} "
                              f"got={got.reshape(-1)[k].tolist()} (ops {report['op_counts']})")
     return report
+
+
+def random_variant_tflite(name, cache, work, n_calib=32):
+    """model2/3/4 with seeded random weights, exported and converted as the pipeline does
+    (BatchNorm folded, onnx2tf int8 calibrated on `cache`); returns the .tflite path. One builder
+    for test_runtime_variants.py and benchmarks/bench_plans.py (bit-exactness and arena sizes do
+    not depend on training).
+
+    BatchNorm gets the statistics of real inputs (one cumulative pass in training mode): folding
+    then changes the weights, and the signal survives all five blocks, so different inputs give
+    different int8 outputs (with arbitrary statistics model3's logits barely move)."""
+    import torch
+
+    from dsmn_host.calib import calibration_inputs
+    from dsmn_host.convert import convert
+    from dsmn_host.deploy_form import fold_batchnorm
+    from dsmn_host.export import export_model
+    from dsmn_host.models import TimeMelWrapper, build_model
+
+    work = Path(work)
+    torch.manual_seed(0)
+    net = build_model(name)
+    x = torch.from_numpy(calibration_inputs(cache, n=n_calib)).permute(0, 3, 1, 2)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net.forward_tm(x)
+    net.eval()
+    export_model(TimeMelWrapper(fold_batchnorm(net)), work / f"{name}.onnx", metadata={"model": name})
+    convert(work / f"{name}.onnx", cache, work / f"{name}_int8.tflite", n_calib=n_calib)
+    return work / f"{name}_int8.tflite"

@@ -268,6 +268,23 @@ def test_help_and_complexity_import_no_framework():
         assert "examples:" in out and heavy == "", cmd
 
 
+def test_help_of_every_subcommand_imports_no_numpy():
+    """`dsmn-host --help` and every `SUB --help` load no numpy, torch or TensorFlow: the stage
+    modules import them in their command bodies (one process formats all the helps)."""
+    code = ("import sys\n"
+            "from dsmn_host.cli import build_parser, main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "parser = build_parser()\n"
+            "subs = next(a for a in parser._actions if a.__class__.__name__ == '_SubParsersAction').choices\n"
+            "for p in subs.values():\n    p.format_help()\n"
+            "print(len(subs), ' '.join(sorted(m for m in ('numpy', 'torch', 'tensorflow', 'scipy', 'jinja2') "
+            "if m in sys.modules)), file=sys.stderr)")
+    env = dict(os.environ, PYTHONPATH=str(PKG.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    n, _, heavy = r.stderr.strip().splitlines()[-1].partition(" ")
+    assert int(n) >= 20 and heavy == "", r.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Errors, not tracebacks: each bad input gives one line naming the thing, exit code 2
 

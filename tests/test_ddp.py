@@ -1,5 +1,5 @@
 """Distributed training under torchrun (2 CPU processes, gloo): one set of outputs, the same
-first-epoch weights as one process on the same global batch, resume, and PCGrad's order."""
+first-epoch weights as one process on the same global batch, resume, PCGrad's order, and QAT."""
 
 import json
 import os
@@ -133,3 +133,109 @@ def test_pcgrad_reduces_each_head_before_projecting():
         pcgrad_backward(losses(h), [w])
         per_rank += w.grad
     torch.testing.assert_close(per_rank, torch.tensor([2.5, 2.5]))   # the other order: not the same step
+
+
+def test_qat_under_torchrun_writes_once_and_equals_one_process(single_first_epoch, tmp_path):
+    """`torchrun ... qat RUN_DIR`: one qat.pt and qat_metrics.json, and the one fine-tuning epoch of
+    2 processes x 4 clips equals one process on the same global batch of 8. Both start from the
+    same float run (copies of the one-process run's best.pt), so only the split differs."""
+    import shutil
+
+    from dsmn_host.qat import run_qat
+
+    runs = {}
+    for name in ("single", "ddp"):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        for f in ("config.json", "best.pt"):
+            shutil.copy(single_first_epoch / f, runs[name] / f)
+    qat_args = {"epochs": 1, "calibration_inputs": 16, "seed": 3}
+    run_qat(runs["single"], **qat_args, threads=1, progress=False)
+    proc = torchrun("qat", runs["ddp"], "--epochs", "1", "--calibration-inputs", "16", "--seed", "3",
+                    "--threads", "1", "--no-progress")
+    assert {p.name for p in runs["ddp"].iterdir()} == {"config.json", "best.pt", "qat.pt", "qat_metrics.json"}
+    assert proc.stdout.count("after QAT") == 1                    # rank 0 reports, once
+    ra = json.loads((runs["single"] / "qat_metrics.json").read_text())
+    rb = json.loads((runs["ddp"] / "qat_metrics.json").read_text())
+    assert (ra["processes"], rb["processes"]) == (1, 2)
+    for key in ("float", "float_bn_folded", "post_training_quant"):   # same start, before any step
+        assert rb[key] == ra[key], key
+    (ha,), (hb,) = ra["history"], rb["history"]
+    assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=2e-5)
+    assert hb["train_acc"] == ha["train_acc"]
+    assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-4)
+    a = torch.load(runs["single"] / "qat.pt", weights_only=False)
+    b = torch.load(runs["ddp"] / "qat.pt", weights_only=False)
+    assert a["kept_epoch"] == b["kept_epoch"] == 0   # the fine-tuned weights are compared, not the start
+    # (6 Adam steps at lr 1e-4 move weights ~6e-4; the tolerance is well below that)
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _global_bn_rank(rank, init_file, x, out):
+    import torch.distributed as dist
+
+    from dsmn_host.distributed import GlobalBatchNorm
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    bn = GlobalBatchNorm(x.shape[1], momentum=1.0).train()
+    y = bn(x[rank * 2:(rank + 1) * 2])
+    out[rank] = {"mean": bn.running_mean.clone(), "var": bn.running_var.clone(), "dtype": str(y.dtype)}
+    dist.destroy_process_group()
+
+
+def test_global_batchnorm_statistics_in_float32_for_half_activations(tmp_path):
+    """Under --amp, BatchNorm receives bf16/fp16 activations: the global statistics are still
+    accumulated in float32 (a bf16 mean near 10 has a step of 0.06), and the output keeps the
+    input's dtype, as cuDNN's BatchNorm does."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    x = (10 + torch.randn(4, 3, 8, 16)).to(torch.bfloat16)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_global_bn_rank, args=(str(tmp_path / "rdzv"), x, out), nprocs=2)
+        out = dict(out)
+    ref = x.double()
+    mean, var = ref.mean((0, 2, 3)), ref.var((0, 2, 3), unbiased=True)
+    for rank in (0, 1):
+        torch.testing.assert_close(out[rank]["mean"].double(), mean, rtol=1e-6, atol=0)
+        torch.testing.assert_close(out[rank]["var"].double(), var, rtol=1e-5, atol=0)
+        assert out[rank]["dtype"] == "torch.bfloat16"
+
+
+def test_qat_resume_under_torchrun_continues_like_one_process(single_first_epoch, tmp_path):
+    """A 2-epoch QAT under torchrun stopped after epoch 1, then resumed under torchrun: every
+    rank loads qat_last.pt, rank 0 alone writes, and the result equals the uninterrupted
+    2-epoch QAT of one process on the same global batch (one-process resume is exact:
+    tests/test_qat.py)."""
+    import shutil
+
+    from dsmn_host.qat import run_qat
+
+    runs = {}
+    for name in ("single", "ddp"):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        for f in ("config.json", "best.pt"):
+            shutil.copy(single_first_epoch / f, runs[name] / f)
+    run_qat(runs["single"], epochs=2, calibration_inputs=16, seed=3, threads=1, progress=False)
+    torchrun("qat", runs["ddp"], "--epochs", "2", "--calibration-inputs", "16", "--seed", "3",
+             "--threads", "1", "--no-progress", "--stop-after", "1")
+    assert {p.name for p in runs["ddp"].iterdir()} == {"config.json", "best.pt", "qat_last.pt"}
+    proc = torchrun("qat", runs["ddp"], "--resume", "--threads", "1", "--no-progress")
+    assert {p.name for p in runs["ddp"].iterdir()} == {"config.json", "best.pt", "qat.pt", "qat_metrics.json"}
+    assert proc.stdout.count("after QAT") == 1
+    ra = json.loads((runs["single"] / "qat_metrics.json").read_text())
+    rb = json.loads((runs["ddp"] / "qat_metrics.json").read_text())
+    assert rb["processes"] == 2 and rb["settings"] == ra["settings"]
+    assert [h["epoch"] for h in rb["history"]] == [0, 1]
+    for ha, hb in zip(ra["history"], rb["history"]):
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=2e-5)
+        assert hb["train_acc"] == ha["train_acc"]
+        assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-4)
+    a = torch.load(runs["single"] / "qat.pt", weights_only=False)
+    b = torch.load(runs["ddp"] / "qat.pt", weights_only=False)
+    assert a["kept_epoch"] == b["kept_epoch"] >= 0   # fine-tuned weights are compared, not the start
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, msg=key)

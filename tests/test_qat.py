@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dsmn_host.checkpoints import export_ready_model, load_qat_model
-from dsmn_host.deploy_form import (_make_act_quantizer, _make_weight_quantizer, act_quantizers, equalize,
-                                   fold_batchnorm, prepare_qat)
+from dsmn_host.deploy_form import equalize, fold_batchnorm
+from dsmn_host.fakequant import FakeQuantAct, FakeQuantWeight, act_quantizers, prepare_qat
 from dsmn_host.features import logmel_to_input, open_features
 from dsmn_host.models import QPoint, build_model
 
@@ -96,7 +96,7 @@ def test_equalize_is_exact_and_evens_out_channel_ranges(name):
 
 def test_weight_quantizer_is_per_channel_symmetric_int8():
     w = torch.randn(6, 4, 3, 1) * torch.arange(1, 7).float()[:, None, None, None]
-    q = _make_weight_quantizer()(w)
+    q = FakeQuantWeight()(w)
     for c in range(6):
         scale = w[c].abs().max() / 127
         levels = q[c] / scale
@@ -107,7 +107,7 @@ def test_weight_quantizer_is_per_channel_symmetric_int8():
 
 
 def test_activation_quantizer_asymmetric_grid_with_exact_zero():
-    fq = _make_act_quantizer()
+    fq = FakeQuantAct()
     fq.train()
     x = torch.linspace(-0.5, 3.0, 1000)
     fq(x)  # observe: the range is this batch's min/max
@@ -168,3 +168,51 @@ def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
     assert (fake_out - float_out).abs().max() > 0
     # ... and QAT keeps the accuracy: at most 6 of the 60 validation clips lost against float
     assert report["qat"]["acc"] >= report["float"]["acc"] - 0.10, report
+
+
+def test_qat_resume_equals_uninterrupted(trained_run_dir, tmp_path):
+    """A 2-epoch QAT stopped after epoch 1 (as if killed) and resumed from qat_last.pt ends with
+    the same qat.pt and report as the uninterrupted 2-epoch QAT; --resume refuses changed
+    settings, a missing checkpoint and a finished QAT, and a fresh run refuses to overwrite an
+    unfinished one."""
+    import shutil
+
+    from dsmn_host.errors import DsmnError
+    from dsmn_host.qat import run_qat
+
+    runs = {}
+    for name in ("whole", "resumed"):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        for f in ("config.json", "best.pt"):
+            shutil.copy(trained_run_dir / f, runs[name] / f)
+    args = {"epochs": 2, "calibration_inputs": 16, "seed": 1, "threads": 1, "progress": False}
+    with pytest.raises(DsmnError, match="nothing to resume"):
+        run_qat(runs["resumed"], resume=True, threads=1, progress=False)
+    run_qat(runs["whole"], **args)
+    run_qat(runs["resumed"], **args, stop_after=1)
+    assert {p.name for p in runs["resumed"].iterdir()} == {"config.json", "best.pt", "qat_last.pt"}
+    assert torch.load(runs["resumed"] / "qat_last.pt", weights_only=False)["epoch"] == 0
+    with pytest.raises(DsmnError, match="unfinished QAT"):
+        run_qat(runs["resumed"], **args)
+    with pytest.raises(DsmnError, match=r"--epochs 3 \(the QAT in .* uses 2\)"):
+        run_qat(runs["resumed"], epochs=3, resume=True, threads=1, progress=False)
+    run_qat(runs["resumed"], resume=True, threads=1, progress=False)   # settings from qat_last.pt
+    assert {p.name for p in runs["resumed"].iterdir()} == {"config.json", "best.pt", "qat.pt", "qat_metrics.json"}
+    with pytest.raises(DsmnError, match="already finished"):
+        run_qat(runs["resumed"], resume=True, threads=1, progress=False)
+
+    ra = json.loads((runs["whole"] / "qat_metrics.json").read_text())
+    rb = json.loads((runs["resumed"] / "qat_metrics.json").read_text())
+    assert len(rb["history"]) == 2
+    # one process, same seeds per epoch: the metrics are equal, not merely close
+    for key in ("settings", "float", "float_bn_folded", "post_training_quant", "qat", "kept_epoch"):
+        assert rb[key] == ra[key], key
+    for ha, hb in zip(ra["history"], rb["history"]):
+        for key in ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+            assert hb[key] == ha[key], key
+    a = torch.load(runs["whole"] / "qat.pt", weights_only=False)
+    b = torch.load(runs["resumed"] / "qat.pt", weights_only=False)
+    assert b["act_ranges"] == a["act_ranges"] and b["kept_epoch"] == a["kept_epoch"] >= 0
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-6, atol=1e-7, msg=key)

@@ -12,33 +12,8 @@ import runtime_support as rs
 
 @pytest.fixture(scope="module", params=["model2", "model3", "model4"])
 def variant_tflite(request, feature_cache_dir, tmp_path_factory):
-    import torch
-
-    from dsmn_host.convert import convert
-    from dsmn_host.export import export_model
-    from dsmn_host.models import TimeMelWrapper, build_model
-    from dsmn_host.deploy_form import fold_batchnorm
-
     name = request.param
-    torch.manual_seed(0)
-    net = build_model(name)
-    # BatchNorm statistics of real inputs (one cumulative pass in training mode): folding then
-    # changes the weights, and the signal survives all five blocks, so different inputs give
-    # different int8 outputs (with arbitrary statistics model3's logits barely move).
-    from dsmn_host.calib import calibration_inputs
-
-    x = torch.from_numpy(calibration_inputs(feature_cache_dir, n=32)).permute(0, 3, 1, 2)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        net.forward_tm(x)
-    net.eval()
-    work = tmp_path_factory.mktemp(name)
-    export_model(TimeMelWrapper(fold_batchnorm(net)), work / f"{name}.onnx", metadata={"model": name})
-    convert(work / f"{name}.onnx", feature_cache_dir, work / f"{name}_int8.tflite", n_calib=32)
-    return name, work / f"{name}_int8.tflite"
+    return name, rs.random_variant_tflite(name, feature_cache_dir, tmp_path_factory.mktemp(name))
 
 
 def test_variant_bit_exact_with_tflm(variant_tflite, feature_cache_dir, tmp_path):

@@ -8,7 +8,6 @@ refused by name rather than loaded into the wrong skeleton.
 
 from pathlib import Path
 
-from dsmn_host.deploy_form import act_quantizers, fold_batchnorm, prepare_qat, set_mode
 from dsmn_host.errors import DsmnError
 
 DEPLOY_FORM = 4  # 1: BN folded; 2: + channel scalars folded, equalized; 3: + pools as depthwise convs;
@@ -32,6 +31,7 @@ def export_ready_model(run_dir):
     """(module, info): the QAT-trained, BN-folded float network in eval mode whose forward takes
     N×2×44×256 (time × mel), for ONNX export. Falls back to best.pt (folded) if QAT has not run,
     with info["qat"] = False."""
+    from dsmn_host.deploy_form import fold_batchnorm
     from dsmn_host.models import TimeMelWrapper, build_model
 
     run_dir = Path(run_dir)
@@ -64,6 +64,8 @@ def load_qat_state(path):
 def load_qat_model(run_dir):
     """(module, info): the fake-quantized network as QAT left it (eval mode, ranges frozen),
     taking N×2×256×44 like the float model; the reference for what the int8 model should do."""
+    from dsmn_host.deploy_form import fold_batchnorm
+    from dsmn_host.fakequant import act_quantizers, prepare_qat, set_mode
     from dsmn_host.models import build_model
 
     qat_path = Path(run_dir) / "qat.pt"

@@ -7,22 +7,38 @@ modules import from it.
 
 from pathlib import Path
 
-import numpy as np
 
-from dsmn_host.compiler import (ARM_FLAGS, RUNTIME_DIR, SUPPORTED_OPS, TEMPLATE_DIR, generate,
-                                runtime_include_dirs, runtime_sources)
-from dsmn_host.compiler.qmath import activation_range, quantize_multiplier
-from dsmn_host.errors import DsmnError
-from dsmn_host.runner import (build_host_runner, build_qemu_runner, profile_qemu, run_batch,
-                              run_qemu, step_labels)
+# The names other modules import from here, resolved on first use (PEP 562) so that
+# `dsmn-host --help` does not load the compiler and numpy.
+_EXPORTS = {
+    "generate": "dsmn_host.compiler", "runtime_sources": "dsmn_host.compiler",
+    "runtime_include_dirs": "dsmn_host.compiler", "ARM_FLAGS": "dsmn_host.compiler",
+    "RUNTIME_DIR": "dsmn_host.compiler", "TEMPLATE_DIR": "dsmn_host.compiler",
+    "SUPPORTED_OPS": "dsmn_host.compiler",
+    "quantize_multiplier": "dsmn_host.compiler.qmath", "activation_range": "dsmn_host.compiler.qmath",
+    "run_batch": "dsmn_host.runner", "build_host_runner": "dsmn_host.runner",
+    "build_qemu_runner": "dsmn_host.runner", "profile_qemu": "dsmn_host.runner",
+    "run_qemu": "dsmn_host.runner", "step_labels": "dsmn_host.runner",
+}
+__all__ = [*_EXPORTS, "register"]
 
-__all__ = ["generate", "run_batch", "build_host_runner", "build_qemu_runner", "run_qemu",
-           "profile_qemu", "step_labels", "runtime_sources", "runtime_include_dirs", "ARM_FLAGS",
-           "RUNTIME_DIR", "TEMPLATE_DIR", "SUPPORTED_OPS", "quantize_multiplier",
-           "activation_range", "register"]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _cmd_codegen(args):
+    import numpy as np
+
+    from dsmn_host.compiler import generate
+    from dsmn_host.runner import run_batch
+
     report = generate(args.model, args.out, ram_budget=args.ram_budget, plan=args.plan)
     print(f"wrote {Path(args.out) / 'dsmn_model.c'}, dsmn_model.h, memory.json")
     print(f"plan {report['plan']}: peak activation RAM {report['peak_activation_bytes']} B, "

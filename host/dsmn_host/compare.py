@@ -16,8 +16,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from dsmn_host.errors import DsmnError
 
 VIEW_OPS = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
@@ -26,6 +24,8 @@ VIEW_OPS = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
 def read_trace(data):
     """Records of a -DDSMN_TRACE run (int32 tensor, int32 bytes, bytes; one set per
     inference): tensor index -> list of int8 arrays, one per inference."""
+    import numpy as np
+
     out, k = {}, 0
     buf = memoryview(data)
     while k < len(buf):
@@ -51,6 +51,7 @@ def run_traced(gen_dir, inputs, target="host", timeout=600):
 def reference_tensors(model_path, inputs):
     """Every tensor of every inference through TFLite's reference kernels: tensor index ->
     list of arrays (one per input). Inputs are N x the model input's shape (batch 1)."""
+    import numpy as np
     import tensorflow as tf
 
     it = tf.lite.Interpreter(
@@ -76,6 +77,8 @@ def reference_tensors(model_path, inputs):
 def compare_tensors(graph, ours, ref, tolerance=1):
     """One row per operator in graph order: its int8 output against the reference, over
     all inputs. Returns the result dict (rows, first differing op, first beyond tolerance)."""
+    import numpy as np
+
     rows = []
     view_src = {}
     for op in graph.operators:
@@ -153,6 +156,7 @@ def tflm_outputs(model_path, inputs, timeout=600):
     """Final outputs of the TFLite-Micro Python interpreter (the runtime's bit-exactness
     contract), run in a child process: TFLM aborts the process on models it rejects.
     Returns None when the tflite_micro package is not installed."""
+    import numpy as np
     import importlib.util
     import sys
 
@@ -181,6 +185,8 @@ def tflm_outputs(model_path, inputs, timeout=600):
 def _output_vs_tflm(model_path, inputs, out):
     """TFLite's reference kernels and TFLM can disagree by an LSB (measured on a per-channel
     FULLY_CONNECTED), so the final output is also checked against TFLM itself."""
+    import numpy as np
+
     ref = tflm_outputs(model_path, inputs)
     if ref is None:
         return None
@@ -190,6 +196,8 @@ def _output_vs_tflm(model_path, inputs, out):
 
 def _inputs_for(graph, x):
     """N x input-shape int8 inputs (a single unbatched input is taken as N = 1)."""
+    import numpy as np
+
     t = graph.tensors[graph.inputs[0]]
     x = np.asarray(x)
     if x.dtype != np.int8:
@@ -228,6 +236,8 @@ def format_table(result):
 
 
 def _cmd_compare(args):
+    import numpy as np
+
     inp = Path(args.inputs)
     if not inp.is_file():
         raise DsmnError(f"{inp}: no such inputs file")

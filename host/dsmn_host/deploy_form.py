@@ -1,12 +1,19 @@
-"""The network in the form the int8 graph computes, and its fake-quantized twin.
+"""The network in the form the int8 graph computes.
 
 `fold_batchnorm` and `equalize` rewrite a trained DSMN into the form onnx2tf's int8 graph
-computes, with the same float outputs; `prepare_qat` swaps its quantization points for int8
-fake quantizers (per-channel symmetric weights, per-tensor asymmetric activations) and
-`strip_qat` undoes that. QAT trains this form (`dsmn_host.qat`), `checkpoints` rebuilds it from
-qat.pt for export and verification; which version of the form a checkpoint holds is
-`checkpoints.DEPLOY_FORM`.
+computes, with the same float outputs. QAT fake-quantizes this form (`dsmn_host.fakequant`)
+and trains it (`dsmn_host.qat`); `checkpoints` rebuilds it from qat.pt for export and
+verification; which version of the form a checkpoint holds is `checkpoints.DEPLOY_FORM`.
+A torch module: the stages that need it import it inside their command bodies.
 """
+
+import copy
+
+import torch
+from torch import nn
+
+from dsmn_host.models import FullBlock, QPoint, Sparable, SplitBlock
+
 
 
 def fold_batchnorm(model):
@@ -21,22 +28,14 @@ def fold_batchnorm(model):
       network: channel ranges differ up to 1000x (a small scalar that the BN-folded depthwise
       weights scale back up), so one per-tensor scale rounded the small channels away;
     - each Sparable's time and mel kernels become one cross-shaped depthwise kernel, so only
-      their sum is quantized (see `_cross_conv_class`);
+      their sum is quantized (see `CrossConv`);
     - each block's average pool becomes a frozen depthwise conv with its own quantized output
       (see `_pool_as_depthwise`).
 
     The folded copy keeps the module tree otherwise, so `fold_batchnorm(build_model(name))` is
     the skeleton that a folded state dict loads into.
     """
-    import copy
-
-    import torch
-    from torch import nn
-
-    from dsmn_host.models import FullBlock, QPoint, Sparable, SplitBlock
-
     model = copy.deepcopy(model)
-    CrossConv = _cross_conv_class()
 
     def scale_shift(bn):
         if isinstance(bn, nn.Identity):
@@ -71,45 +70,39 @@ def fold_batchnorm(model):
     return model
 
 
-def _cross_conv_class():
-    import torch
-    from torch import nn
+class CrossConv(nn.Conv2d):
+    """A Sparable's time (3×1) and mel (1×3) dilated depthwise kernels summed into one 3×3
+    depthwise kernel with dilation 2 whose four corner taps are held at zero.
 
-    class CrossConv(nn.Conv2d):
-        """A Sparable's time (3×1) and mel (1×3) dilated depthwise kernels summed into one 3×3
-        depthwise kernel with dilation 2 whose four corner taps are held at zero.
+    As two convs and an ADD, the int8 graph quantizes both partial outputs. Their ranges are
+    set by large values of opposite sign that the sum cancels, so their rounding noise is
+    large against the sum: measured on model1, these tensors carried ~70 % of the noise in
+    the int8 top-2 logit margin. One conv quantizes only the sum, and computes the same float
+    outputs."""
 
-        As two convs and an ADD, the int8 graph quantizes both partial outputs. Their ranges are
-        set by large values of opposite sign that the sum cancels, so their rounding noise is
-        large against the sum: measured on model1, these tensors carried ~70 % of the noise in
-        the int8 top-2 logit margin. One conv quantizes only the sum, and computes the same float
-        outputs."""
+    def __init__(self, channels):
+        super().__init__(channels, channels, kernel_size=3, padding=2, dilation=2, groups=channels, bias=True)
+        mask = torch.zeros(1, 1, 3, 3)
+        mask[0, 0, 1, :] = mask[0, 0, :, 1] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
 
-        def __init__(self, channels):
-            super().__init__(channels, channels, kernel_size=3, padding=2, dilation=2, groups=channels, bias=True)
-            mask = torch.zeros(1, 1, 3, 3)
-            mask[0, 0, 1, :] = mask[0, 0, :, 1] = 1.0
-            self.register_buffer("mask", mask, persistent=False)
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
 
-        def forward(self, x):
-            return self._conv_forward(x, self.weight * self.mask, self.bias)
-
-        @classmethod
-        def merge(cls, time_conv, mel_conv):
-            conv = cls(time_conv.out_channels)
-            with torch.no_grad():
-                w = torch.zeros_like(conv.weight)
-                w[:, 0, :, 1] = time_conv.weight[:, 0, :, 0]
-                w[:, 0, 1, :] += mel_conv.weight[:, 0, 0, :]
-                conv.weight.copy_(w)
-                bias = torch.zeros(conv.out_channels)
-                for c in (time_conv, mel_conv):
-                    if c.bias is not None:
-                        bias += c.bias
-                conv.bias.copy_(bias)
-            return conv
-
-    return CrossConv
+    @classmethod
+    def merge(cls, time_conv, mel_conv):
+        conv = cls(time_conv.out_channels)
+        with torch.no_grad():
+            w = torch.zeros_like(conv.weight)
+            w[:, 0, :, 1] = time_conv.weight[:, 0, :, 0]
+            w[:, 0, 1, :] += mel_conv.weight[:, 0, 0, :]
+            conv.weight.copy_(w)
+            bias = torch.zeros(conv.out_channels)
+            for c in (time_conv, mel_conv):
+                if c.bias is not None:
+                    bias += c.bias
+            conv.bias.copy_(bias)
+        return conv
 
 
 def _pool_as_depthwise(pool, channels):
@@ -120,9 +113,6 @@ def _pool_as_depthwise(pool, channels):
     mostly negative integers) those ties all round down, a bias that survives the pooled means
     of the head (measured: int8-vs-float top-1 agreement 80 % instead of the simulated 96 %).
     A depthwise conv gets its own output scale, so its requantization rarely ties."""
-    import torch
-    from torch import nn
-
     k = pool.kernel_size if isinstance(pool.kernel_size, tuple) else (pool.kernel_size,) * 2
     conv = nn.Conv2d(channels, channels, kernel_size=k, stride=k, groups=channels, bias=False)
     with torch.no_grad():
@@ -132,8 +122,6 @@ def _pool_as_depthwise(pool, channels):
 
 
 def _per_channel_scale(conv):
-    from torch import nn
-
     return (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
             and conv.kernel_size == (1, 1) and conv.bias is None)
 
@@ -150,10 +138,6 @@ def equalize(folded, x):
     depthwise. Every rescaling is undone by its readers, so all channel ranges are measured in
     one pass before any is applied. Returns the largest gain per tensor, for the report.
     """
-    import torch
-
-    from dsmn_host.models import FullBlock, SplitBlock
-
     def reads(sep):
         """The convs that read a Sparable's input."""
         return [sep.cross] if isinstance(sep.ch_conv, torch.nn.Identity) else [sep.ch_conv]
@@ -211,114 +195,3 @@ def equalize(folded, x):
                 read(conv, g)
             applied[name] = round(float(g.max()), 3)
     return applied
-
-
-def _qparams(lo, hi):
-    """Scale and zero point of int8 asymmetric quantization covering [lo, hi] and 0."""
-    import torch
-
-    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
-    scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
-    zero_point = torch.clamp(torch.round(-128 - lo / scale), -128, 127).to(torch.int32)
-    return scale.reshape(1), zero_point.reshape(1)
-
-
-def _make_act_quantizer(fixed_range=None):
-    import torch
-    from torch import nn
-
-    class FakeQuantAct(nn.Module):
-        """Per-tensor asymmetric int8 fake quantization; `observe` sets the range from a batch
-        (see `calibrate`, which widens it over many)."""
-
-        def __init__(self):
-            super().__init__()
-            self.fixed = fixed_range is not None
-            lo, hi = fixed_range if self.fixed else (0.0, 0.0)
-            # not persistent: the folded float state dict must stay loadable into the plain model
-            self.register_buffer("lo", torch.tensor(float(lo)), persistent=False)
-            self.register_buffer("hi", torch.tensor(float(hi)), persistent=False)
-            self.observe = True
-            self.quantize = False
-
-        def forward(self, x):
-            if self.observe and not self.fixed:
-                self.lo.copy_(x.detach().min().float())
-                self.hi.copy_(x.detach().max().float())
-            if not self.quantize:
-                return x
-            if self.fixed:  # int8 LOGISTIC output: scale 1/256, zero point -128
-                return torch.fake_quantize_per_tensor_affine(x, 1.0 / 256, -128, -128, 127)
-            scale, zp = _qparams(self.lo, self.hi)
-            return torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127)
-
-        def range(self):
-            if self.fixed:
-                return [0.0, 255.0 / 256]
-            return [float(min(self.lo, 0.0)), float(max(self.hi, 0.0))]
-
-    return FakeQuantAct()
-
-
-def _make_weight_quantizer():
-    import torch
-    from torch import nn
-
-    class FakeQuantWeight(nn.Module):
-        """Per-output-channel symmetric int8 ([-127, 127]) weights, scale from the current max |w|."""
-
-        def forward(self, w):
-            scale = torch.clamp(w.detach().abs().flatten(1).amax(dim=1) / 127.0, min=1e-12)
-            zp = torch.zeros_like(scale, dtype=torch.int32)
-            return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -127, 127)
-
-    return FakeQuantWeight()
-
-
-def prepare_qat(folded):
-    """Swap QPoints for activation quantizers and parametrize conv/linear weights in place."""
-    from torch import nn
-    from torch.nn.utils import parametrize
-
-    from dsmn_host.models import QPoint
-
-    for name, m in list(folded.named_modules()):
-        for child_name, child in list(m.named_children()):
-            if isinstance(child, QPoint):
-                setattr(m, child_name, _make_act_quantizer(getattr(child, "fixed_range", None)))
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and not parametrize.is_parametrized(m, "weight"):
-            parametrize.register_parametrization(m, "weight", _make_weight_quantizer())
-    return folded
-
-
-def act_quantizers(model):
-    return {n: m for n, m in model.named_modules() if hasattr(m, "quantize") and hasattr(m, "range")}
-
-
-def set_mode(model, observe=None, quantize=None):
-    for m in act_quantizers(model).values():
-        if observe is not None:
-            m.observe = observe
-        if quantize is not None:
-            m.quantize = quantize
-
-
-def strip_qat(model):
-    """Plain float weights of a QAT model (parametrizations removed, quantizers back to QPoints)."""
-    import copy
-
-    from torch.nn.utils import parametrize
-
-    from dsmn_host.models import QPoint
-
-    model = copy.deepcopy(model)
-    for m in list(model.modules()):
-        if parametrize.is_parametrized(m, "weight"):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
-        for child_name, child in list(m.named_children()):
-            if hasattr(child, "quantize") and hasattr(child, "range"):
-                q = QPoint()
-                if child.fixed:
-                    q.fixed_range = (0.0, 1.0)
-                setattr(m, child_name, q)
-    return model

@@ -104,6 +104,12 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         if not (self.training and torch.distributed.is_initialized()
                 and torch.distributed.get_world_size() > 1):
             return super().forward(x)
+        # statistics in float32 also under --amp (autocast hands BatchNorm fp16/bf16 activations;
+        # cuDNN's BatchNorm accumulates in float32, and a bf16 mean is only 3 digits)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._global_forward(x.float()).to(x.dtype)
+
+    def _global_forward(self, x):
         dims = (0, 2, 3)
         count = torch.tensor([float(x.shape[0] * x.shape[2] * x.shape[3])], device=x.device)
         count = dist_f.all_reduce(count)

@@ -13,8 +13,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from dsmn_host import tau
 from dsmn_host.errors import DsmnError
 
@@ -41,10 +39,14 @@ PARAMS = {
 
 
 def hz_to_mel(hz):
+    import numpy as np
+
     return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
 
 
 def mel_to_hz(mel):
+    import numpy as np
+
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
@@ -52,6 +54,8 @@ def mel_to_hz(mel):
 def mel_filterbank() -> np.ndarray:
     """(256, 2049) triangles equally spaced on the HTK mel scale, each scaled to unit area
     (Slaney) so wide high-frequency bands do not dominate the sum."""
+    import numpy as np
+
     fft_hz = np.arange(N_FFT // 2 + 1) * SAMPLE_RATE / N_FFT
     edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(SAMPLE_RATE / 2), N_MELS + 2))
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
@@ -66,12 +70,16 @@ def mel_filterbank() -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _window() -> np.ndarray:
+    import numpy as np
+
     n = np.arange(WIN_LENGTH)
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN_LENGTH)
 
 
 def power_spectrogram(wave) -> np.ndarray:
     """|STFT|^2 of (..., 44100) samples: (..., 2049, 44) float64."""
+    import numpy as np
+
     wave = np.asarray(wave, dtype=np.float64)
     if wave.shape[-1] != tau.CLIP_SAMPLES:
         raise DsmnError(f"expected {tau.CLIP_SAMPLES} samples (1 s at 44.1 kHz), got {wave.shape[-1]}")
@@ -88,6 +96,8 @@ def _band_support():
     """The filterbank as runs of non-zero weights: each band touches a few dozen bins at most,
     so summing runs is ~100x cheaper than the dense product and, unlike BLAS, gives the same
     bits whatever the thread count (the cache must not depend on how many workers built it)."""
+    import numpy as np
+
     fb = mel_filterbank()
     bins, weights, starts = [], [], []
     for row in fb:
@@ -101,6 +111,8 @@ def _band_support():
 
 def mel_power(power) -> np.ndarray:
     """(..., 2049, T) power spectrogram -> (..., 256, T) float32 mel power."""
+    import numpy as np
+
     bins, weights, starts, nonempty = _band_support()
     terms = np.asarray(power, dtype=np.float32)[..., bins, :] * weights
     mel = np.add.reduceat(terms, np.minimum(starts, len(bins) - 1), axis=-2)
@@ -109,6 +121,8 @@ def mel_power(power) -> np.ndarray:
 
 def logmel(wave) -> np.ndarray:
     """log10(mel power + 1e-10) of a 1 s clip: (44100,) -> (256, 44) float32 (batches too)."""
+    import numpy as np
+
     mel = mel_power(power_spectrogram(wave))
     return np.log10(mel + np.float32(LOG_OFFSET)).astype(np.float32)
 
@@ -120,6 +134,8 @@ def _is_torch(x) -> bool:
 def deltas(x):
     """Regression deltas along time (last axis), N = 2, edges replicated:
     d[t] = sum_k k (x[t+k] - x[t-k]) / (2 sum_k k^2)."""
+    import numpy as np
+
     denom = 2 * sum(k * k for k in range(1, DELTA_N + 1))
     if _is_torch(x):
         import torch
@@ -150,6 +166,8 @@ def normalise(x):
 def logmel_to_input(logmel):
     """(..., 256, 44) raw log-mel -> (..., 2, 256, 44) model input: [normalised log-mel,
     normalised delta]. Works on numpy arrays and torch tensors (any device), same type out."""
+    import numpy as np
+
     if _is_torch(logmel):
         import torch
 
@@ -187,6 +205,8 @@ class FeatureCache:
     """Raw log-mel of every clip of a data set (memory-mapped) plus labels and devices."""
 
     def __init__(self, cache_dir):
+        import numpy as np
+
         self.path = Path(cache_dir)
         params_path = self.path / "params.json"
         if not params_path.is_file():
@@ -226,6 +246,8 @@ class FeatureCache:
 
     def inputs(self, idx):
         """Model input for rows `idx` (no augmentation): (len(idx), 2, 256, 44) float32."""
+        import numpy as np
+
         return logmel_to_input(np.asarray(self.logmel[idx]))
 
 
@@ -256,6 +278,8 @@ def _param_diff(other) -> str:
 
 def _collect_clips(data_dir, splits, skip_bad, check_audio=True):
     """Union of the splits' clips (each file once) and, per split, the row of each of its clips."""
+    import numpy as np
+
     meta = tau.read_meta(data_dir)
     order, rows, split_of, skipped = [], {}, [], []
     split_rows = {}
@@ -283,12 +307,16 @@ def _fingerprint(clips) -> str:
 
 
 def _compute_rows(paths):
+    import numpy as np
+
     return np.stack([logmel(tau.load_wav(p)) for p in paths])
 
 
 def _compute_rows_skipping(paths):
     """(rows, [(i, reason)]): like _compute_rows, but a clip whose samples cannot be used (NaN or
     infinite samples, undecodable) becomes a zero row and a reason instead of an abort."""
+    import numpy as np
+
     rows, bad = [], []
     for i, p in enumerate(paths):
         try:
@@ -306,6 +334,8 @@ def build_cache(data_dir, cache_dir=None, splits=DEFAULT_SPLITS, workers=None, s
     A cache built with other feature parameters or from another clip list is refused rather
     than silently reused or overwritten.
     """
+    import numpy as np
+
     data_dir = Path(data_dir)
     if not data_dir.exists():
         raise DsmnError(f"{data_dir}: no such data directory")
@@ -359,6 +389,8 @@ def build_cache(data_dir, cache_dir=None, splits=DEFAULT_SPLITS, workers=None, s
 
 
 def _write_index(cache_dir, clips, split_of, split_rows):
+    import numpy as np
+
     scene_idx = np.array([tau.SCENES.index(c.scene) for c in clips], dtype=np.int64)
     coarse_idx = np.array([tau.COARSE.index(c.coarse) for c in clips], dtype=np.int64)
     np.savez(
@@ -371,6 +403,7 @@ def _write_index(cache_dir, clips, split_of, split_rows):
 
 
 def _fill(cache_dir, clips, workers, progress, chunk, skip_bad=False):
+    import numpy as np
     from tqdm import tqdm
 
     done = np.load(cache_dir / "done.npy").astype(np.int8)  # bool in caches from before BAD
@@ -425,6 +458,8 @@ def _write_device_response(cache_dir, clips, split_of):
     """The paper's device-response table: for each training clip from a device other than a
     whose segment was also recorded by a, the per-band difference of time-averaged log10 mel
     power (device - a). Only the training split is used, so unseen devices stay unseen."""
+    import numpy as np
+
     lm = np.load(cache_dir / "logmel.npy", mmap_mode="r")
     bad = set(np.flatnonzero(np.load(cache_dir / "done.npy") == BAD).tolist())
     ref_row = {c.segment: i for i, c in enumerate(clips)
@@ -485,6 +520,8 @@ def register(subparsers):
 
 
 def _cmd_features(args):
+    import numpy as np
+
     if args.wav:
         from dsmn_host.paths import output_file
 

@@ -57,7 +57,7 @@ class Sparable(nn.Module):
         self.norm = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU()
         self.q_ch, self.q_time, self.q_mel, self.q_out = QPoint(), QPoint(), QPoint(), QPoint()
-        self.cross = None  # the int8 form: both kernels as one (dsmn_host.qat.fold_batchnorm)
+        self.cross = None  # the int8 form: both kernels as one (dsmn_host.deploy_form.fold_batchnorm)
 
     def forward(self, x):
         x = self.q_ch(self.ch_conv(x))

@@ -20,8 +20,6 @@ import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
-
 from dsmn_host import tau
 from dsmn_host.errors import DsmnError
 
@@ -37,7 +35,7 @@ EVALUATE_FRACTION = 0.3
 DEVICES_PER_SEGMENT = 3  # device a plus two others, as TAU22's parallel recordings
 
 # Background envelope (dB) at these frequencies, interpolated on a log-frequency axis.
-ENV_HZ = np.array([20, 60, 150, 400, 1000, 2500, 6000, 12000, 22050], dtype=float)
+ENV_HZ = (20.0, 60.0, 150.0, 400.0, 1000.0, 2500.0, 6000.0, 12000.0, 22050.0)
 
 # name: (background dB at ENV_HZ, loudness-modulation (rate Hz, depth), events)
 # events: (kind, rate per second or level for continuous kinds, low Hz, high Hz, level dB)
@@ -70,15 +68,24 @@ CONTINUOUS = ("babble", "hum", "whine", "music", "hiss")
 
 
 def _log_interp(hz, points_hz, values):
+    import numpy as np
+
     return np.interp(np.log(np.maximum(hz, 1.0)), np.log(points_hz), values)
 
 
-FREQS = np.fft.rfftfreq(N, 1.0 / SR)
+@functools.lru_cache(maxsize=None)
+def _freqs():
+    """The rfft bin frequencies of one clip (computed on first use: `--help` loads no numpy)."""
+    import numpy as np
+
+    return np.fft.rfftfreq(N, 1.0 / SR)
 
 
 def _shape(rng, gain_db):
     """White noise coloured by a per-bin gain (dB), as a time signal."""
-    spectrum = (rng.standard_normal(FREQS.size) + 1j * rng.standard_normal(FREQS.size))
+    import numpy as np
+
+    spectrum = (rng.standard_normal(_freqs().size) + 1j * rng.standard_normal(_freqs().size))
     spectrum *= 10.0 ** (gain_db / 20.0)
     spectrum[0] = 0
     x = np.fft.irfft(spectrum, n=N)
@@ -87,17 +94,23 @@ def _shape(rng, gain_db):
 
 def _band_db(lo, hi, slope=24.0):
     """Soft band-pass in dB (about `slope` dB per octave outside [lo, hi])."""
-    f = np.maximum(FREQS, 1.0)
+    import numpy as np
+
+    f = np.maximum(_freqs(), 1.0)
     return -slope * (np.maximum(0, np.log2(lo / f)) + np.maximum(0, np.log2(f / hi)))
 
 
 def _smooth_curve(rng, std_db, n_points=10):
     """A random smooth dB curve over log-frequency (location colouring, device bumps)."""
+    import numpy as np
+
     pts = np.geomspace(20, SR / 2, n_points)
-    return _log_interp(FREQS, pts, rng.normal(0, std_db, n_points))
+    return _log_interp(_freqs(), pts, rng.normal(0, std_db, n_points))
 
 
 def _rms(x):
+    import numpy as np
+
     return math.sqrt(float(np.mean(x ** 2))) + 1e-12
 
 
@@ -108,6 +121,8 @@ def _at(signal, start, piece):
 
 
 def _harmonic(f0, t, n_harm, rng, rolloff=1.0):
+    import numpy as np
+
     out = np.zeros_like(t)
     for h in range(1, n_harm + 1):
         if h * f0 < SR / 2 - 500:
@@ -117,6 +132,8 @@ def _harmonic(f0, t, n_harm, rng, rolloff=1.0):
 
 def _event(kind, rng, lo, hi):
     """One event (or a continuous layer) of `kind`, unit RMS over its extent."""
+    import numpy as np
+
     t_all = np.arange(N) / SR
     if kind == "babble":  # speech-like: band noise with syllable-rate modulation
         x = _shape(rng, _band_db(lo, hi, 12.0))
@@ -171,6 +188,8 @@ def _event(kind, rng, lo, hi):
 
 
 def _mean_envelope():
+    import numpy as np
+
     return np.mean([p[0] for p in SCENE_PROFILES.values()], axis=0)
 
 
@@ -190,10 +209,12 @@ def knobs(difficulty):
 
 def scene_source(rng, scene, location_db, difficulty) -> np.ndarray:
     """One clean 1 s "recording" of `scene` at a location (before any device)."""
+    import numpy as np
+
     env_db, (mod_rate, mod_depth), events = SCENE_PROFILES[scene]
     k = knobs(difficulty)
     env = (1 - k["blend"]) * np.asarray(env_db, float) + k["blend"] * _mean_envelope()
-    background_db = _log_interp(FREQS, ENV_HZ, env) + location_db + _smooth_curve(rng, k["clip_db"])
+    background_db = _log_interp(_freqs(), ENV_HZ, env) + location_db + _smooth_curve(rng, k["clip_db"])
     x = _shape(rng, background_db)
     rate = mod_rate * rng.uniform(0.6, 1.6)
     x *= 1 + mod_depth * np.sin(2 * np.pi * rate * np.arange(N) / SR + rng.uniform(0, 6.3))
@@ -223,18 +244,22 @@ class DeviceModel:
     Derived from the device name only, so every synthetic set shares the same devices."""
 
     def __init__(self, name):
+        import numpy as np
+
         rng = np.random.default_rng(zlib.crc32(name.encode()))
         phone = name.startswith("s")
         strength = {"a": 0.3, "b": 1.0, "c": 1.0}.get(name, 2.0)
         hp = 20 if name == "a" else rng.uniform(80, 160) * (2.2 if phone else 1)
         lp = 20000 if name == "a" else rng.uniform(7000, 11000) if phone else rng.uniform(12000, 17000)
         self.response_db = (_band_db(hp, lp, 12.0) + _smooth_curve(rng, 1.5 * strength, 8)
-                            + rng.uniform(-4, 4) * strength * np.log2(np.maximum(FREQS, 20) / 1000) / 10)
+                            + rng.uniform(-4, 4) * strength * np.log2(np.maximum(_freqs(), 20) / 1000) / 10)
         self.noise_db = -55 if name == "a" else rng.uniform(-42, -32) if phone else rng.uniform(-50, -44)
         self.gain_db = 0.0 if name == "a" else rng.uniform(-6, 6)
         self.drive = rng.uniform(1.5, 3.0) if phone else 0.0
 
     def record(self, rng, source):
+        import numpy as np
+
         y = np.fft.irfft(np.fft.rfft(source) * 10 ** (self.response_db / 20), n=N)
         y /= _rms(y)
         y += 10 ** (self.noise_db / 20) * _shape(rng, _band_db(30, 16000, 6.0))
@@ -259,6 +284,8 @@ def _difficulty(value) -> float:
 def plan(clips_per_class, seed):
     """The recording plan: per scene, locations (city, id, split) and per segment its devices.
     Returns a list of (scene, city, location, segment_id, k, split, devices)."""
+    import numpy as np
+
     rng = np.random.default_rng([seed, 1])
     segments_per_class = max(2, math.ceil(clips_per_class / DEVICES_PER_SEGMENT))
     n_locations = max(2, math.ceil(segments_per_class / SEGMENTS_PER_LOCATION))
@@ -293,6 +320,8 @@ def _device(name):
 
 def _render_segment(job):
     """Synthesise one segment, record it on each of its devices, write the WAVs."""
+    import numpy as np
+
     out, seed, d, i, (scene, city, loc, seg, k, split, devs) = job
     rng = np.random.default_rng([seed, 2, i])
     location_rng = np.random.default_rng([seed, 3, tau.SCENES.index(scene), loc])
@@ -363,6 +392,8 @@ def write_synthetic_set(out_dir, clips_per_class=DEFAULT_CLIPS_PER_CLASS, seed=0
 def write_wav24(path, wave):
     """Mono 44.1 kHz 24-bit PCM WAV, like TAU22's clips. Written directly because libsndfile
     fsyncs every file it closes, which made writing a set several times slower."""
+    import numpy as np
+
     pcm = np.clip(np.round(np.asarray(wave, np.float64) * 2 ** 23), -2 ** 23, 2 ** 23 - 1).astype("<i4")
     data = pcm.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
     fmt = struct.pack("<HHIIHH", 1, 1, SR, SR * 3, 3, 24)

@@ -11,8 +11,6 @@ import csv
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
 from dsmn_host.errors import DsmnError
 
 SCENES = (
@@ -139,6 +137,7 @@ def wav_problem(path) -> str | None:
 
 def load_wav(path) -> np.ndarray:
     """Read one TAU22 clip as float32 (44100,) in [-1, 1], or raise naming the file."""
+    import numpy as np
     import soundfile
 
     path = Path(path)

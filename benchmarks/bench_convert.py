@@ -21,11 +21,11 @@ from pathlib import Path
 def one(name, calib, work, n_calib):
     import torch
 
-    from dsmn_host.convert import convert
-    from dsmn_host.export import export_model
-    from dsmn_host.modelcard import write_card
-    from dsmn_host.models import TimeMelWrapper, build_model
-    from dsmn_host.deploy_form import fold_batchnorm
+    from dsmn_host.deploy.convert import convert
+    from dsmn_host.deploy.export import export_model
+    from dsmn_host.deploy.modelcard import write_card
+    from dsmn_host.training.models import TimeMelWrapper, build_model
+    from dsmn_host.training.deploy_form import fold_batchnorm
 
     torch.manual_seed(0)
     net = build_model(name).eval()

@@ -34,8 +34,8 @@ def main():
                     help="configurations in order (1x1, 1x2, 2x1; repeat one, e.g. 1x1,2x1,1x1,2x1, to see drift)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "ddp.json"))
     args = ap.parse_args()
-    from dsmn_host.features import build_cache
-    from dsmn_host.synth import write_synthetic_set
+    from dsmn_host.data.features import build_cache
+    from dsmn_host.data.synth import write_synthetic_set
 
     work = Path(tempfile.mkdtemp(prefix="bench_ddp_"))
     write_synthetic_set(work / "data", clips_per_class=args.clips_per_class, seed=3)
@@ -63,7 +63,7 @@ def main():
         results.append({"config": name, "processes": rec["processes"], "train_clips_per_s": rec["train_clips_per_s"],
                         "train_seconds": rec["train_seconds"], "load_average_1min_before": load})
         print(f"{name}: {rec['train_clips_per_s']:.2f} clips/s (load before {load})", flush=True)
-    from dsmn_host.features import open_features
+    from dsmn_host.data.features import open_features
 
     n_train = len(open_features(work / "cache").indices("train"))
     doc = {"benchmark": "train epoch throughput, 1 vs 2 processes (CPU, gloo)", "model": args.model,

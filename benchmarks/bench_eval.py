@@ -32,10 +32,10 @@ def main(argv=None):
     ap.add_argument("--report-dir", help="keep the eval report here (default: a temporary directory)")
     args = ap.parse_args(argv)
 
-    from dsmn_host import evaluate
-    from dsmn_host.emulate import Emulator
-    from dsmn_host.firmware import DEFAULT_MODEL, build_firmware
-    from dsmn_host.modelcard import card_paths
+    from dsmn_host.link import evaluate
+    from dsmn_host.target.emulate import Emulator
+    from dsmn_host.target.firmware import DEFAULT_MODEL, build_firmware
+    from dsmn_host.deploy.modelcard import card_paths
 
     tflite = Path(args.tflite or DEFAULT_MODEL)
     work = Path(tempfile.mkdtemp(prefix="bench_eval_"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsmn_host import features, synth, tau
+from dsmn_host.data import features, synth, tau
 
 
 def dir_bytes(path):

@@ -32,10 +32,10 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flash.json"))
     args = ap.parse_args(argv)
 
-    from dsmn_host.emulate import Emulator, free_port
-    from dsmn_host.firmware import DEFAULT_MODEL, build_firmware
-    from dsmn_host.flash import flash_firmware
-    from dsmn_host.modelcard import card_paths
+    from dsmn_host.target.emulate import Emulator, free_port
+    from dsmn_host.target.firmware import DEFAULT_MODEL, build_firmware
+    from dsmn_host.target.flash import flash_firmware
+    from dsmn_host.deploy.modelcard import card_paths
 
     tflite = Path(args.tflite or DEFAULT_MODEL)
     work = Path(tempfile.mkdtemp(prefix="bench_flash_"))

@@ -37,12 +37,13 @@ RAM_BOARDS = ("qemu-an386", "qemu-an547", "qemu-stm32f405", "nucleo-f446re", "nu
 
 def native_agreement(cache, split, scale, zero_point, work):
     """The front end's C (host build, same sources and flags) on every clip of the split against
-    dsmn_host.features on the same int16 samples."""
+    dsmn_host.data.features on the same int16 samples."""
     sys.path.insert(0, str(ROOT / "tests"))
     import numpy as np
     from frontend_support import build_native, run_native
 
-    from dsmn_host import evaluate, frontend
+    from dsmn_host.link import evaluate
+    from dsmn_host.target import frontend
 
     rows = [int(r) for r in cache.indices(split)]
     pcms = [evaluate.clip_pcm(cache, r) for r in rows]
@@ -57,7 +58,7 @@ def native_agreement(cache, split, scale, zero_point, work):
 
 def ram_per_board(tflite, work):
     from dsmn_host.errors import DsmnError
-    from dsmn_host.firmware import build_firmware
+    from dsmn_host.target.firmware import build_firmware
 
     out = {}
     for name in RAM_BOARDS:
@@ -78,8 +79,9 @@ def ram_per_board(tflite, work):
 
 
 def instructions(elf, board, pcm):
-    from dsmn_host import evaluate, protocol
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.link import evaluate
+    from dsmn_host.target import protocol
+    from dsmn_host.target.emulate import Emulator
 
     with Emulator(elf, board=board) as emu, protocol.Session.open(emu.url, response_timeout=600) as s:
         r = s.audio(0, pcm)
@@ -91,7 +93,8 @@ def instructions(elf, board, pcm):
 def _ping_limit(url, repeats=2):
     """The best of `repeats` PINGs of the largest message with the board's window and with 32
     chunks in flight (bytes/s): what the line carries at most, right now."""
-    from dsmn_host import evaluate, protocol
+    from dsmn_host.link import evaluate
+    from dsmn_host.target import protocol
 
     with protocol.Session.open(url) as s:
         payload = bytes((i * 37) & 0xFF for i in range(s.hello.max_message))
@@ -110,9 +113,9 @@ def link_runs(elf, tflite, data, clips, work):
     """Each eval run against the limit measured next to it: the best PING rate seen just before
     and just after the run (and eval's own one-input PING), so a load change on the shared
     machine between a run and a limit measured minutes earlier cannot read as >100 %."""
-    from dsmn_host import evaluate
-    from dsmn_host.emulate import Emulator
-    from dsmn_host.modelcard import card_paths
+    from dsmn_host.link import evaluate
+    from dsmn_host.target.emulate import Emulator
+    from dsmn_host.deploy.modelcard import card_paths
 
     out = {}
     with Emulator(elf) as emu:
@@ -159,9 +162,10 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frontend.json"))
     args = ap.parse_args(argv)
 
-    from dsmn_host import evaluate, features
+    from dsmn_host.data import features
+    from dsmn_host.link import evaluate
     from dsmn_host.boards import BOARDS
-    from dsmn_host.firmware import DEFAULT_MODEL
+    from dsmn_host.target.firmware import DEFAULT_MODEL
 
     tflite = Path(args.tflite or DEFAULT_MODEL)
     work = Path(tempfile.mkdtemp(prefix="bench_frontend_"))
@@ -173,7 +177,7 @@ def main(argv=None):
               "host": {"python": platform.python_version(), "machine": platform.machine(),
                        "note": "wall-clock rates were measured on a shared, loaded 2-core machine"}}
     if args.only_link:
-        from dsmn_host.firmware import build_firmware
+        from dsmn_host.target.firmware import build_firmware
 
         elf = build_firmware(tflite=tflite, board="qemu-an386", out=work / "qemu-an386-audio", quiet=True)["elf"]
         return link_only(elf, tflite, cache.path, args.clips, args.out)

@@ -37,10 +37,10 @@ def _log(msg):
 
 def prepare(work, threads):
     """The default synthetic set, its cache, the two teachers and their logits (each once)."""
-    from dsmn_host.teachers import teacher_logits
-    from dsmn_host.features import build_cache
-    from dsmn_host.synth import write_synthetic_set
-    from dsmn_host.train import train
+    from dsmn_host.training.teachers import teacher_logits
+    from dsmn_host.data.features import build_cache
+    from dsmn_host.data.synth import write_synthetic_set
+    from dsmn_host.training.train import train
 
     data, cache = work / "data", work / "data.features"
     if not (data / "meta.csv").is_file():
@@ -71,10 +71,10 @@ def int8_accuracy(tflite, cache_path, split="evaluate"):
     """Top-1 scene accuracy of the int8 .tflite (TFLite reference kernels) on a split."""
     import numpy as np
 
-    from dsmn_host.features import open_features
-    from dsmn_host.modelcard import load_card
-    from dsmn_host.int8io import features_to_nhwc, quantize
-    from dsmn_host.verify import _tflite_ref_runner
+    from dsmn_host.data.features import open_features
+    from dsmn_host.deploy.modelcard import load_card
+    from dsmn_host.data.int8io import features_to_nhwc, quantize
+    from dsmn_host.deploy.verify import _tflite_ref_runner
 
     card = load_card(tflite)
     cache = open_features(cache_path)
@@ -91,11 +91,11 @@ def int8_accuracy(tflite, cache_path, split="evaluate"):
 
 
 def student(work, cache, logits, arm, seed, epochs, qat_epochs, threads):
-    from dsmn_host.convert import convert
-    from dsmn_host.export import export_run
-    from dsmn_host.modelcard import write_card
-    from dsmn_host.qat import run_qat
-    from dsmn_host.train import train
+    from dsmn_host.deploy.convert import convert
+    from dsmn_host.deploy.export import export_run
+    from dsmn_host.deploy.modelcard import write_card
+    from dsmn_host.training.qat import run_qat
+    from dsmn_host.training.train import train
 
     run = work / "runs" / f"model1-{arm}-s{seed}"
     result_path = run / "result.json"
@@ -129,7 +129,7 @@ def student(work, cache, logits, arm, seed, epochs, qat_epochs, threads):
 def report(work, out, epochs, qat_epochs):
     import numpy as np
 
-    from dsmn_host.distill import read_logits
+    from dsmn_host.training.distill import read_logits
 
     results = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("model1-*/result.json"))]
     results = [r for r in results if r["epochs"] == epochs]

@@ -29,7 +29,7 @@ BOARDS = ["qemu-stm32f405", "nucleo-f446re", "nucleo-f429zi", "nucleo-h743zi2", 
 
 def fits(report_peak, card, boards):
     from dsmn_host.boards import get_board
-    from dsmn_host.firmware import default_ram_budget, other_ram_bytes
+    from dsmn_host.target.firmware import default_ram_budget, other_ram_bytes
     out = {}
     for name in boards:
         b = get_board(name)
@@ -38,9 +38,9 @@ def fits(report_peak, card, boards):
 
 
 def model1_table(work, xs, ref):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
     from dsmn_host.boards import get_board
-    from dsmn_host.firmware import other_ram_bytes
+    from dsmn_host.target.firmware import other_ram_bytes
 
     model = ROOT / "models" / "model1" / "model1_int8.tflite"
     card = json.loads(model.with_name("model1_int8.card.json").read_text())
@@ -72,9 +72,9 @@ def model1_table(work, xs, ref):
 
 
 def model1_firmware(work, xs, ref):
-    from dsmn_host import firmware, protocol
+    from dsmn_host.target import firmware, protocol
     from dsmn_host.boards import get_board
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.target.emulate import Emulator
 
     model = ROOT / "models" / "model1" / "model1_int8.tflite"
     rep = firmware.build_firmware(tflite=model, board="qemu-stm32f405", out=work / "fw405", quiet=True)
@@ -100,10 +100,10 @@ def model1_firmware(work, xs, ref):
 def variants(work):
     import torch
 
-    from dsmn_host import codegen
-    from dsmn_host.features import build_cache
-    from dsmn_host.modelcard import build_card
-    from dsmn_host.synth import write_synthetic_set
+    from dsmn_host.deploy import codegen
+    from dsmn_host.data.features import build_cache
+    from dsmn_host.deploy.modelcard import build_card
+    from dsmn_host.data.synth import write_synthetic_set
     import runtime_support as rs
 
     torch.set_num_threads(1)

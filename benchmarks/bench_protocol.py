@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_board(board_name, tflite, workdir, ping_bytes, ping_reps, infers):
-    from dsmn_host import firmware, protocol
+    from dsmn_host.target import firmware, protocol
     from dsmn_host.boards import get_board
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.target.emulate import Emulator
 
     board = get_board(board_name)
     t0 = time.perf_counter()

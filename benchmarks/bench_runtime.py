@@ -78,8 +78,8 @@ def card_arena(tflite):
 
 
 def main(argv=None):
-    from dsmn_host import codegen
-    from dsmn_host.tflite_reader import read_tflite
+    from dsmn_host.deploy import codegen
+    from dsmn_host.compiler.tflite_reader import read_tflite
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=["model1", "model2", "model3", "model4"])

@@ -32,8 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def measure(elf, board, xs):
-    from dsmn_host import protocol
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.target import protocol
+    from dsmn_host.target.emulate import Emulator
 
     with Emulator(elf, board=board) as emu:
         with protocol.Session.open(emu.url, response_timeout=600) as s:
@@ -50,7 +50,7 @@ def measure(elf, board, xs):
 
 def one(model, tflite, board, runtime, work, tflm_dir, xs, cache):
     from dsmn_host.errors import DsmnError
-    from dsmn_host.firmware import build_firmware
+    from dsmn_host.target.firmware import build_firmware
 
     out = work / f"{model}-{board}-{runtime}"
     try:
@@ -101,7 +101,7 @@ def table(results, boards):
 
 def main():
     sys.path.insert(0, str(ROOT / "host"))
-    from dsmn_host import tflm
+    from dsmn_host.target import tflm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["model1", "model2", "model3", "model4"])

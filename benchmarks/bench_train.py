@@ -18,10 +18,10 @@ from pathlib import Path
 def bench(model_name, steps, batch_size, threads):
     import torch
 
-    from dsmn_host.augment import device_response, mixup, spec_augment
-    from dsmn_host.features import logmel_to_input
-    from dsmn_host.models import build_model
-    from dsmn_host.train import pcgrad_backward, soft_cross_entropy_sum
+    from dsmn_host.data.augment import device_response, mixup, spec_augment
+    from dsmn_host.data.features import logmel_to_input
+    from dsmn_host.training.models import build_model
+    from dsmn_host.training.train import pcgrad_backward, soft_cross_entropy_sum
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ PY="${PYTHON:-python3}"
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 # CMSIS-DSP C sources for the on-device front end (firmware/frontend): the cmsisdsp sdist from
 # PyPI, hash-checked, unpacked (Include/, PrivateInclude/, Source/, LICENSE) into a cache that
-# dsmn_host.frontend.cmsis_dsp_dir() finds. Unpacked beside and renamed, so a killed bootstrap
+# dsmn_host.target.frontend.cmsis_dsp_dir() finds. Unpacked beside and renamed, so a killed bootstrap
 # never leaves a half tree that looks complete.
 cmsis_ver=1.10.3
 cmsis_sha=307d32298faa7c58db912851027fce35f886fec7eb1a27c4b309ce1a97f47519

@@ -10,7 +10,7 @@ SYNTH_SEED = 1234
 @pytest.fixture(scope="session")
 def synth_data_dir(tmp_path_factory):
     """90 clips (9 per scene) in the TAU22 layout; train and evaluate splits, devices a..s6."""
-    from dsmn_host.synth import write_synthetic_set
+    from dsmn_host.data.synth import write_synthetic_set
 
     out = tmp_path_factory.mktemp("synth") / "tau22-synth"
     write_synthetic_set(out, clips_per_class=SYNTH_CLIPS_PER_CLASS, seed=SYNTH_SEED)
@@ -19,8 +19,8 @@ def synth_data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def feature_cache_dir(synth_data_dir, tmp_path_factory):
-    """The feature cache of `synth_data_dir` (open it with dsmn_host.features.open_features)."""
-    from dsmn_host.features import build_cache
+    """The feature cache of `synth_data_dir` (open it with dsmn_host.data.features.open_features)."""
+    from dsmn_host.data.features import build_cache
 
     out = tmp_path_factory.mktemp("features") / "tau22-synth.features"
     build_cache(synth_data_dir, out, workers=1, progress=False)
@@ -35,7 +35,7 @@ def _run_dir_for_export(request, tmp_path_factory, feature_cache_dir):
     try:
         return request.getfixturevalue("trained_run_dir")
     except pytest.FixtureLookupError:
-        from dsmn_host.train import train
+        from dsmn_host.training.train import train
 
         out = tmp_path_factory.mktemp("export-run") / "run"
         train(feature_cache_dir, out, "model1", {"epochs": 6, "warmup_epochs": 1}, seed=0, progress=False)
@@ -61,7 +61,7 @@ def export_data_dir(export_run_dir):
 @pytest.fixture(scope="session")
 def exported_onnx(export_run_dir, export_data_dir, tmp_path_factory):
     """(path, report) of the float ONNX of the trained model1 run (time × mel input)."""
-    from dsmn_host.export import export_run
+    from dsmn_host.deploy.export import export_run
 
     out = tmp_path_factory.mktemp("onnx") / "model1.onnx"
     report = export_run(export_run_dir, out, data=export_data_dir)
@@ -71,8 +71,8 @@ def exported_onnx(export_run_dir, export_data_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def int8_conversion(exported_onnx, export_data_dir, tmp_path_factory):
     """The one onnx2tf conversion of the session: (tflite path, convert report, onnx2tf work dir)."""
-    from dsmn_host.convert import convert
-    from dsmn_host.modelcard import write_card
+    from dsmn_host.deploy.convert import convert
+    from dsmn_host.deploy.modelcard import write_card
 
     onnx_path, _ = exported_onnx
     out_dir = tmp_path_factory.mktemp("int8")
@@ -92,7 +92,7 @@ def int8_tflite(int8_conversion):
 @pytest.fixture(scope="session")
 def int8_model_card(int8_tflite):
     """The model card (dict) of `int8_tflite`, as read from its X.card.json."""
-    from dsmn_host.modelcard import load_card
+    from dsmn_host.deploy.modelcard import load_card
 
     return load_card(int8_tflite)
 
@@ -106,8 +106,8 @@ def learnable_cache_dir(tmp_path_factory):
 
     The shared 9-per-class set has only 3 training clips per scene, too few for a held-out
     accuracy above chance after a short run; this one is just big enough."""
-    from dsmn_host.features import build_cache
-    from dsmn_host.synth import write_synthetic_set
+    from dsmn_host.data.features import build_cache
+    from dsmn_host.data.synth import write_synthetic_set
 
     root = tmp_path_factory.mktemp("learnable")
     write_synthetic_set(root / "tau22-easy", clips_per_class=12, seed=7, difficulty="easy")
@@ -123,8 +123,8 @@ def trained_run_dir(learnable_cache_dir, tmp_path_factory):
     """A model1 run directory: short float training (paper recipe, shortened: 10 epochs, Adam,
     no mixup) plus 2 epochs of QAT. Holds config.json, best.pt, last.pt, metrics.jsonl,
     curves.png, qat.pt, qat_metrics.json."""
-    from dsmn_host.qat import run_qat
-    from dsmn_host.train import train
+    from dsmn_host.training.qat import run_qat
+    from dsmn_host.training.train import train
 
     out = tmp_path_factory.mktemp("trained-run") / "model1"
     # one thread: on a shared or loaded machine two OpenMP threads are many times slower

@@ -218,7 +218,7 @@ def restartable_emulator(elf):
     restarted board reach the harness (on a pty nobody has open they are lost)."""
     import socket
 
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.target.emulate import Emulator
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -237,7 +237,7 @@ def eval_through_faults(elf, out_dir, *, seed, reset_after_bytes, **eval_kwargs)
     """`evaluate.run_eval` on a restartable QEMU board through a relay that drops or corrupts
     ~1 % of bytes both ways (bursts of up to 128) and power-cycles the board once, after
     `reset_after_bytes` went to it. Returns (relay stats with the fault fraction, log lines)."""
-    from dsmn_host import evaluate
+    from dsmn_host.link import evaluate
 
     emu, power_cycle = restartable_emulator(elf)
     logs = []

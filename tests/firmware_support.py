@@ -39,7 +39,7 @@ def _int8_with_card(model, path, seed, n_calib):
     """Fully int8 TFLite of a Keras model (calibrated on seeded noise) at `path`, with its card."""
     import tensorflow as tf
 
-    from dsmn_host import modelcard
+    from dsmn_host.deploy import modelcard
 
     rng = np.random.default_rng(seed)
 

@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 
 def build_native(out_dir):
     """Compile tests/frontend_harness.c + the front end + CMSIS-DSP with the host's cc."""
-    from dsmn_host import frontend
+    from dsmn_host.target import frontend
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

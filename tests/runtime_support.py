@@ -94,7 +94,7 @@ def tflm_run(model_bytes, xs):
 
 
 def ours_run(model_bytes, xs, workdir, target="host"):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def ours_run(model_bytes, xs, workdir, target="host"):
 
 def random_inputs(model_bytes, n, seed):
     """Full-range int8 inputs shaped like the model input (saturating cases included)."""
-    from dsmn_host.tflite_reader import read_tflite
+    from dsmn_host.compiler.tflite_reader import read_tflite
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
@@ -120,7 +120,7 @@ def random_inputs(model_bytes, n, seed):
 
 def model_op_names(model_bytes):
     """Builtin names of a .tflite model's operators, in graph order."""
-    from dsmn_host.tflite_reader import read_tflite
+    from dsmn_host.compiler.tflite_reader import read_tflite
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
@@ -218,11 +218,11 @@ def random_variant_tflite(name, cache, work, n_calib=32):
     different int8 outputs (with arbitrary statistics model3's logits barely move)."""
     import torch
 
-    from dsmn_host.calib import calibration_inputs
-    from dsmn_host.convert import convert
-    from dsmn_host.deploy_form import fold_batchnorm
-    from dsmn_host.export import export_model
-    from dsmn_host.models import TimeMelWrapper, build_model
+    from dsmn_host.data.calib import calibration_inputs
+    from dsmn_host.deploy.convert import convert
+    from dsmn_host.training.deploy_form import fold_batchnorm
+    from dsmn_host.deploy.export import export_model
+    from dsmn_host.training.models import TimeMelWrapper, build_model
 
     work = Path(work)
     torch.manual_seed(0)

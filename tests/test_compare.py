@@ -72,8 +72,8 @@ def _perturb_output_offset(gen_dir, op_name, nth, delta):
 def test_names_the_first_wrong_op(chain_model, tmp_path):
     """One kernel's parameters made wrong (the second conv's output zero point + 3): compare
     reports that op as the first differing, by 3 LSB, and every op before it as equal."""
-    from dsmn_host import codegen, compare
-    from dsmn_host.tflite_reader import read_tflite
+    from dsmn_host.deploy import codegen, compare
+    from dsmn_host.compiler.tflite_reader import read_tflite
 
     model, _, xs = chain_model
     gen = tmp_path / "gen"
@@ -94,7 +94,7 @@ def test_names_the_first_wrong_op(chain_model, tmp_path):
 @pytest.mark.skipif(not shutil.which("qemu-system-arm"), reason="qemu-system-arm missing")
 def test_qemu_all_equal(chain_model):
     """The same comparison with the Cortex-M4 build on QEMU (trace written by semihosting)."""
-    from dsmn_host import compare
+    from dsmn_host.deploy import compare
 
     model, _, xs = chain_model
     res = compare.compare(model, xs, target="qemu-an386")

@@ -35,7 +35,7 @@ def test_scheduler_runs_the_freeing_branch_first():
 def test_planner_never_overlaps_live_buffers():
     from dsmn_host.compiler.ir import Step
     from dsmn_host.compiler.plan import plan_memory
-    from dsmn_host.tflite_reader import Graph, Tensor
+    from dsmn_host.compiler.tflite_reader import Graph, Tensor
 
     sizes = [64, 1000, 200, 300, 50, 8]
     tensors = [Tensor(i, f"t{i}", (n,), np.int8) for i, n in enumerate(sizes)]
@@ -63,7 +63,7 @@ def test_tiled_model1_plans_cover_the_tradeoff():
     from dsmn_host.compiler import compile_plans
     from dsmn_host.compiler.read import read_model
     from dsmn_host.compiler.tile import choose
-    from dsmn_host.firmware import default_ram_budget, other_ram_bytes
+    from dsmn_host.target.firmware import default_ram_budget, other_ram_bytes
 
     g = read_model(SHIPPED_MODEL)
     _, plans = compile_plans(g)
@@ -90,7 +90,7 @@ def model1_reference():
 
 @pytest.fixture(scope="module")
 def model1_min(tmp_path_factory):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     gen = tmp_path_factory.mktemp("model1-min")
     return gen, codegen.generate(SHIPPED_MODEL, gen, plan="min")
@@ -98,7 +98,7 @@ def model1_min(tmp_path_factory):
 
 @pytest.mark.parametrize("how", ["min", "between"])
 def test_model1_tiled_bit_exact_host(how, model1_reference, model1_min, tmp_path):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     xs, ref = model1_reference
     if how == "min":
@@ -131,7 +131,7 @@ def test_scratch_is_what_each_kernel_states(plan, tmp_path):
     import re
 
     import tensorflow as tf
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
     from dsmn_host.errors import DsmnError
 
     wt = rs.Weights(3)
@@ -191,7 +191,7 @@ def test_param_dataclasses_mirror_the_c_structs():
 
 
 def test_refusal_names_smallest_peak_and_board_ram(tmp_path):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
     from dsmn_host.errors import DsmnError
 
     with pytest.raises(DsmnError) as e:
@@ -206,7 +206,7 @@ def test_model1_min_plan_on_qemu_an386(model1_reference, model1_min, tmp_path):
     import shutil
     if not shutil.which("qemu-system-arm") or not shutil.which("arm-none-eabi-gcc"):
         pytest.skip("qemu-system-arm / arm-none-eabi-gcc not installed (scripts/bootstrap.sh)")
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     xs, ref = model1_reference
     got = codegen.run_batch(model1_min[0], xs[:2], target="qemu-an386").reshape(ref[:2].shape)
@@ -227,7 +227,7 @@ N_EXAMPLES = int(os.environ.get("DSMN_TILE_EXAMPLES", "3"))
 def test_random_chain_tiled_bit_exact(tmp_path_factory, h, w, c, k1, k2, dil, stride, residual,
                                       band, seed):
     import tensorflow as tf
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     wt = rs.Weights(seed)
 
@@ -268,7 +268,7 @@ def test_fused_and_concat_steps_tiled_bit_exact(tmp_path_factory, kind, h, w, c,
     """The fused Sparable kernel (two depthwise + ADD + constant tail) and a channel
     concatenation of branches run on row bands inside a tiled unit, bit-exact with TFLM."""
     import tensorflow as tf
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     wt = rs.Weights(seed)
 
@@ -308,7 +308,7 @@ def test_fused_and_concat_steps_tiled_bit_exact(tmp_path_factory, kind, h, w, c,
 def test_convert_uses_the_one_scheduler():
     """convert.schedule_operators orders TFLite operators with compiler.schedule: from the
     shipped model's operators reversed it finds a topological order no worse than theirs."""
-    from dsmn_host import convert
+    from dsmn_host.deploy import convert
 
     schema = convert._schema()
     m = schema.ModelT.InitFromPackedBuf(bytearray(SHIPPED_MODEL.read_bytes()), 0)

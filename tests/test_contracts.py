@@ -51,7 +51,7 @@ def import_graph():
                     base = ".".join(pkg + ([base] if base else []))
                 targets = [f"{base}.{a.name}" for a in node.names] + [base]
             for t in targets:
-                # the longest prefix that is a module: `from dsmn_host import tau` -> dsmn_host.tau
+                # the longest prefix that is a module: `from dsmn_host.data import tau` -> dsmn_host.data.tau
                 while t and t not in modules:
                     t = t.rpartition(".")[0]
                 if t and t != name and t != "dsmn_host":
@@ -99,9 +99,66 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_later_stages_do_not_import_training_code():
     graph = import_graph()
-    for later in ("dsmn_host.export", "dsmn_host.verify", "dsmn_host.modelcard", "dsmn_host.convert"):
-        assert not graph[later] & {"dsmn_host.qat", "dsmn_host.train"}, later
-    assert "dsmn_host.verify" not in graph["dsmn_host.convert"]
+    for later in ("dsmn_host.deploy.export", "dsmn_host.deploy.verify", "dsmn_host.deploy.modelcard",
+                  "dsmn_host.deploy.convert"):
+        assert not graph[later] & {"dsmn_host.training.qat", "dsmn_host.training.train"}, later
+    assert "dsmn_host.deploy.verify" not in graph["dsmn_host.deploy.convert"]
+
+
+# The folder tree is the architecture (docs/architecture.md): phases in pipeline order; a module
+# imports from its own phase or an earlier one, and from the shared leaves at the top.
+PHASE_ORDER = ["data", "training", "compiler", "deploy", "target", "link"]
+SHARED = {"errors", "paths", "clihelp", "boards"}          # every phase may import these
+ORCHESTRATION = {"cli", "__main__", "pipeline", "demo"}     # may import every phase; none imports them
+
+
+def _place(module):
+    """('phase', i) / ('shared', -1) / ('orchestration', len) of a dsmn_host module."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "package", -1
+    if parts[1] in PHASE_ORDER:
+        return parts[1], PHASE_ORDER.index(parts[1])
+    if parts[1] in SHARED:
+        return "shared", -1
+    if parts[1] in ORCHESTRATION:
+        return "orchestration", len(PHASE_ORDER)
+    return None, None
+
+
+def phase_violations(graph):
+    bad = []
+    for mod, deps in graph.items():
+        where, rank = _place(mod)
+        for dep in deps:
+            dep_where, dep_rank = _place(dep)
+            if where == "shared" and dep_where != "shared":
+                bad.append(f"{mod} (shared) imports {dep}")
+            elif dep_where == "orchestration" and where != "orchestration":
+                bad.append(f"{mod} imports the orchestration module {dep}")
+            elif rank is not None and dep_rank is not None and dep_rank > rank:
+                bad.append(f"{mod} ({where}) imports {dep} of the later phase {dep_where}")
+    return sorted(bad)
+
+
+def test_every_module_sits_in_a_phase_or_at_the_top_by_name():
+    graph = import_graph()
+    loose = sorted(m for m in graph if _place(m)[0] is None)
+    assert not loose, f"modules in no phase (put them in one of {PHASE_ORDER}): {loose}"
+    assert {m.split(".")[1] for m in graph if m.count(".") >= 1} >= set(PHASE_ORDER)
+
+
+def test_imports_point_down_the_pipeline_between_phases():
+    assert phase_violations(import_graph()) == []
+
+
+def test_phase_checker_finds_an_import_up_the_pipeline():
+    graph = {"dsmn_host.data.features": {"dsmn_host.link.report"}, "dsmn_host.errors": {"dsmn_host.data.tau"},
+             "dsmn_host.deploy.verify": {"dsmn_host.pipeline", "dsmn_host.training.models"}}
+    assert phase_violations(graph) == [
+        "dsmn_host.data.features (data) imports dsmn_host.link.report of the later phase link",
+        "dsmn_host.deploy.verify imports the orchestration module dsmn_host.pipeline",
+        "dsmn_host.errors (shared) imports dsmn_host.data.tau"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +202,7 @@ def test_quantize_matches_tflite_reference_and_tflm_quantize(scale, zero_point):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from tflite_micro.python.tflite_micro import runtime
 
-    from dsmn_host.int8io import quantize
+    from dsmn_host.data.int8io import quantize
 
     s = np.float32(scale)
     k = np.arange(-40, 40, dtype=np.float32)
@@ -172,7 +229,8 @@ def test_quantize_matches_tflite_reference_and_tflm_quantize(scale, zero_point):
 
 
 def test_every_stage_uses_the_one_quantizer():
-    from dsmn_host import evaluate, int8io
+    from dsmn_host.data import int8io
+    from dsmn_host.link import evaluate
 
     assert evaluate.quantize is int8io.quantize and evaluate.prepare_input is int8io.prepare_input
     for path in PKG.rglob("*.py"):
@@ -182,7 +240,7 @@ def test_every_stage_uses_the_one_quantizer():
 
 
 def test_layouts_round_trip():
-    from dsmn_host.int8io import features_to_nhwc, features_to_time_mel, nhwc_to_features
+    from dsmn_host.data.int8io import features_to_nhwc, features_to_time_mel, nhwc_to_features
 
     x = np.random.default_rng(1).normal(size=(3, 2, 256, 44)).astype(np.float32)
     n = features_to_nhwc(x)
@@ -195,8 +253,8 @@ def test_layouts_round_trip():
 
 def test_model_card_counts_come_from_the_one_reader():
     """The shipped card's params / MACs are what tflite_reader's counters give on its model."""
-    from dsmn_host.modelcard import summarize
-    from dsmn_host.tflite_reader import op_macs, read_tflite, stored_params
+    from dsmn_host.deploy.modelcard import summarize
+    from dsmn_host.compiler.tflite_reader import op_macs, read_tflite, stored_params
 
     model = PKG.parents[1] / "models" / "model1" / "model1_int8.tflite"
     card = json.loads(model.with_name("model1_int8.card.json").read_text())
@@ -210,8 +268,8 @@ def test_model_card_counts_come_from_the_one_reader():
 def test_complexity_table_matches_the_counted_models():
     import torch
 
-    from dsmn_host.complexity import COUNTED, MODEL_NAMES, complexity_report, count_complexity
-    from dsmn_host.models import build_model
+    from dsmn_host.training.complexity import COUNTED, MODEL_NAMES, complexity_report, count_complexity
+    from dsmn_host.training.models import build_model
 
     torch.set_num_threads(1)
     assert tuple(COUNTED) == MODEL_NAMES
@@ -323,7 +381,7 @@ def test_data_dir_missing_or_a_file(tmp_path, capsys):
     assert "no such data directory" in _error(capsys, "features", tmp_path / "missing")
     err = _error(capsys, "features", tmp_path / "f")
     assert "is a file" in err and "meta.csv" not in err
-    from dsmn_host.features import open_features
+    from dsmn_host.data.features import open_features
 
     with pytest.raises(DsmnError, match="no such feature cache or data directory"):
         open_features(tmp_path / "missing")
@@ -334,7 +392,7 @@ def test_skip_bad_leaves_out_a_nan_clip_and_never_a_half_cache(synth_data_dir, t
 
     import soundfile
 
-    from dsmn_host.features import build_cache, open_features
+    from dsmn_host.data.features import build_cache, open_features
 
     data = tmp_path / "data"
     shutil.copytree(synth_data_dir, data)
@@ -419,7 +477,7 @@ def test_codegen_run_input_must_be_an_int8_npy(tmp_path, capsys):
 
 
 def test_model_card_readers(tmp_path, capsys):
-    from dsmn_host import modelcard
+    from dsmn_host.deploy import modelcard
 
     (tmp_path / "x.card.json").write_text("[1, 2]")
     with pytest.raises(DsmnError, match="not a model card"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsmn_host.train import pcgrad_backward, train
+from dsmn_host.training.train import pcgrad_backward, train
 
 # the full paper recipe (RAdam, mixup, device response, SpecAugment, PCGrad, dropout, BatchNorm)
 # on the tiny set: global batch 8 = 2 processes x 4
@@ -41,7 +41,7 @@ def torchrun(*args, timeout=300):
 
 
 def initial_state(seed=3):
-    from dsmn_host.models import build_model
+    from dsmn_host.training.models import build_model
 
     torch.manual_seed(seed)   # what train() does before building the network
     return build_model("model1").state_dict()
@@ -141,7 +141,7 @@ def test_qat_under_torchrun_writes_once_and_equals_one_process(single_first_epoc
     same float run (copies of the one-process run's best.pt), so only the split differs."""
     import shutil
 
-    from dsmn_host.qat import run_qat
+    from dsmn_host.training.qat import run_qat
 
     runs = {}
     for name in ("single", "ddp"):
@@ -175,7 +175,7 @@ def test_qat_under_torchrun_writes_once_and_equals_one_process(single_first_epoc
 def _global_bn_rank(rank, init_file, x, out):
     import torch.distributed as dist
 
-    from dsmn_host.distributed import GlobalBatchNorm
+    from dsmn_host.training.distributed import GlobalBatchNorm
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     bn = GlobalBatchNorm(x.shape[1], momentum=1.0).train()
@@ -211,7 +211,7 @@ def test_qat_resume_under_torchrun_continues_like_one_process(single_first_epoch
     tests/test_qat.py)."""
     import shutil
 
-    from dsmn_host.qat import run_qat
+    from dsmn_host.training.qat import run_qat
 
     runs = {}
     for name in ("single", "ddp"):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dsmn_host.distill import FORMAT, convert_logits, kd_loss, read_logits, teacher_targets, write_logits
+from dsmn_host.training.distill import FORMAT, convert_logits, kd_loss, read_logits, teacher_targets, write_logits
 from dsmn_host.errors import DsmnError
-from dsmn_host.teachers import teacher_logits
-from dsmn_host.tau import SCENES
-from dsmn_host.train import soft_cross_entropy_sum, train
+from dsmn_host.training.teachers import teacher_logits
+from dsmn_host.data.tau import SCENES
+from dsmn_host.training.train import soft_cross_entropy_sum, train
 
 SHORT = {"epochs": 1, "batch_size": 8, "optimizer": "adam", "lr": 3e-3, "mixup_alpha": 0.2}
 
@@ -40,8 +40,8 @@ def test_kd_loss_is_temperature_scaled_kl():
 
 
 def test_teacher_logits_file(logits_file, teacher_run, feature_cache_dir):
-    from dsmn_host.features import logmel_to_input, open_features
-    from dsmn_host.models import build_model
+    from dsmn_host.data.features import logmel_to_input, open_features
+    from dsmn_host.training.models import build_model
 
     with np.load(logits_file) as z:
         assert str(z["format"]) == FORMAT and list(z["labels"]) == list(SCENES)
@@ -59,7 +59,7 @@ def test_teacher_logits_file(logits_file, teacher_run, feature_cache_dir):
 
 
 def test_teacher_logits_refuse_clips_they_do_not_have(teacher_run, feature_cache_dir, tmp_path):
-    from dsmn_host.features import open_features
+    from dsmn_host.data.features import open_features
 
     only_eval = tmp_path / "eval_only.npz"
     teacher_logits([teacher_run], feature_cache_dir, only_eval, split="evaluate", threads=1)
@@ -91,7 +91,7 @@ def test_kd_weight_zero_is_the_label_only_run(logits_file, feature_cache_dir, tm
 def test_mixup_mixes_teacher_targets_like_labels():
     """train.py sends teacher probabilities through mixup beside the one-hot labels, so a mixed
     clip's teacher target is the same convex combination as its label."""
-    from dsmn_host.augment import mixup
+    from dsmn_host.data.augment import mixup
 
     x = torch.randn(8, 4, 3)
     y = torch.nn.functional.one_hot(torch.arange(8), 10).float()

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from dsmn_host import evaluate
+from dsmn_host.link import evaluate
 from dsmn_host.errors import DsmnError
 
 
@@ -49,7 +49,7 @@ def test_corrupt_journal_is_refused(tmp_path):
 
 WRITER = """
 import sys
-from dsmn_host.evaluate import Journal
+from dsmn_host.link.evaluate import Journal
 j = Journal(sys.argv[1], resume=True)
 i = 0
 while True:
@@ -90,7 +90,7 @@ def test_quantize_matches_tflite_rounding():
 
 
 def test_prepare_input_is_training_preprocessing_in_nhwc():
-    from dsmn_host.features import logmel_to_input
+    from dsmn_host.data.features import logmel_to_input
 
     rng = np.random.default_rng(0)
     lm = rng.normal(-3, 1, size=(256, 44)).astype(np.float32)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsmn_host import evaluate
+from dsmn_host.link import evaluate
 from dsmn_host.errors import DsmnError
 
 HERE = Path(__file__).resolve().parent
@@ -33,8 +33,8 @@ def fw(tmp_path_factory):
     """Firmware for model A; the cards of model A and of another model B."""
     from firmware_support import small_dsmn_tflite
 
-    from dsmn_host.firmware import build_firmware
-    from dsmn_host.modelcard import card_paths
+    from dsmn_host.target.firmware import build_firmware
+    from dsmn_host.deploy.modelcard import card_paths
 
     d = tmp_path_factory.mktemp("evalfw")
     a = small_dsmn_tflite(d / "a", seed=0)
@@ -45,7 +45,7 @@ def fw(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def emu(fw):
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.target.emulate import Emulator
 
     with Emulator(fw["elf"]) as e:
         yield e
@@ -62,7 +62,7 @@ def clean_run(fw, emu, feature_cache_dir, tmp_path_factory):
 def test_board_agrees_exactly_with_host_int8(clean_run, fw, feature_cache_dir):
     from firmware_support import tflm_outputs
 
-    from dsmn_host.features import open_features
+    from dsmn_host.data.features import open_features
 
     out, rep = clean_run
     recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
@@ -186,7 +186,7 @@ def test_port_that_never_comes_back_fails_clearly(fw, feature_cache_dir, tmp_pat
 def test_two_boards_one_report(clean_run, fw, emu, feature_cache_dir, tmp_path):
     """`--port A --port B`: the clips are shared between two emulated boards, each checked for the
     model, and every clip comes back once with the same output as on one board."""
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.target.emulate import Emulator
 
     with Emulator(fw["elf"]) as second:
         rep = evaluate.run_eval([emu.url, second.url], source=feature_cache_dir, limit=N_CLIPS, stratify=True,

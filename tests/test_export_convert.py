@@ -28,8 +28,8 @@ def _run(interp, q):
 
 
 def test_export_matches_pytorch_and_records_metadata(exported_onnx):
-    from dsmn_host.export import read_metadata
-    from dsmn_host.tau import LABELS
+    from dsmn_host.deploy.export import read_metadata
+    from dsmn_host.data.tau import LABELS
 
     path, report = exported_onnx
     assert report["max_abs_diff"] <= 1e-4, report
@@ -50,8 +50,8 @@ def test_legacy_exporter_also_matches(tmp_path):
     import onnx
     import torch
 
-    from dsmn_host.export import export_model
-    from dsmn_host.models import TimeMelWrapper, build_model
+    from dsmn_host.deploy.export import export_model
+    from dsmn_host.training.models import TimeMelWrapper, build_model
 
     torch.manual_seed(1)
     model = TimeMelWrapper(build_model("model1")).eval()
@@ -62,7 +62,7 @@ def test_legacy_exporter_also_matches(tmp_path):
 
 
 def test_int8_io_contract_and_no_layout_op_at_input(int8_tflite, int8_conversion):
-    from dsmn_host.modelcard import summarize as read_tflite
+    from dsmn_host.deploy.modelcard import summarize as read_tflite
 
     info = read_tflite(int8_tflite)
     assert info["input"]["shape"] == [1, 44, 256, 2] and info["input"]["dtype"] == "int8"
@@ -81,7 +81,7 @@ def test_int8_io_contract_and_no_layout_op_at_input(int8_tflite, int8_conversion
 def test_strip_and_reorder_keep_outputs_and_align_buffers(int8_tflite, int8_conversion):
     from ai_edge_litert import schema_py_generated as schema
 
-    from dsmn_host.modelcard import summarize as read_tflite
+    from dsmn_host.deploy.modelcard import summarize as read_tflite
 
     _, report, work = int8_conversion
     raw = next(work.glob("out/*_full_integer_quant.tflite"))
@@ -93,7 +93,7 @@ def test_strip_and_reorder_keep_outputs_and_align_buffers(int8_tflite, int8_conv
         q = rng.integers(-128, 128, (1, 44, 256, 2), dtype=np.int8)
         np.testing.assert_array_equal(_run(a, q), _run(b, q))
     # the operator reordering may only lower what TFLM needs
-    from dsmn_host.modelcard import tflm_measure
+    from dsmn_host.deploy.modelcard import tflm_measure
 
     assert tflm_measure(int8_tflite)[0] <= tflm_measure(raw)[0]
     data = int8_tflite.read_bytes()
@@ -105,8 +105,8 @@ def test_strip_and_reorder_keep_outputs_and_align_buffers(int8_tflite, int8_conv
 
 
 def test_model_card_fields_match_the_flatbuffer(int8_tflite, int8_model_card):
-    from dsmn_host.modelcard import card_paths
-    from dsmn_host.tau import LABELS
+    from dsmn_host.deploy.modelcard import card_paths
+    from dsmn_host.data.tau import LABELS
 
     card = int8_model_card
     data = int8_tflite.read_bytes()
@@ -142,7 +142,7 @@ def test_tflm_arena_is_what_tflm_needs(int8_tflite, int8_model_card):
 @pytest.fixture(scope="module")
 def verify_report(int8_tflite, exported_onnx, export_data_dir):
     """One `verify` of the session's int8 model on the validation split it was trained with."""
-    from dsmn_host.verify import verify
+    from dsmn_host.deploy.verify import verify
 
     return verify(int8_tflite, onnx_path=exported_onnx[0], data=export_data_dir)
 
@@ -164,7 +164,7 @@ def test_verify_runs_every_form_and_tflm_matches_ref(verify_report):
 def test_output_grid_check_counts_ties_the_int8_output_cannot_resolve():
     import numpy as np
 
-    from dsmn_host.verify import output_grid_check
+    from dsmn_host.deploy.verify import output_grid_check
 
     step = 0.1
     f = np.full((4, 13), -1.0)
@@ -209,7 +209,7 @@ def test_verify_cli_names_the_board_problem(int8_tflite, int8_model_card, export
 
 
 def test_board_check_reports_missing_ops_by_name():
-    from dsmn_host.verify import board_check
+    from dsmn_host.deploy.verify import board_check
 
     card = {"tflm_missing_ops": ["FFT_2D"], "tflm_arena_bytes": None, "model_bytes": 10}
     problems = board_check(card, ram_limit=100, flash_limit=100)["problems"]
@@ -221,7 +221,7 @@ def test_convert_refuses_feature_layout_onnx(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from dsmn_host.convert import convert
+    from dsmn_host.deploy.convert import convert
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 256, 44])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 256, 44])
@@ -234,7 +234,7 @@ def test_convert_refuses_feature_layout_onnx(tmp_path):
 
 
 def test_corrupt_tflite_is_a_user_error(tmp_path):
-    from dsmn_host.modelcard import summarize as read_tflite
+    from dsmn_host.deploy.modelcard import summarize as read_tflite
 
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\x00" * 64)
@@ -250,8 +250,8 @@ def large_val_cache(tmp_path_factory):
     """1,000 fresh validation clips from the distribution the shared model was trained on (the
     "easy" synthetic set, another seed, so none of them is a training clip), for an accuracy
     difference resolvable to 0.1 pp (3,800 clips written, 1,160 in `evaluate`)."""
-    from dsmn_host.features import build_cache
-    from dsmn_host.synth import write_synthetic_set
+    from dsmn_host.data.features import build_cache
+    from dsmn_host.data.synth import write_synthetic_set
 
     root = tmp_path_factory.mktemp("val1000")
     write_synthetic_set(root / "tau22-easy-val", clips_per_class=VAL_1000_CLIPS_PER_CLASS, seed=8,
@@ -266,9 +266,9 @@ def test_int8_accuracy_within_1pp_of_float_on_1000_clips(int8_tflite, exported_o
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from dsmn_host.features import open_features
-    from dsmn_host.int8io import features_to_nhwc, features_to_time_mel, quantize
-    from dsmn_host.modelcard import load_card
+    from dsmn_host.data.features import open_features
+    from dsmn_host.data.int8io import features_to_nhwc, features_to_time_mel, quantize
+    from dsmn_host.deploy.modelcard import load_card
 
     cache = open_features(large_val_cache)
     idx = np.sort(np.asarray(cache.indices("evaluate")))

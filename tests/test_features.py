@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dsmn_host import cli, features, tau
+from dsmn_host import cli
+from dsmn_host.data import features, tau
 from dsmn_host.errors import DsmnError
 
 librosa = pytest.importorskip("librosa")

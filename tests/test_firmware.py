@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsmn_host import firmware, protocol
+from dsmn_host.target import firmware, protocol
 from dsmn_host.boards import BOARDS, get_board
-from dsmn_host.emulate import Emulator
+from dsmn_host.target.emulate import Emulator
 from dsmn_host.errors import DsmnError
 
 from firmware_support import SHIPPED_MODEL, big_activation_tflite, small_dsmn_tflite, tflm_outputs, validation_inputs

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsmn_host import firmware, protocol, tflm
-from dsmn_host.emulate import Emulator
+from dsmn_host.target import firmware, protocol, tflm
+from dsmn_host.target.emulate import Emulator
 from dsmn_host.errors import DsmnError
 
 from firmware_support import SHIPPED_MODEL, tflm_outputs, validation_inputs
@@ -216,9 +216,9 @@ N_EVAL_CLIPS = 4
 def test_eval_through_tflm_firmware_equals_python_tflm_and_native(tflm_built, feature_cache_dir, tmp_path_factory):
     """`dsmn-host eval` on the TFLM firmware: clip by clip, its outputs equal the TFLM Python
     interpreter's on the same quantized input and the native firmware's for the same clip."""
-    from dsmn_host import evaluate
-    from dsmn_host.features import open_features
-    from dsmn_host.modelcard import card_paths
+    from dsmn_host.link import evaluate
+    from dsmn_host.data.features import open_features
+    from dsmn_host.deploy.modelcard import card_paths
 
     card_json = card_paths(SHIPPED_MODEL)["json"]
     runs = {}

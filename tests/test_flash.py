@@ -33,8 +33,8 @@ N_CLIPS = 3
 def fw(tmp_path_factory):
     from firmware_support import small_dsmn_tflite
 
-    from dsmn_host.firmware import build_firmware
-    from dsmn_host.modelcard import card_paths
+    from dsmn_host.target.firmware import build_firmware
+    from dsmn_host.deploy.modelcard import card_paths
 
     d = tmp_path_factory.mktemp("flashfw")
     model = small_dsmn_tflite(d / "m", seed=0)
@@ -49,20 +49,20 @@ def fw(tmp_path_factory):
 @pytest.fixture
 def blank():
     """A blank qemu-an386, halted, GDB stub on a free port, UART on a pty."""
-    from dsmn_host.emulate import Emulator, free_port
+    from dsmn_host.target.emulate import Emulator, free_port
 
     with Emulator(None, gdb_port=free_port()) as emu:
         yield emu
 
 
 def _gdb(emu):
-    from dsmn_host.flash import parse_probe
+    from dsmn_host.target.flash import parse_probe
 
     return parse_probe(emu.probe, emu.board)
 
 
 def test_flash_over_gdb_verifies_resets_and_reports_the_model(fw, blank):
-    from dsmn_host.flash import flash_firmware, load_image
+    from dsmn_host.target.flash import flash_firmware, load_image
 
     logs = []
     rep = flash_firmware(fw["elf"], probe=blank.probe, port=blank.url, card=fw["card"], log=logs.append)
@@ -78,7 +78,7 @@ def test_flash_over_gdb_verifies_resets_and_reports_the_model(fw, blank):
 
 
 def test_bin_and_hex_flash_at_the_board_origin(fw, blank):
-    from dsmn_host.flash import flash_firmware, load_image
+    from dsmn_host.target.flash import flash_firmware, load_image
 
     img = load_image(fw["hex"])
     assert img.segments == load_image(fw["elf"]).segments
@@ -98,9 +98,9 @@ def test_eval_flash_then_agrees_exactly_with_host(fw, feature_cache_dir, tmp_pat
     """`dsmn-host eval --flash` into a blank board started by `dsmn-host emulate --wait-for-flash`."""
     from firmware_support import tflm_outputs
 
-    from dsmn_host import evaluate
-    from dsmn_host.emulate import free_port
-    from dsmn_host.features import open_features
+    from dsmn_host.link import evaluate
+    from dsmn_host.target.emulate import free_port
+    from dsmn_host.data.features import open_features
 
     port = free_port()
     emu = subprocess.Popen([sys.executable, "-m", "dsmn_host", "emulate", "--wait-for-flash", "--gdb", str(port)],
@@ -129,7 +129,7 @@ def test_eval_flash_then_agrees_exactly_with_host(fw, feature_cache_dir, tmp_pat
 
 
 def test_corrupted_write_is_caught_by_verify(fw, blank):
-    from dsmn_host.flash import load_image
+    from dsmn_host.target.flash import load_image
 
     img = load_image(fw["elf"])
     probe = _gdb(blank)
@@ -144,7 +144,7 @@ def test_corrupted_write_is_caught_by_verify(fw, blank):
 
 
 def test_firmware_for_another_board_is_refused_before_anything_is_written(fw, blank, tmp_path):
-    from dsmn_host.flash import check_target, flash_firmware, load_image
+    from dsmn_host.target.flash import check_target, flash_firmware, load_image
 
     with pytest.raises(DsmnError, match="built for board nucleo-f446re, not qemu-an386"):
         flash_firmware(fw["other_elf"], board="qemu-an386", probe=blank.probe, log=lambda m: None)
@@ -179,7 +179,7 @@ def _tiny_elf(tmp_path, name, cpu_flags, body="for (;;) x++;"):
 
 def test_image_for_another_core_is_refused(tmp_path):
     from dsmn_host.boards import get_board
-    from dsmn_host.flash import check_target, load_image
+    from dsmn_host.target.flash import check_target, load_image
 
     m4 = get_board("qemu-an386")
     m7 = load_image(_tiny_elf(tmp_path, "m7", ["-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"],
@@ -198,7 +198,7 @@ def test_image_for_another_core_is_refused(tmp_path):
 
 def test_image_that_does_not_fit_is_refused(tmp_path):
     from dsmn_host.boards import get_board
-    from dsmn_host.flash import flash_firmware
+    from dsmn_host.target.flash import flash_firmware
 
     b = get_board("nucleo-f446re")
     big = tmp_path / "big.bin"
@@ -226,13 +226,13 @@ def test_openocd_with_no_probe_says_so(fw):
 
 
 def test_no_gdb_server_and_no_banner(fw, blank, tmp_path):
-    from dsmn_host.emulate import free_port
-    from dsmn_host.flash import flash_firmware, load_image
+    from dsmn_host.target.emulate import free_port
+    from dsmn_host.target.flash import flash_firmware, load_image
 
     line = _one_line_error(["flash", str(fw["elf"]), "--probe", f"gdb://127.0.0.1:{free_port()}"])
     assert "no GDB server at 127.0.0.1:" in line
     # Busy: another client holds the stub (it serves one at a time).
-    from dsmn_host.flash.probes import GdbProbe
+    from dsmn_host.target.flash.probes import GdbProbe
 
     with socket.create_connection(("127.0.0.1", blank.gdb_port)):
         time.sleep(0.2)
@@ -240,7 +240,7 @@ def test_no_gdb_server_and_no_banner(fw, blank, tmp_path):
             GdbProbe("127.0.0.1", blank.gdb_port, connect_timeout=2).write(load_image(fw["elf"]))
     time.sleep(0.2)
     # Memory the board does not have (--force past the memory-map check): the read-back says where.
-    from dsmn_host.flash.image import Image, to_ihex
+    from dsmn_host.target.flash.image import Image, to_ihex
 
     far = tmp_path / "far.hex"
     far.write_text(to_ihex(Image(far, "hex", [(0xF0000000, b"\xde\xad\xbe\xef")])))
@@ -255,8 +255,8 @@ def test_no_gdb_server_and_no_banner(fw, blank, tmp_path):
 
 
 def test_mount_probe_on_a_plain_folder_times_out(fw, tmp_path):
-    from dsmn_host.flash import load_image
-    from dsmn_host.flash.probes import MountProbe
+    from dsmn_host.target.flash import load_image
+    from dsmn_host.target.flash.probes import MountProbe
 
     img = load_image(fw["other_elf"])
     with pytest.raises(DsmnError, match="is still on .* after 1 s: the drive did not take the image"):
@@ -268,7 +268,7 @@ def test_mount_probe_on_a_plain_folder_times_out(fw, tmp_path):
 def _banner_after_reset(emu, probe):
     import serial
 
-    from dsmn_host.flash import wait_for_hello
+    from dsmn_host.target.flash import wait_for_hello
 
     with serial.serial_for_url(emu.url, baudrate=115200, timeout=0.05) as port:
         port.reset_input_buffer()
@@ -281,9 +281,9 @@ def test_reset_keeps_a_flashed_image_but_restores_a_kernel_image(fw):
     """Why `emulate --gdb` flashes through the stub instead of -kernel: poke one banner byte and
     reset. A -kernel image comes back (QEMU rewrites its ROM blobs on reset); a flashed one
     keeps the change, as a board's flash does."""
-    from dsmn_host.emulate import Emulator, free_port
-    from dsmn_host.flash import load_image
-    from dsmn_host.flash.probes import GdbProbe
+    from dsmn_host.target.emulate import Emulator, free_port
+    from dsmn_host.target.flash import load_image
+    from dsmn_host.target.flash.probes import GdbProbe
 
     data = load_image(fw["elf"]).segments[0][1]
     at = data.index(b"DSMN firmware") + len("DSMN firmwar")
@@ -314,7 +314,7 @@ def _qemu_child(proc, timeout=20):
 def test_emulate_ends_its_qemu_however_it_ends(fw, sig):
     import psutil
 
-    from dsmn_host.emulate import free_port
+    from dsmn_host.target.emulate import free_port
 
     p = subprocess.Popen([sys.executable, "-m", "dsmn_host", "emulate", str(fw["elf"]), "--gdb", str(free_port())],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -356,8 +356,8 @@ def test_mount_probe_waits_for_the_drive_and_reads_fail_txt(fw, tmp_path, fail):
     does when it re-enumerates after programming, and leaves FAIL.TXT when it could not)."""
     import threading
 
-    from dsmn_host.flash import load_image
-    from dsmn_host.flash.probes import MountProbe
+    from dsmn_host.target.flash import load_image
+    from dsmn_host.target.flash.probes import MountProbe
 
     def drive():
         dest = tmp_path / "dsmn_firmware.bin"

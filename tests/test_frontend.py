@@ -1,4 +1,4 @@
-"""The on-device front end (firmware/frontend) against the host's (dsmn_host.features).
+"""The on-device front end (firmware/frontend) against the host's (dsmn_host.data.features).
 
 The C code is compiled here for the host with the same CMSIS-DSP sources and flags as the
 firmware (tests/frontend_harness.c), so every clip of the synthetic evaluate split is checked
@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from dsmn_host import frontend
+from dsmn_host.target import frontend
 
 SCALE, ZP = 0.04637303948402405, 0  # the shipped model1's input quantization
 
@@ -35,7 +35,7 @@ def _check(native, pcms):
 
 
 def test_synthetic_evaluate_split_matches_host(native, synth_data_dir):
-    from dsmn_host import tau
+    from dsmn_host.data import tau
 
     clips = tau.read_split(synth_data_dir, "evaluate")
     pcms = [frontend.to_pcm16(tau.load_wav(c.path)) for c in clips]
@@ -79,7 +79,7 @@ def test_full_scale_sine_999_equal(native):
 def _float32_host(pcm, window32=True, fft32=True):
     """features.logmel's STFT with the window and/or the FFT in float32 (what a float32 device,
     or torch's float32 hann_window and stft, computes), then the same mel, log and quantizer."""
-    from dsmn_host import features as F, int8io
+    from dsmn_host.data import features as F, int8io
 
     wave = frontend.pcm16_to_wave(pcm).astype(np.float64)
     frames = np.lib.stride_tricks.sliding_window_view(np.pad(wave, (2048, 2048), mode="reflect"), 4096)[::1024]
@@ -118,7 +118,7 @@ def test_streaming_split_does_not_matter(native):
 
 def test_tables_come_from_features(tmp_path):
     """The generated tables are features' filterbank and window, bit for bit."""
-    from dsmn_host import features
+    from dsmn_host.data import features
 
     ctx = frontend.table_context()
     fb = features.mel_filterbank()
@@ -149,8 +149,8 @@ N_AUDIO_CLIPS = 2
 
 @pytest.fixture(scope="module")
 def audio_fw(tmp_path_factory):
-    from dsmn_host.firmware import DEFAULT_MODEL, build_firmware
-    from dsmn_host.modelcard import card_paths
+    from dsmn_host.target.firmware import DEFAULT_MODEL, build_firmware
+    from dsmn_host.deploy.modelcard import card_paths
 
     rep = build_firmware(out=tmp_path_factory.mktemp("fw-audio"), quiet=True)
     return {"report": rep, "elf": rep["elf"], "card": card_paths(DEFAULT_MODEL)["json"]}
@@ -158,8 +158,8 @@ def audio_fw(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def audio_run(audio_fw, feature_cache_dir, tmp_path_factory):
-    from dsmn_host import evaluate
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.link import evaluate
+    from dsmn_host.target.emulate import Emulator
 
     out = tmp_path_factory.mktemp("eval-audio")
     with Emulator(audio_fw["elf"]) as emu:
@@ -200,8 +200,8 @@ def test_audio_eval_board_input_equals_host(audio_run):
 def test_odd_sounds_on_the_board(audio_fw):
     from frontend_support import odd_sounds
 
-    from dsmn_host import protocol
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.target import protocol
+    from dsmn_host.target.emulate import Emulator
 
     sounds = odd_sounds()
     with Emulator(audio_fw["elf"]) as emu, protocol.Session.open(emu.url, response_timeout=300) as s:
@@ -224,8 +224,8 @@ def test_windowed_link_under_uniform_byte_errors(audio_fw):
     and the windowed one get the same RESULT from the revision-2 board."""
     from faultrelay import FaultRelay
 
-    from dsmn_host import protocol
-    from dsmn_host.emulate import Emulator
+    from dsmn_host.target import protocol
+    from dsmn_host.target.emulate import Emulator
 
     x = np.random.default_rng(0).integers(-128, 128, (44, 256, 2)).astype(np.int8)
     with Emulator(audio_fw["elf"]) as emu:

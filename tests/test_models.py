@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from dsmn_host.complexity import MODEL_NAMES, complexity_report, count_complexity
+from dsmn_host.training.complexity import MODEL_NAMES, complexity_report, count_complexity
 from dsmn_host.errors import DsmnError
-from dsmn_host.models import VARIANTS, build_model
+from dsmn_host.training.models import VARIANTS, build_model
 
 # (params, MACs) under the NeSsi/torchinfo convention; model1..3 are the published figures.
 EXPECTED = {

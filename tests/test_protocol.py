@@ -1,7 +1,7 @@
 """Protocol v1 (docs/protocol.md): both implementations against the spec and each other.
 
 The C side is firmware/app/protocol.c built for the host with ASan/UBSan (tests/protocol_harness.c);
-the Python side is dsmn_host.protocol. The session tests run the real Session over a real pty,
+the Python side is dsmn_host.target.protocol. The session tests run the real Session over a real pty,
 with and without the fault-injecting relay in between.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dsmn_host import protocol as P
+from dsmn_host.target import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 

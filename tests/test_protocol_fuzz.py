@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dsmn_host import protocol as P
+from dsmn_host.target import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ_SECONDS = 15

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dsmn_host.checkpoints import export_ready_model, load_qat_model
-from dsmn_host.deploy_form import equalize, fold_batchnorm
-from dsmn_host.fakequant import FakeQuantAct, FakeQuantWeight, act_quantizers, prepare_qat
-from dsmn_host.features import logmel_to_input, open_features
-from dsmn_host.models import QPoint, build_model
+from dsmn_host.training.checkpoints import export_ready_model, load_qat_model
+from dsmn_host.training.deploy_form import equalize, fold_batchnorm
+from dsmn_host.training.fakequant import FakeQuantAct, FakeQuantWeight, act_quantizers, prepare_qat
+from dsmn_host.data.features import logmel_to_input, open_features
+from dsmn_host.training.models import QPoint, build_model
 
 
 def _randomise_bn(model, seed=0):
@@ -151,7 +151,7 @@ def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
     lo, hi = qinfo["act_ranges"]["q_input"]
     assert lo < 0 < hi  # the normalised input spans both signs
     # QAT's ranges are the converter's: min/max over the same (clipped) calibration inputs
-    from dsmn_host.calib import calibration_inputs
+    from dsmn_host.data.calib import calibration_inputs
 
     calib, clip = calibration_inputs(learnable_cache_dir, with_clip=True)
     assert [lo, hi] == pytest.approx(clip, rel=1e-6) and calib.min() == clip[0] and calib.max() == clip[1]
@@ -178,7 +178,7 @@ def test_qat_resume_equals_uninterrupted(trained_run_dir, tmp_path):
     import shutil
 
     from dsmn_host.errors import DsmnError
-    from dsmn_host.qat import run_qat
+    from dsmn_host.training.qat import run_qat
 
     runs = {}
     for name in ("whole", "resumed"):

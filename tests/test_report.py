@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from dsmn_host import report, tau
+from dsmn_host.data import tau
+from dsmn_host.link import report
 from dsmn_host.errors import DsmnError
 
 

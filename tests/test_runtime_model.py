@@ -15,8 +15,8 @@ import runtime_support as rs
 
 def _real_inputs(tflite, feature_cache_dir, n):
     """n real feature inputs quantised with the model's input scale/zero point."""
-    from dsmn_host.calib import calibration_inputs
-    from dsmn_host.tflite_reader import read_tflite
+    from dsmn_host.data.calib import calibration_inputs
+    from dsmn_host.compiler.tflite_reader import read_tflite
 
     g = read_tflite(tflite)
     t = g.tensors[g.inputs[0]]
@@ -27,7 +27,7 @@ def _real_inputs(tflite, feature_cache_dir, n):
 
 @pytest.fixture(scope="session")
 def dsmn_generated(int8_tflite, tmp_path_factory):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     out = tmp_path_factory.mktemp("dsmn-gen")
     report = codegen.generate(int8_tflite, out)
@@ -45,7 +45,7 @@ def dsmn_reference(int8_tflite, dsmn_inputs):
 
 
 def test_dsmn_model_bit_exact_host(dsmn_generated, dsmn_inputs, dsmn_reference):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     gen, _ = dsmn_generated
     got = codegen.run_batch(gen, dsmn_inputs).reshape(dsmn_reference.shape)
@@ -68,7 +68,7 @@ def test_dsmn_memory_report(dsmn_generated, int8_tflite):
     assert 0 < report["peak_activation_bytes"] < total
     assert report["peak_activation_bytes"] >= report["live_sum_at_peak_bytes"]
     # Flash holds at least every weight byte of the model.
-    from dsmn_host.tflite_reader import read_tflite
+    from dsmn_host.compiler.tflite_reader import read_tflite
     g = read_tflite(int8_tflite)
     weight_bytes = sum(t.nbytes for t in g.tensors if t.is_const and t.dtype is np.int8)
     assert report["flash_breakdown"]["weights"] >= weight_bytes
@@ -79,7 +79,7 @@ def test_dsmn_memory_report(dsmn_generated, int8_tflite):
 def test_generated_sources_build_with_listed_runtime(dsmn_generated, tmp_path):
     """What the firmware build uses: generated .c + runtime_sources() + include dirs compile
     and link for Cortex-M4 with warnings as errors."""
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     gcc = shutil.which("arm-none-eabi-gcc")
     if not gcc:
@@ -94,7 +94,7 @@ def test_generated_sources_build_with_listed_runtime(dsmn_generated, tmp_path):
 
 @pytest.mark.skipif(not shutil.which("qemu-system-arm"), reason="qemu-system-arm missing")
 def test_dsmn_model_bit_exact_qemu(dsmn_generated, dsmn_inputs, dsmn_reference):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     gen, report = dsmn_generated
     elf = codegen.build_qemu_runner(gen)
@@ -112,7 +112,7 @@ def test_single_op_models_bit_exact_qemu(tmp_path):
     broadcast, MEAN, LOGISTIC) cross-compiled for Cortex-M4 and run on QEMU."""
     import tensorflow as tf
 
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
 
     W = rs.Weights(3)
     k1, k2, dw = W((1, 1, 2, 6), 0.8), W((1, 1, 3, 6), 0.8), W((3, 3, 6, 1), 0.8)

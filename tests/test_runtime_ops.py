@@ -358,7 +358,7 @@ def test_split_written_by_producer(tmp_path_factory, h, w, c, axis, pool, calib,
 
 
 def test_refuses_unsupported_op(tmp_path):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
     from dsmn_host.errors import DsmnError
 
     k = rs.Weights(0)((1, 1, 2, 2))
@@ -370,7 +370,7 @@ def test_refuses_unsupported_op(tmp_path):
 
 
 def test_refuses_corrupt_model(tmp_path):
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
     from dsmn_host.errors import DsmnError
 
     path = tmp_path / "bad.tflite"
@@ -454,7 +454,7 @@ def test_shape_chain_flatten_fixed(tmp_path_factory, chain):
 def test_refuses_unfoldable_shape_chain(tmp_path):
     """A SHAPE chain ending in an op that is neither foldable (float output) nor supported:
     SHAPE and REDUCE_PROD fold, the CAST to float is refused by name and index."""
-    from dsmn_host import codegen
+    from dsmn_host.deploy import codegen
     from dsmn_host.errors import DsmnError
 
     def fn(x):

@@ -17,9 +17,9 @@ def variant_tflite(request, feature_cache_dir, tmp_path_factory):
 
 
 def test_variant_bit_exact_with_tflm(variant_tflite, feature_cache_dir, tmp_path):
-    from dsmn_host import codegen
-    from dsmn_host.calib import calibration_inputs
-    from dsmn_host.tflite_reader import read_tflite
+    from dsmn_host.deploy import codegen
+    from dsmn_host.data.calib import calibration_inputs
+    from dsmn_host.compiler.tflite_reader import read_tflite
 
     name, tflite = variant_tflite
     g = read_tflite(tflite)
@@ -34,7 +34,7 @@ def test_variant_bit_exact_with_tflm(variant_tflite, feature_cache_dir, tmp_path
     # one cross-shaped depthwise conv per Sparable (time and mel kernels merged, the channel
     # scalars of sep1/sep2 folded in), 15 in every variant, plus the 2x2 pool of each full block
     # (a split block's 2x1 pool is written as a grouped CONV_2D)
-    from dsmn_host.models import VARIANTS
+    from dsmn_host.training.models import VARIANTS
 
     full_blocks = VARIANTS[name][0].count("full")
     assert report["model_op_counts"]["DEPTHWISE_CONV_2D"] == 15 + full_blocks
@@ -43,9 +43,9 @@ def test_variant_bit_exact_with_tflm(variant_tflite, feature_cache_dir, tmp_path
 def test_variant_tiled_plans_bit_exact(variant_tflite, feature_cache_dir, tmp_path):
     """The time-tiled plans of models 2-4 (compiler/tile.py): the smallest arena and one
     budget between it and the untiled arena, bit-exact with TFLM like the untiled plan."""
-    from dsmn_host import codegen
-    from dsmn_host.convert import calibration_inputs
-    from dsmn_host.tflite_reader import read_tflite
+    from dsmn_host.deploy import codegen
+    from dsmn_host.deploy.convert import calibration_inputs
+    from dsmn_host.compiler.tflite_reader import read_tflite
 
     name, tflite = variant_tflite
     g = read_tflite(tflite)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from dsmn_host import cli, features, tau
+from dsmn_host import cli
+from dsmn_host.data import features, tau
 from dsmn_host.errors import DsmnError
-from dsmn_host.synth import DeviceModel, write_synthetic_set
+from dsmn_host.data.synth import DeviceModel, write_synthetic_set
 
 
 def digest(root):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from dsmn_host import cli, tau
+from dsmn_host import cli
+from dsmn_host.data import tau
 from dsmn_host.errors import DsmnError
 
 GOOD = [

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from dsmn_host.augment import device_response, mixup, spec_augment
+from dsmn_host.data.augment import device_response, mixup, spec_augment
 from dsmn_host.errors import DsmnError
-from dsmn_host.train import RECIPE, lr_at, pcgrad_backward, train
+from dsmn_host.training.train import RECIPE, lr_at, pcgrad_backward, train
 
 
 def test_schedule_paper_defaults():
@@ -80,9 +80,9 @@ def test_spec_augment_stripes():
 
 
 def test_training_learns_and_writes_run_dir(trained_run_dir):
-    from dsmn_host.features import open_features
-    from dsmn_host.models import build_model
-    from dsmn_host.train import evaluate
+    from dsmn_host.data.features import open_features
+    from dsmn_host.training.models import build_model
+    from dsmn_host.training.train import evaluate
 
     lines = [json.loads(s) for s in (trained_run_dir / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((trained_run_dir / "config.json").read_text())

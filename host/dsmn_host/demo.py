@@ -65,8 +65,9 @@ class _Steps:
 def run_demo(out="build/demo", *, clips_per_class=DEFAULTS["clips_per_class"], seed=DEFAULTS["seed"],
              model=DEFAULTS["model"], epochs=DEFAULTS["epochs"], qat_epochs=DEFAULTS["qat_epochs"],
              board=DEFAULTS["board"], runtime=DEFAULTS["runtime"], eval_limit=None, log=print):
-    from dsmn_host import evaluate, modelcard
-    from dsmn_host.modelcard import card_paths
+    from dsmn_host.deploy import modelcard
+    from dsmn_host.link import evaluate
+    from dsmn_host.deploy.modelcard import card_paths
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def run_demo(out="build/demo", *, clips_per_class=DEFAULTS["clips_per_class"], s
               ["build-firmware", "--tflite", tflite, "--board", board, "--runtime", runtime, "--out", fw_dir])
 
     def emulate_and_eval():
-        from dsmn_host.emulate import Emulator
+        from dsmn_host.target.emulate import Emulator
 
         memory = json.loads((fw_dir / "memory.json").read_text())
         with Emulator(memory["elf"], board=board) as emu:
@@ -117,7 +118,7 @@ def run_demo(out="build/demo", *, clips_per_class=DEFAULTS["clips_per_class"], s
 
 def _cache_complete(cache):
     try:
-        from dsmn_host.features import FeatureCache
+        from dsmn_host.data.features import FeatureCache
 
         FeatureCache(cache)
         return True
@@ -147,7 +148,7 @@ def summary(out, run, card, fw_dir, eval_dir):
     """One row per form of the model: float, QAT, int8 on the host (TFLM), int8 on the board."""
     import numpy as np
 
-    from dsmn_host import tau
+    from dsmn_host.data import tau
 
     qm = json.loads((run / "qat_metrics.json").read_text())
     memory = json.loads((fw_dir / "memory.json").read_text())
@@ -178,7 +179,7 @@ def summary(out, run, card, fw_dir, eval_dir):
 
 
 def evaluate_records(eval_dir):
-    from dsmn_host.evaluate import read_results
+    from dsmn_host.link.evaluate import read_results
 
     return read_results(eval_dir)
 

@@ -12,4 +12,4 @@ class ModelMismatch(DsmnError):
     """The board runs another model than the card names (its HELLO's sha256 differs).
 
     A type of its own because recovery must not retry it: reopening a port brings the same
-    firmware back, so `dsmn_host.recovery` re-raises this one and retries every other error."""
+    firmware back, so `dsmn_host.link.recovery` re-raises this one and retries every other error."""

@@ -8,8 +8,8 @@ nothing of cards or verification, so `convert` imports neither `modelcard`'s wri
 
 def cmd_convert(args):
     """convert -> model card -> verify (unless --no-verify), as `dsmn-host convert` documents."""
-    from dsmn_host import modelcard, verify
-    from dsmn_host.convert import convert
+    from dsmn_host.deploy import modelcard, verify
+    from dsmn_host.deploy.convert import convert
 
     report = convert(args.onnx, args.calib, args.out, n_calib=args.n_calib, calib_split=args.calib_split,
                      strip=not args.keep_names, verbose=args.verbose)

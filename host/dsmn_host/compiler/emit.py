@@ -65,7 +65,7 @@ def emit(graph, tp, decls, model_name, struct_sizes=None):
             label = f"op {st.op_index}: {st.op_name} {st.note} -> {tshapes}".strip()
             kernel = code.split("(", 1)[0].strip("{ ").split()[-1] if "(" in code else "memcpy"
         traced = sorted(u.materialized) if u.tiled else st.outputs
-        calls.append({"comment": label, "code": code,   # trace: -DDSMN_TRACE (dsmn_host.compare)
+        calls.append({"comment": label, "code": code,   # trace: -DDSMN_TRACE (dsmn_host.deploy.compare)
                       "trace": [{"tensor": t, "ptr": ptr_full(t), "bytes": graph.tensors[t].nbytes}
                                 for t in traced]})
         marks.append({"mark": len(marks), "label": label, "kernel": kernel, "unit": k})

@@ -1,4 +1,4 @@
-"""Read pass: the .tflite graph (through the one reader, dsmn_host.tflite_reader) and the
+"""Read pass: the .tflite graph (through the one reader, dsmn_host.compiler.tflite_reader) and the
 checks every later pass relies on."""
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from dsmn_host.errors import DsmnError
-from dsmn_host.tflite_reader import read_tflite
+from dsmn_host.compiler.tflite_reader import read_tflite
 
 
 def read_model(tflite_path):

@@ -131,3 +131,22 @@ def trained_run_dir(learnable_cache_dir, tmp_path_factory):
     train(learnable_cache_dir, out, "model1", TRAINED_RUN_RECIPE, seed=0, threads=1, progress=False)
     run_qat(out, epochs=2, threads=1, progress=False)
     return out
+
+
+@pytest.fixture
+def qat_starts(tmp_path):
+    """Fresh run directories that each hold a copy of one finished training run's config.json
+    and best.pt: QAT tests start several QATs (one process / torchrun, whole / resumed) from the
+    same float weights, so that only what they compare differs."""
+    import shutil
+
+    def make(src, *names):
+        runs = {}
+        for name in names:
+            runs[name] = tmp_path / name
+            runs[name].mkdir()
+            for f in ("config.json", "best.pt"):
+                shutil.copy(src / f, runs[name] / f)
+        return runs
+
+    return make

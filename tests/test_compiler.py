@@ -218,6 +218,26 @@ def test_model1_min_plan_on_qemu_an386(model1_reference, model1_min, tmp_path):
 N_EXAMPLES = int(os.environ.get("DSMN_TILE_EXAMPLES", "3"))
 
 
+def _min_plan_bit_exact(tmp_path_factory, name, fn, shape, seed, band):
+    """Convert `fn` to int8, generate its min plan at `band` rows, run three random inputs on
+    the host and require TFLM's outputs bit for bit; returns the memory report. A graph TFLM
+    itself rejects is rejected as a hypothesis example."""
+    from dsmn_host.deploy import codegen
+
+    buf = rs.to_int8_tflite(fn, shape, seed=seed)
+    xs = rs.random_inputs(buf, 3, seed + 1)
+    d = tmp_path_factory.mktemp(name)
+    (d / "m.tflite").write_bytes(buf)
+    report = codegen.generate(d / "m.tflite", d / "gen", plan="min", band_rows=band)
+    got = codegen.run_batch(d / "gen", xs)
+    try:
+        ref = rs.tflm_run(buf, xs)
+    except rs.TflmAborted:
+        reject()
+    assert np.array_equal(got.reshape(ref.shape), ref)
+    return report
+
+
 @settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 @given(h=st.integers(6, 14), w=st.integers(3, 8), c=st.sampled_from([2, 4, 8]),
@@ -227,7 +247,6 @@ N_EXAMPLES = int(os.environ.get("DSMN_TILE_EXAMPLES", "3"))
 def test_random_chain_tiled_bit_exact(tmp_path_factory, h, w, c, k1, k2, dil, stride, residual,
                                       band, seed):
     import tensorflow as tf
-    from dsmn_host.deploy import codegen
 
     wt = rs.Weights(seed)
 
@@ -241,17 +260,7 @@ def test_random_chain_tiled_bit_exact(tmp_path_factory, h, w, c, k1, k2, dil, st
         z = z * s
         return tf.nn.conv2d(z, wt((3, 1, c, c)), [1, stride, 1, 1], "SAME")
 
-    buf = rs.to_int8_tflite(fn, (h, w, 2), seed=seed)
-    xs = rs.random_inputs(buf, 3, seed + 1)
-    d = tmp_path_factory.mktemp("chain")
-    (d / "m.tflite").write_bytes(buf)
-    report = codegen.generate(d / "m.tflite", d / "gen", plan="min", band_rows=band)
-    got = codegen.run_batch(d / "gen", xs)
-    try:
-        ref = rs.tflm_run(buf, xs)
-    except rs.TflmAborted:
-        reject()
-    assert np.array_equal(got.reshape(ref.shape), ref)
+    report = _min_plan_bit_exact(tmp_path_factory, "chain", fn, (h, w, 2), seed, band)
     tiled = [u for u in report["units"] if u["tiled"]]
     assert tiled, report["units"]
     assert report["peak_activation_bytes"] <= report["tradeoff"][0]["peak_bytes"]
@@ -268,7 +277,6 @@ def test_fused_and_concat_steps_tiled_bit_exact(tmp_path_factory, kind, h, w, c,
     """The fused Sparable kernel (two depthwise + ADD + constant tail) and a channel
     concatenation of branches run on row bands inside a tiled unit, bit-exact with TFLM."""
     import tensorflow as tf
-    from dsmn_host.deploy import codegen
 
     wt = rs.Weights(seed)
 
@@ -290,17 +298,7 @@ def test_fused_and_concat_steps_tiled_bit_exact(tmp_path_factory, kind, h, w, c,
         z = z * s
         return tf.nn.conv2d(z, wt((3, 1, z.shape[-1], c)), 1, "SAME")
 
-    buf = rs.to_int8_tflite(fn, (h, w, 2), seed=seed)
-    xs = rs.random_inputs(buf, 3, seed + 1)
-    d = tmp_path_factory.mktemp("fused")
-    (d / "m.tflite").write_bytes(buf)
-    report = codegen.generate(d / "m.tflite", d / "gen", plan="min", band_rows=band)
-    got = codegen.run_batch(d / "gen", xs)
-    try:
-        ref = rs.tflm_run(buf, xs)
-    except rs.TflmAborted:
-        reject()
-    assert np.array_equal(got.reshape(ref.shape), ref)
+    report = _min_plan_bit_exact(tmp_path_factory, "fused", fn, (h, w, 2), seed, band)
     tiled = {u["unit"] for u in report["units"] if u["tiled"]}
     assert any(o["op"] == kind and o["unit"] in tiled for o in report["ops"]), report["ops"]
 

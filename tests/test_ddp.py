@@ -135,20 +135,13 @@ def test_pcgrad_reduces_each_head_before_projecting():
     torch.testing.assert_close(per_rank, torch.tensor([2.5, 2.5]))   # the other order: not the same step
 
 
-def test_qat_under_torchrun_writes_once_and_equals_one_process(single_first_epoch, tmp_path):
+def test_qat_under_torchrun_writes_once_and_equals_one_process(single_first_epoch, qat_starts):
     """`torchrun ... qat RUN_DIR`: one qat.pt and qat_metrics.json, and the one fine-tuning epoch of
     2 processes x 4 clips equals one process on the same global batch of 8. Both start from the
     same float run (copies of the one-process run's best.pt), so only the split differs."""
-    import shutil
-
     from dsmn_host.training.qat import run_qat
 
-    runs = {}
-    for name in ("single", "ddp"):
-        runs[name] = tmp_path / name
-        runs[name].mkdir()
-        for f in ("config.json", "best.pt"):
-            shutil.copy(single_first_epoch / f, runs[name] / f)
+    runs = qat_starts(single_first_epoch, "single", "ddp")
     qat_args = {"epochs": 1, "calibration_inputs": 16, "seed": 3}
     run_qat(runs["single"], **qat_args, threads=1, progress=False)
     proc = torchrun("qat", runs["ddp"], "--epochs", "1", "--calibration-inputs", "16", "--seed", "3",
@@ -204,21 +197,14 @@ def test_global_batchnorm_statistics_in_float32_for_half_activations(tmp_path):
         assert out[rank]["dtype"] == "torch.bfloat16"
 
 
-def test_qat_resume_under_torchrun_continues_like_one_process(single_first_epoch, tmp_path):
+def test_qat_resume_under_torchrun_continues_like_one_process(single_first_epoch, qat_starts):
     """A 2-epoch QAT under torchrun stopped after epoch 1, then resumed under torchrun: every
     rank loads qat_last.pt, rank 0 alone writes, and the result equals the uninterrupted
     2-epoch QAT of one process on the same global batch (one-process resume is exact:
     tests/test_qat.py)."""
-    import shutil
-
     from dsmn_host.training.qat import run_qat
 
-    runs = {}
-    for name in ("single", "ddp"):
-        runs[name] = tmp_path / name
-        runs[name].mkdir()
-        for f in ("config.json", "best.pt"):
-            shutil.copy(single_first_epoch / f, runs[name] / f)
+    runs = qat_starts(single_first_epoch, "single", "ddp")
     run_qat(runs["single"], epochs=2, calibration_inputs=16, seed=3, threads=1, progress=False)
     torchrun("qat", runs["ddp"], "--epochs", "2", "--calibration-inputs", "16", "--seed", "3",
              "--threads", "1", "--no-progress", "--stop-after", "1")

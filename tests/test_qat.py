@@ -170,22 +170,15 @@ def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
     assert report["qat"]["acc"] >= report["float"]["acc"] - 0.10, report
 
 
-def test_qat_resume_equals_uninterrupted(trained_run_dir, tmp_path):
+def test_qat_resume_equals_uninterrupted(trained_run_dir, qat_starts):
     """A 2-epoch QAT stopped after epoch 1 (as if killed) and resumed from qat_last.pt ends with
     the same qat.pt and report as the uninterrupted 2-epoch QAT; --resume refuses changed
     settings, a missing checkpoint and a finished QAT, and a fresh run refuses to overwrite an
     unfinished one."""
-    import shutil
-
     from dsmn_host.errors import DsmnError
     from dsmn_host.training.qat import run_qat
 
-    runs = {}
-    for name in ("whole", "resumed"):
-        runs[name] = tmp_path / name
-        runs[name].mkdir()
-        for f in ("config.json", "best.pt"):
-            shutil.copy(trained_run_dir / f, runs[name] / f)
+    runs = qat_starts(trained_run_dir, "whole", "resumed")
     args = {"epochs": 2, "calibration_inputs": 16, "seed": 1, "threads": 1, "progress": False}
     with pytest.raises(DsmnError, match="nothing to resume"):
         run_qat(runs["resumed"], resume=True, threads=1, progress=False)

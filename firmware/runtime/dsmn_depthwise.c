@@ -142,17 +142,20 @@ static int dw_fast(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_
             ch[j].right = -q->shift[c];
             ch[j].half = 1 << (-q->shift[c] - 1);
         }
+        /* Dims and window origin in locals: the output stores are int8 and may alias any
+         * struct the compiler would otherwise reload for every tap. */
+        const int32_t ih = id->h, iw = id->w, oh = od->h, ow = od->w, y0 = p->out_y0;
         for (int32_t b = 0; b < od->n; b++) {
-            const int8_t *img = in + b * id->h * id->w * C + c0;
-            for (int32_t oy = 0; oy < od->h; oy++) {
-                for (int32_t ox = 0; ox < od->w; ox++) {
+            const int8_t *img = in + b * ih * iw * C + c0;
+            for (int32_t oy = 0; oy < oh; oy++) {
+                for (int32_t ox = 0; ox < ow; ox++) {
                     const int8_t *tp[DWF_MAXT];
                     for (int32_t t = 0; t < nt; t++) {
-                        const int32_t iy = oy + p->out_y0 + dy[t], ix = ox + dx[t];
-                        tp[t] = (iy < 0 || iy >= id->h || ix < 0 || ix >= id->w) ? pad
-                                : img + (iy * id->w + ix) * C;
+                        const int32_t iy = oy + y0 + dy[t], ix = ox + dx[t];
+                        tp[t] = (iy < 0 || iy >= ih || ix < 0 || ix >= iw) ? pad
+                                : img + (iy * iw + ix) * C;
                     }
-                    int8_t *o = out + (((b * od->h) + oy) * od->w + ox) * C + c0;
+                    int8_t *o = out + (((b * oh) + oy) * ow + ox) * C + c0;
                     if (nt == 5 && full) {
                         dwf_run5_full(tp, ch, cn, p->output_offset, o);
                     } else if (nt == 5) {

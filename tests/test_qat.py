@@ -130,7 +130,7 @@ def test_prepare_replaces_every_qpoint():
     assert "q_input" in names and "blocks.0.att.q_gate" in names
 
 
-def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
+def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir, calibration_cache_dir):
     report = json.loads((trained_run_dir / "qat_metrics.json").read_text())
     for key in ("float", "post_training_quant", "qat"):
         assert 0.0 <= report[key]["acc"] <= 1.0 and np.isfinite(report[key]["loss"])
@@ -153,7 +153,8 @@ def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
     # QAT's ranges are the converter's: min/max over the same (clipped) calibration inputs
     from dsmn_host.data.calib import calibration_inputs
 
-    calib, clip = calibration_inputs(learnable_cache_dir, with_clip=True)
+    assert report["calibration_data"] == str(calibration_cache_dir) == report["settings"]["calib"]
+    calib, clip = calibration_inputs(calibration_cache_dir, with_clip=True)
     assert [lo, hi] == pytest.approx(clip, rel=1e-6) and calib.min() == clip[0] and calib.max() == clip[1]
 
     # real validation inputs: the quantizers' ranges were observed on inputs like these

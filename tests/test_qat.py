@@ -210,3 +210,14 @@ def test_qat_resume_equals_uninterrupted(trained_run_dir, qat_starts):
     assert b["act_ranges"] == a["act_ranges"] and b["kept_epoch"] == a["kept_epoch"] >= 0
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_qat_names_missing_calibration_data(trained_run_dir, qat_starts, tmp_path):
+    """--calib pointing nowhere is refused by name before any evaluation, and writes nothing."""
+    from dsmn_host.errors import DsmnError
+    from dsmn_host.training.qat import run_qat
+
+    run = qat_starts(trained_run_dir, "r")["r"]
+    with pytest.raises(DsmnError, match="missing.features: no such calibration data"):
+        run_qat(run, calib=tmp_path / "missing.features", threads=1, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json"]

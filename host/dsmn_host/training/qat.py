@@ -80,8 +80,9 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
 
     `calib` (a feature cache or data directory; default the run's own) is where those inputs come
     from, its training split: pass the same to `dsmn-host convert --calib`. A training split of
-    few recording locations gives ranges that clips from other locations overrun (see
-    dsmn_host.data.calib); a wider set of the same kind calibrates better.
+    few recording locations gives ranges that clips from other locations overrun; a set of the
+    same kind with more distinct recordings calibrates better (docs/quantization.md, "Calibration
+    data").
     """
     import math
 
@@ -100,6 +101,8 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     config_path, best_path = run_dir / "config.json", run_dir / "best.pt"
     if not config_path.is_file() or not best_path.is_file():
         raise DsmnError(f"{run_dir}: not a finished training run (needs config.json and best.pt)")
+    if calib and not Path(calib).exists():   # before minutes of evaluation, not after
+        raise DsmnError(f"{calib}: no such calibration data (--calib)")
     config = json.loads(config_path.read_text())
     recipe = dict(config["recipe"])
     last_path = run_dir / LAST

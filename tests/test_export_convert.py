@@ -180,12 +180,6 @@ def test_output_grid_check_counts_ties_the_int8_output_cannot_resolve():
     assert g["by_margin"][1]["agreement"] == 0.0 and g["by_margin"][0]["margin_steps"] == [0.0, 1.0]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "measured 2026-12-02 on this session's machines (AMD EPYC, avx512): the session-trained "
-    "fixture converts with logit errors up to 6.4 output steps, large logits pulled toward zero "
-    "(clip 49 of 60: float 26.29 vs 19.54 steps, margin 6.74; int8 20 vs 20, a tie read as a "
-    "flip), so 1 of 49 decisive clips flips; the same on stop 18's commit, which passed on the "
-    "CI machine. The conversion error, not the bar, is the open problem: issue 12 item 7 (a)"))
 def test_int8_flips_only_where_the_float_decision_is_a_near_tie(verify_report):
     """Regression guard for conversion error: the issue's 98 % bar, applied to the clips whose
     float top-2 margin spans at least 3 int8 output steps (where rounding the output cannot be

@@ -130,7 +130,7 @@ def test_prepare_replaces_every_qpoint():
     assert "q_input" in names and "blocks.0.att.q_gate" in names
 
 
-def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
+def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir, calibration_cache_dir):
     report = json.loads((trained_run_dir / "qat_metrics.json").read_text())
     for key in ("float", "post_training_quant", "qat"):
         assert 0.0 <= report[key]["acc"] <= 1.0 and np.isfinite(report[key]["loss"])
@@ -153,7 +153,8 @@ def test_qat_run_and_export_ready_model(trained_run_dir, learnable_cache_dir):
     # QAT's ranges are the converter's: min/max over the same (clipped) calibration inputs
     from dsmn_host.data.calib import calibration_inputs
 
-    calib, clip = calibration_inputs(learnable_cache_dir, with_clip=True)
+    assert report["calibration_data"] == str(calibration_cache_dir) == report["settings"]["calib"]
+    calib, clip = calibration_inputs(calibration_cache_dir, with_clip=True)
     assert [lo, hi] == pytest.approx(clip, rel=1e-6) and calib.min() == clip[0] and calib.max() == clip[1]
 
     # real validation inputs: the quantizers' ranges were observed on inputs like these
@@ -209,3 +210,14 @@ def test_qat_resume_equals_uninterrupted(trained_run_dir, qat_starts):
     assert b["act_ranges"] == a["act_ranges"] and b["kept_epoch"] == a["kept_epoch"] >= 0
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_qat_names_missing_calibration_data(trained_run_dir, qat_starts, tmp_path):
+    """--calib pointing nowhere is refused by name before any evaluation, and writes nothing."""
+    from dsmn_host.errors import DsmnError
+    from dsmn_host.training.qat import run_qat
+
+    run = qat_starts(trained_run_dir, "r")["r"]
+    with pytest.raises(DsmnError, match="missing.features: no such calibration data"):
+        run_qat(run, calib=tmp_path / "missing.features", threads=1, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json"]

@@ -59,14 +59,14 @@ def _resume_settings(run_dir, last, given):
     """The saved settings, refusing (one line) any option given now that differs from them."""
     saved = last["settings"]
     differ = [f"--{k.replace('_', '-')} {v} (the QAT in {run_dir} uses {saved[k]})"
-              for k, v in given.items() if v is not None and v != saved[k]]
+              for k, v in given.items() if v is not None and v != saved.get(k)]
     if differ:
         raise DsmnError(f"{run_dir}: --resume continues the saved QAT settings; drop or fix " + "; ".join(differ))
     return saved
 
 
 def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=None, seed=None,
-            device="auto", threads=None, progress=True, resume=False, stop_after=None):
+            device="auto", threads=None, progress=True, resume=False, stop_after=None, calib=None):
     """Fine-tune best.pt with fake quantization; writes qat.pt and qat_metrics.json.
 
     `resume` continues from qat_last.pt (options left None take the saved values; others must
@@ -77,6 +77,12 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     min/max over the same calibration inputs `dsmn-host convert` hands the converter, recomputed
     after every epoch and frozen while training. onnx2tf recalibrates and cannot take QAT's
     ranges, so this is how the ranges QAT trains against are the ones the int8 model gets.
+
+    `calib` (a feature cache or data directory; default the run's own) is where those inputs come
+    from, its training split: pass the same to `dsmn-host convert --calib`. A training split of
+    few recording locations gives ranges that clips from other locations overrun; a set of the
+    same kind with more distinct recordings calibrates better (docs/quantization.md, "Calibration
+    data").
     """
     import math
 
@@ -95,11 +101,13 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     config_path, best_path = run_dir / "config.json", run_dir / "best.pt"
     if not config_path.is_file() or not best_path.is_file():
         raise DsmnError(f"{run_dir}: not a finished training run (needs config.json and best.pt)")
+    if calib and not Path(calib).exists():   # before minutes of evaluation, not after
+        raise DsmnError(f"{calib}: no such calibration data (--calib)")
     config = json.loads(config_path.read_text())
     recipe = dict(config["recipe"])
     last_path = run_dir / LAST
     given = {"epochs": epochs, "lr": lr, "calibration_inputs": calibration_inputs,
-             "batch_size": batch_size or None, "seed": seed}
+             "batch_size": batch_size or None, "seed": seed, "calib": str(calib) if calib else None}
     last = None
     if resume:
         if not last_path.is_file():
@@ -140,7 +148,8 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     float_metrics = last["start"]["float"] if last else evaluate(model, cache, val_rows, dev)
 
     # ---- the int8 form: BN and channel scalars folded, channels equalized (same outputs)
-    calib_nhwc, clip = read_calibration_inputs(source, n=settings["calibration_inputs"], with_clip=True)
+    calib_nhwc, clip = read_calibration_inputs(settings.get("calib") or source, n=settings["calibration_inputs"],
+                                               with_clip=True)
     calib = torch.from_numpy(nhwc_to_features(calib_nhwc)).to(dev)   # N, 2, mel, time
     folded = fold_batchnorm(model).to(dev).eval()
     gains = equalize(folded, calib)
@@ -204,10 +213,12 @@ def run_qat(run_dir, epochs=None, lr=None, batch_size=None, calibration_inputs=N
     _save({"model_name": config["model"], "folded": True, "form": DEPLOY_FORM, "model": plain.state_dict(),
            "act_ranges": ranges, "weight_quant": "int8 symmetric per output channel [-127, 127]",
            "act_quant": "int8 asymmetric per tensor, min/max over the calibration inputs",
-           "input_clip": clip, "equalization_gains": gains, "kept_epoch": best["epoch"],
+           "input_clip": clip, "calibration_data": settings.get("calib") or source,
+           "equalization_gains": gains, "kept_epoch": best["epoch"],
            "val_loss": qat_metrics["loss"],
            "val_acc": qat_metrics["acc"]}, run_dir / "qat.pt")
-    report = {"model": config["model"], "settings": settings, "input_clip": clip, "equalization_gains": gains,
+    report = {"model": config["model"], "settings": settings, "input_clip": clip,
+              "calibration_data": settings.get("calib") or source, "equalization_gains": gains,
               "float": float_metrics, "float_bn_folded": folded_metrics, "post_training_quant": ptq_metrics,
               "qat": qat_metrics, "kept_epoch": best["epoch"], "history": history, "processes": ctx.world}
     tmp = run_dir / "qat_metrics.json.tmp"
@@ -222,7 +233,7 @@ def _run(args):
     rep = run_qat(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                   calibration_inputs=args.calibration_inputs, seed=args.seed, device=args.device,
                   threads=args.threads, progress=not args.no_progress, resume=args.resume,
-                  stop_after=args.stop_after)
+                  stop_after=args.stop_after, calib=args.calib)
     if "stopped_after_epoch" in rep:
         return 0
     if "float" not in rep:   # a torchrun rank other than 0: rank 0 reports
@@ -259,6 +270,8 @@ def register(subparsers):
     p.add_argument("--calibration-inputs", type=int,
                    help="training inputs whose min/max set the activation ranges; use the same number as "
                         f"`dsmn-host convert --n-calib` (default {QAT_DEFAULTS['calibration_inputs']})")
+    p.add_argument("--calib", help="feature cache or data directory whose training split gives the calibration "
+                        "inputs (default: the run's data); pass the same to `dsmn-host convert --calib`")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

@@ -96,9 +96,10 @@ static int dw_fast(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_
                    const dsmn_dims *od, int8_t *out)
 {
     const int32_t C = od->c, kt = fd->h * fd->w;
-    /* any band of whole rows (out_y0, od->h) is fine: input rows are global */
+    /* any output window (out_y0, out_x0, od) is fine: input rows and columns are global, so a
+     * time band or a mel strip of a tiled plan runs here too */
     if (p->depth_multiplier != 1 || p->stride_h != 1 || p->stride_w != 1 || id->c != C || C > DWF_MAXC
-        || od->w != id->w || p->out_x0 != 0 || kt > DWF_MAXT || fd->c != C) {
+        || kt > DWF_MAXT || fd->c != C) {
         return 0;
     }
     int8_t pad[DWF_CHUNK];
@@ -118,7 +119,7 @@ static int dw_fast(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_
             if (used) {
                 tap[nt] = t;
                 dy[nt] = (t / fd->w) * p->dilation_h - p->pad_h;
-                dx[nt] = (t % fd->w) * p->dilation_w - p->pad_w;
+                dx[nt] = (t % fd->w) * p->dilation_w - p->pad_w + p->out_x0;
                 nt++;
             }
         }

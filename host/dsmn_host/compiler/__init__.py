@@ -74,7 +74,9 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
                         f"smallest activation arena reachable is {smallest} B (--plan min)")
     name = plan or ("fast" if chosen is plans[0] else
                     "min" if chosen.peak == min(p.peak for p in plans) else "budget")
-    refined = refine_bands(graph, chosen, chosen.peak)
+    # strips asked for stay as asked (where a unit can take them); else refine picks
+    refined = refine_bands(graph, chosen, chosen.peak,
+                           strip_counts=STRIPS if strips is None else (strips,))
     plans = [refined if p is chosen else p for p in plans]
     chosen = refined
     h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name, low.e.struct_sizes)

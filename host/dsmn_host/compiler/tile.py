@@ -497,7 +497,7 @@ def _merge_runs(graph, steps, cur, plans, key, cache, band_rows, strips=1, longe
     return True
 
 
-def refine_bands(graph, tp, limit, heights=(2, 3, 4, 6, 8, 11, 16, 22, 44)):
+def refine_bands(graph, tp, limit, heights=(2, 3, 4, 6, 8, 11, 16, 22, 44), strip_counts=STRIPS):
     """The plan `tp` with each tiled unit's band height raised and mel strip count changed
     where that lowers the cost and keeps the peak <= `limit`: a unit running while less is
     live than at the peak (the ECA's first, mean-only pass) can take tall bands and whole
@@ -510,7 +510,8 @@ def refine_bands(graph, tp, limit, heights=(2, 3, 4, 6, 8, 11, 16, 22, 44)):
         if not u.tiled:
             continue
         pick = None
-        for rows, strips in [(r, n) for r in (u.band_rows,) + tuple(heights) for n in STRIPS]:
+        counts = strip_counts if u.strips in strip_counts else (u.strips,)
+        for rows, strips in [(r, n) for r in (u.band_rows,) + tuple(heights) for n in counts]:
             if rows < u.band_rows or (rows, strips) == (u.band_rows, u.strips):
                 continue
             if strips > 1 and not strippable(graph, u, strips):

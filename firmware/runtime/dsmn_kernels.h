@@ -52,6 +52,13 @@ void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p, const dsmn_requant *q,
                               const dsmn_dims *filter_dims, const int8_t *filter,
                               const int32_t *bias, const dsmn_dims *out_dims, int8_t *out);
 
+/* The same for an output window narrower than its input (a mel strip): the depthwise fast
+ * path for windows first, else dsmn_depthwise_conv2d_s8. */
+void dsmn_depthwise_conv2d_window_s8(const dsmn_conv_params *p, const dsmn_requant *q,
+                                     const dsmn_dims *in_dims, const int8_t *in,
+                                     const dsmn_dims *filter_dims, const int8_t *filter,
+                                     const int32_t *bias, const dsmn_dims *out_dims, int8_t *out);
+
 typedef struct {
     int32_t input_offset, output_offset;
     int32_t batches, accum_depth, out_depth;

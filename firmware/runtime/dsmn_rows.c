@@ -113,7 +113,7 @@ void dsmn_depthwise_conv2d_tile_s8(const dsmn_conv_params *p, const dsmn_requant
                                    int32_t in_x0, int32_t in_w, int32_t out_w, int8_t *out)
 {
     WINDOW_TILE(dsmn_conv_params,
-                dsmn_depthwise_conv2d_s8(&pb, q, &ib, in, fd, filter, bias, &ob, o));
+                dsmn_depthwise_conv2d_window_s8(&pb, q, &ib, in, fd, filter, bias, &ob, o));
 }
 
 void dsmn_avg_pool_tile_s8(const dsmn_pool_params *p, const dsmn_dims *id, const int8_t *in,

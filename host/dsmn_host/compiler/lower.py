@@ -490,8 +490,24 @@ class Lowering(IR):
         if not h or list(self.t(x).shape) != list(self.t(y).shape):
             return None
         rb = row_bytes(self.t(y))
+        w = int(self.t(y).shape[2]) if len(self.t(y).shape) == 4 else 0
+        pix = rb // w if w else 0
+
+        def tile(loc, lo, hi, outs, scratch):
+            """Per column piece: one call when both strips are as wide as the piece, else a
+            call a row (the rows of x and y are their own strides apart)."""
+            lines = []
+            for a, b in outs.get(y, []):
+                (xa, x0, xw), (ya, y0, yw) = loc(x, lo, a, b), loc(y, lo, a, b)
+                xa, ya = _at(xa, (a - x0) * pix), _at(ya, (a - y0) * pix)
+                if xw == yw == b - a:
+                    lines.append(call((hi - lo) * (b - a) * pix, xa, ya))
+                    continue
+                lines += [call((b - a) * pix, _at(xa, r * xw * pix), _at(ya, r * yw * pix))
+                          for r in range(hi - lo)]
+            return "\n    ".join(lines)
         return RowBand({x: RowMap(h=h)}, lambda ptr, lo, hi, scratch: call((hi - lo) * rb, ptr(x, lo), ptr(y, lo)),
-                       rows=h)
+                       rows=h, cols={y: {x: ColMap(w=w)}} if w else None, tile=tile if w else None)
 
     def op_ADD(self, op):
         self._binary(op, "ADD")

@@ -37,6 +37,14 @@ def fits(report_peak, card, boards):
     return out
 
 
+def text_bytes(elf):
+    """.text + .data of the QEMU runner ELF (arm-none-eabi-size): what goes to flash."""
+    import subprocess
+    out = subprocess.run(["arm-none-eabi-size", str(elf)], capture_output=True, text=True, check=True)
+    text, data = out.stdout.splitlines()[1].split()[:2]
+    return int(text) + int(data)
+
+
 def model1_table(work, xs, ref):
     from dsmn_host.deploy import codegen
     from dsmn_host.boards import get_board
@@ -49,6 +57,8 @@ def model1_table(work, xs, ref):
     wanted = [("fast", {"plan": "fast"})]
     for frac in (0.5, 0.25):
         wanted.append((f"budget {peaks[int(len(peaks) * frac)]}", {"ram_budget": peaks[int(len(peaks) * frac)]}))
+    # issue 13's arena goal: the cheapest plan within 64 KiB
+    wanted.append(("budget 65536", {"ram_budget": 65536}))
     wanted.append(("min", {"plan": "min"}))
     rows = []
     other = other_ram_bytes(card, get_board("qemu-stm32f405"))
@@ -60,10 +70,14 @@ def model1_table(work, xs, ref):
         out, stats = codegen.run_qemu(elf, xs[:2], rep["output_bytes"])
         rows.append({
             "plan": label, "peak_bytes": rep["peak_activation_bytes"],
+            "mel_strips": sorted({u["strips"] for u in rep["units"] if u["tiled"]}),
             "total_ram_stm32f405_bytes": rep["peak_activation_bytes"] + other,
             "estimated_instructions": rep["estimated_instructions"],
             "an386_instructions": int(np.mean(stats["instructions"])),
             "flash_bytes": rep["flash_bytes"],
+            # the generated code too (flash_bytes counts const data and the kernels only):
+            # strips are unrolled, so this grows with the strip count
+            "an386_text_bytes": text_bytes(elf),
             "bit_exact": bool(np.array_equal(got, ref) and np.array_equal(out.reshape(ref[:2].shape), ref[:2])),
             "fits": fits(rep["peak_activation_bytes"], card, BOARDS),
         })
@@ -132,11 +146,15 @@ def variants(work):
 
 
 def readme_table(res):
-    lines = ["| model1 plan | arena (B) | total RAM on stm32f405 (B) | an386 instructions | bit-exact | fits |",
-             "|---|---:|---:|---:|:-:|---|"]
+    lines = ["| model1 plan | mel strips | arena (B) | total RAM on stm32f405 (B) | an386 instructions | "
+             "an386 text (B) | bit-exact | fits |",
+             "|---|---|---:|---:|---:|---:|:-:|---|"]
+    fast = res["model1_plans"][0]["an386_instructions"]
     for r in res["model1_plans"]:
-        lines.append(f"| {r['plan']} | {r['peak_bytes']:,} | {r['total_ram_stm32f405_bytes']:,} | "
-                     f"{r['an386_instructions'] / 1e6:.1f} M | {'yes' if r['bit_exact'] else 'NO'} | "
+        lines.append(f"| {r['plan']} | {', '.join(map(str, r['mel_strips'])) or '-'} | {r['peak_bytes']:,} | "
+                     f"{r['total_ram_stm32f405_bytes']:,} | "
+                     f"{r['an386_instructions'] / 1e6:.2f} M ({r['an386_instructions'] / fast:.2f}x) | "
+                     f"{r['an386_text_bytes']:,} | {'yes' if r['bit_exact'] else 'NO'} | "
                      f"{', '.join(b for b, ok in r['fits'].items() if ok)} |")
     if res.get("variants"):
         lines += ["", "| model | arena fast (B) | arena min (B) | fits at min |", "|---|---:|---:|---|"]

@@ -52,6 +52,13 @@ void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p, const dsmn_requant *q,
                               const dsmn_dims *filter_dims, const int8_t *filter,
                               const int32_t *bias, const dsmn_dims *out_dims, int8_t *out);
 
+/* The same for an output window narrower than its input (a mel strip): the depthwise fast
+ * path for windows first, else dsmn_depthwise_conv2d_s8. */
+void dsmn_depthwise_conv2d_window_s8(const dsmn_conv_params *p, const dsmn_requant *q,
+                                     const dsmn_dims *in_dims, const int8_t *in,
+                                     const dsmn_dims *filter_dims, const int8_t *filter,
+                                     const int32_t *bias, const dsmn_dims *out_dims, int8_t *out);
+
 typedef struct {
     int32_t input_offset, output_offset;
     int32_t batches, accum_depth, out_depth;
@@ -229,6 +236,39 @@ void dsmn_add_rows_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_
                       int32_t count, const int8_t *in1, const int8_t *in2, int8_t *out);
 void dsmn_mul_rows_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t rows,
                       int32_t count, const int8_t *in1, const int8_t *in2, int8_t *out);
+
+/* Tiles (time- and mel-tiled plans, dsmn_rows.c): output rows [y0, y0 + rows) and columns
+ * [x0, x0 + cols) of the window `od`, reading an input held from column in_x0, in_w columns a
+ * row (`in`: that column at row 0), writing rows out_w columns apart. Columns outside the held
+ * strip are padding to the kernel, so the caller holds every column a tap reaches except the
+ * tensor's true edges. */
+void dsmn_conv2d_tile_s8(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_dims *id,
+                         const int8_t *in, const dsmn_dims *fd, const int8_t *filter,
+                         const int32_t *bias, const dsmn_dims *od, int32_t y0, int32_t rows,
+                         int32_t x0, int32_t cols, int32_t in_x0, int32_t in_w, int32_t out_w,
+                         int8_t *out);
+void dsmn_depthwise_conv2d_tile_s8(const dsmn_conv_params *p, const dsmn_requant *q,
+                                   const dsmn_dims *id, const int8_t *in, const dsmn_dims *fd,
+                                   const int8_t *filter, const int32_t *bias, const dsmn_dims *od,
+                                   int32_t y0, int32_t rows, int32_t x0, int32_t cols,
+                                   int32_t in_x0, int32_t in_w, int32_t out_w, int8_t *out);
+void dsmn_avg_pool_tile_s8(const dsmn_pool_params *p, const dsmn_dims *id, const int8_t *in,
+                           const dsmn_dims *od, int32_t y0, int32_t rows, int32_t x0,
+                           int32_t cols, int32_t in_x0, int32_t in_w, int32_t out_w, int8_t *out);
+void dsmn_max_pool_tile_s8(const dsmn_pool_params *p, const dsmn_dims *id, const int8_t *in,
+                           const dsmn_dims *od, int32_t y0, int32_t rows, int32_t x0,
+                           int32_t cols, int32_t in_x0, int32_t in_w, int32_t out_w, int8_t *out);
+/* ADD/MUL on `rows` rows of `count` elements (`cols` pixels), operand rows s1 / s2 bytes
+ * apart (0: broadcast along time), output rows so bytes apart; bc as for the kernel. */
+void dsmn_add_tile_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_t rows,
+                      int32_t cols, int32_t count, const int8_t *in1, int32_t s1,
+                      const int8_t *in2, int32_t s2, int8_t *out, int32_t so);
+void dsmn_mul_tile_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t rows,
+                      int32_t cols, int32_t count, const int8_t *in1, int32_t s1,
+                      const int8_t *in2, int32_t s2, int8_t *out, int32_t so);
+/* dsmn_mean_accumulate_s8 over `rows` rows of `cols` pixels, rows `stride` bytes apart. */
+void dsmn_mean_accumulate_tile_s8(int32_t inner, int32_t rows, int32_t cols, const int8_t *in,
+                                  int32_t stride, int32_t *acc);
 
 /* Scratch contract (CMSIS-NN's *_get_buffer_size_s8): each kernel states, from the same
  * parameters it is called with, how many bytes of caller-provided scratch it needs; the code

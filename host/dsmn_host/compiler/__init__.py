@@ -17,33 +17,38 @@ from dsmn_host.compiler.plan import plan_memory
 from dsmn_host.compiler.read import read_model
 from dsmn_host.compiler.report import build_report, report_text
 from dsmn_host.compiler.schedule import schedule_steps
-from dsmn_host.compiler.tile import choose, refine_bands, search
+from dsmn_host.compiler.tile import STRIPS, choose, refine_bands, search
 from dsmn_host.errors import DsmnError
 
 PLANS = ("fast", "min")
 _PLANS = {}   # the last model's lowering and plans: generate() reads, never changes them
 
 
-def compile_plans(graph, band_rows=None):
+def compile_plans(graph, band_rows=None, strips=None):
     """Lower, schedule, and search the tiled plans of `graph`: (lowering, plans). band_rows:
-    rows a tiled unit's sources advance per iteration (None: plans for 1, 2 and 4 rows)."""
+    rows a tiled unit's sources advance per iteration, strips: mel strips of every tiled
+    unit that can (None for both: plans for 1, 2 and 4 rows, and 1, 2 and 4 strips)."""
     low = Lowering(graph)
     steps = low.lower()
     reordered = schedule_steps(graph, steps)
     if plan_memory(graph, reordered).arena_bytes < plan_memory(graph, steps).arena_bytes:
         steps = reordered
-    if band_rows is not None:
-        return low, search(graph, steps, band_rows)
+    if band_rows is not None or strips is not None:
+        return low, search(graph, steps, band_rows or 1, strips=strips or 1)
     # taller bands: fewer kernel calls (each re-does its setup), a few more rows held
     plans = search(graph, steps, 1)
     for rows in (2, 4):
         plans += search(graph, steps, rows)[1:]
     # branchy blocks (concatenated branches) need several cuts merged at once
     plans += search(graph, steps, 1, runs=True)[1:]
+    # mel strips: line buffers a fraction of a row wide, halo columns recomputed
+    for strips in STRIPS[1:]:
+        plans += search(graph, steps, 1, strips=strips)[1:]
     return low, plans
 
 
-def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, band_rows=None):
+def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, band_rows=None,
+             strips=None):
     """Write dsmn_model.c, dsmn_model.h, memory.json and memory.txt for `tflite_path`.
 
     plan: "fast" (untiled), "min" (smallest arena), or None: the fastest plan whose arena
@@ -53,12 +58,12 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
         raise DsmnError(f"unknown plan {plan!r}; use one of {', '.join(PLANS)}")
     tflite_path, out_dir = Path(tflite_path), Path(out_dir)
     key = (hashlib.sha256(tflite_path.read_bytes()).hexdigest() if tflite_path.is_file() else None,
-           band_rows)
+           band_rows, strips)
     if key in _PLANS:   # same model again (another budget / plan): reuse the search
         graph, low, plans = _PLANS[key]
     else:
         graph = read_model(tflite_path)
-        low, plans = compile_plans(graph, band_rows)
+        low, plans = compile_plans(graph, band_rows, strips)
         _PLANS.clear()
         _PLANS[key] = (graph, low, plans)
     chosen = choose(plans, ram_budget, plan)
@@ -69,7 +74,9 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
                         f"smallest activation arena reachable is {smallest} B (--plan min)")
     name = plan or ("fast" if chosen is plans[0] else
                     "min" if chosen.peak == min(p.peak for p in plans) else "budget")
-    refined = refine_bands(graph, chosen, chosen.peak)
+    # strips asked for stay as asked (where a unit can take them); else refine picks
+    refined = refine_bands(graph, chosen, chosen.peak,
+                           strip_counts=STRIPS if strips is None else (strips,))
     plans = [refined if p is chosen else p for p in plans]
     chosen = refined
     h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name, low.e.struct_sizes)

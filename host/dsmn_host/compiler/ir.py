@@ -44,6 +44,28 @@ class RowMap:
 
 
 @dataclass
+class ColMap:
+    """Output columns [a, b) of one output window (in the output tensor's own columns, the
+    window starting at column `x0` of the op's whole output) read input columns need(a, b)
+    along W (axis 2): the RowMap arithmetic with the left padding. `whole`: a broadcast
+    operand of width 1."""
+    stride: int = 1
+    pad: int = 0
+    dil: int = 1
+    k: int = 1
+    w: int = 1
+    x0: int = 0
+    whole: bool = False
+
+    def need(self, a, b):
+        if self.whole:
+            return 0, self.w
+        lo = (self.x0 + a) * self.stride - self.pad
+        hi = (self.x0 + b - 1) * self.stride - self.pad + (self.k - 1) * self.dil + 1
+        return max(0, min(self.w, lo)), max(0, min(self.w, hi))
+
+
+@dataclass
 class RowBand:
     """How a Step runs on output rows [lo, hi) of its outputs (all outputs share H).
 
@@ -58,6 +80,14 @@ class RowBand:
     finish: object = None            # reduce only: (ptr, scratch) -> C
     rows: int = 0                    # H of the outputs (of the input for a reduction)
     scratch_calls: list = None       # as Step.scratch_calls for the band call (None: the Step's)
+    # Mel strips (None: the Step is not local along W, its unit tiles along time only).
+    # cols: output tensor -> {input tensor: ColMap}. tile(loc, lo, hi, outs, scratch) -> C
+    # for rows [lo, hi) and, per output tensor, the column pieces outs[t] = [(a, b), ...]
+    # (a reduction: outs[input] = the columns it accumulates); loc(t, row, a, b) ->
+    # (C address of `row` at the first held column, that column, held columns a row) for the
+    # held piece of t containing columns [a, b).
+    cols: dict = None
+    tile: object = None
 
 
 @dataclass
@@ -120,4 +150,4 @@ def row_bytes(t):
     return int(np.prod(shape[2:], dtype=np.int64)) * np.dtype(t.dtype).itemsize
 
 
-__all__ = ["IR", "Step", "RowBand", "RowMap", "op_error", "rows_of", "row_bytes", "field"]
+__all__ = ["IR", "Step", "RowBand", "RowMap", "ColMap", "op_error", "rows_of", "row_bytes", "field"]

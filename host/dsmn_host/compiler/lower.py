@@ -13,7 +13,8 @@ import numpy as np
 from dsmn_host.errors import DsmnError
 from dsmn_host.compiler.fold import fold_shapes, resolve_reshape
 from dsmn_host.compiler.fuse import find_fusions
-from dsmn_host.compiler.ir import IR, RowBand, RowMap, Step, op_error as _err, rows_of, row_bytes
+from dsmn_host.compiler.ir import (IR, ColMap, RowBand, RowMap, Step, op_error as _err, rows_of,
+                                   row_bytes)
 from dsmn_host.compiler.params import (MAX_TAIL, AddParams, Broadcast, ConvParams, Dims, FcParams,
                                        GatherParams, LogisticParams, MeanParams, MulParams,
                                        PadParams, PoolParams, Requant, RequantParams, SoftmaxParams,
@@ -27,6 +28,11 @@ SUPPORTED_OPS = (
     "STRIDED_SLICE", "SPLIT", "SPLIT_V", "TRANSPOSE", "QUANTIZE", "LOGISTIC", "TANH", "SOFTMAX",
     "PAD", "PADV2",
 )
+
+
+def _at(addr, k):
+    """C address `addr` moved by `k` bytes."""
+    return addr if k == 0 else f"({addr} + {k})"
 
 
 class Emitter:
@@ -204,12 +210,15 @@ class Lowering(IR):
             do = self.dims_struct(dims)
             calls.append((t, p, do))
 
-        code, band_code = self._window_calls(
-            fn, x, calls, lambda p, do, xin: f"&{p}, &{q}, &{di}, {xin}, &{df}, {wd}, {bd}, &{do}")
+        args = lambda p, do, xin: f"&{p}, &{q}, &{di}, {xin}, &{df}, {wd}, {bd}, &{do}"
+        code, band_code = self._window_calls(fn, x, calls, args)
         band = None
         if rows_of(c["ish"]) and rows_of(c["osh"]) and all(y0 == 0 for _, y0, _, _ in wins):
+            cols = {t: {x: ColMap(c["stride"][1], c["cp"].pad_w, c["dil"][1], c["wsh"][2],
+                                  c["ish"][2], x0)} for t, _, x0, _ in wins}
             band = RowBand({x: RowMap(c["stride"][0], c["pad_h"], c["dil"][0], c["wsh"][1],
-                                      c["ish"][1])}, band_code, rows=c["osh"][1])
+                                      c["ish"][1])}, band_code, rows=c["osh"][1], cols=cols,
+                           tile=self._window_tile(fn, x, calls, args, cols))
         kind = ("channelwise" if channelwise else "depthwise") if depthwise else (
             "grouped" if c["ish"][3] != c["wsh"][3] else "conv")
         note = (f"{kind} {c['wsh'][1]}x{c['wsh'][2]} s{c['stride'][0]}x{c['stride'][1]} "
@@ -231,6 +240,21 @@ class Lowering(IR):
             return "\n    ".join(f"{fn[:-3]}_rows_s8({args(p, do, ptr(x, 0))}, {lo}, {hi - lo}, "
                                   f"{ptr(t, lo)});" for t, p, do in calls)
         return code, band_code
+
+    def _window_tile(self, fn, x, calls, args, cols):
+        """tile code (RowBand.tile) of a kernel called once per output window: per column
+        piece, its _tile_ entry on the input columns the window's ColMap reaches."""
+        def tile(loc, lo, hi, outs, scratch):
+            lines = []
+            for t, p, do in calls:
+                ch = int(self.t(t).shape[3])
+                for a, b in outs.get(t, []):
+                    xin, ix0, iw = loc(x, 0, *cols[t][x].need(a, b))
+                    yo, ox0, ow = loc(t, lo, a, b)
+                    lines.append(f"{fn[:-3]}_tile_s8({args(p, do, xin)}, {lo}, {hi - lo}, {a}, "
+                                 f"{b - a}, {ix0}, {iw}, {ow}, {_at(yo, (a - ox0) * ch)});")
+            return "\n    ".join(lines)
+        return tile
 
     @staticmethod
     def _macs(c):
@@ -426,8 +450,39 @@ class Lowering(IR):
             band = RowBand({i: RowMap(h=self.t(i).shape[1] if len(self.t(i).shape) == 4 else 1,
                                       whole=rows_of(self.t(i).shape) != h)
                             for i in ins}, band_code, rows=h)
+            self._binary_tile(band, fn, p, bc, ((a, ca), (b, cb)), y)
         self.steps.append(Step(op.index, op.name, "kernel", ins, [y], code,
                                note="broadcast" if bc != "NULL" else "", band=band))
+
+    def _binary_tile(self, band, fn, p, bc, operands, y):
+        """Mel strips of an ADD/MUL whose operands are as wide as the output or width 1
+        (broadcast along mel): each operand at the strip's columns, its own row stride."""
+        ysh = list(self.t(y).shape)
+        h, w, ch = ysh[1], ysh[2], ysh[3]
+        shapes = {i: list(self.t(i).shape) for i, _ in operands}
+        if any(len(sh) != 4 or sh[2] not in (w, 1) for sh in shapes.values()):
+            return
+        band.cols = {y: {i: ColMap(w=shapes[i][2], whole=shapes[i][2] != w)
+                         for i, cst in operands if cst is None}}
+
+        def operand(i, cst, loc, lo, a, b):
+            sh = shapes[i]
+            full_h, full_w = sh[1] == h and h > 1, sh[2] == w and w > 1
+            row, c0 = (lo if full_h else 0), (a if full_w else 0)
+            if cst is not None:
+                return _at(cst, (row * sh[2] + c0) * sh[3]), sh[2] * sh[3] if full_h else 0
+            addr, x0, held = loc(i, row, c0, b if full_w else 1)
+            return _at(addr, (c0 - x0) * sh[3]), held * sh[3] if full_h else 0
+
+        def tile(loc, lo, hi, outs, scratch):
+            lines = []
+            for a, b in outs.get(y, []):
+                (pa, sa), (pb, sb) = (operand(i, cst, loc, lo, a, b) for i, cst in operands)
+                yo, x0, held = loc(y, lo, a, b)
+                lines.append(f"{fn[:-3]}_tile_s8(&{p}, {bc}, {hi - lo}, {b - a}, {(b - a) * ch}, "
+                             f"{pa}, {sa}, {pb}, {sb}, {_at(yo, (a - x0) * ch)}, {held * ch});")
+            return "\n    ".join(lines)
+        band.tile = tile
 
     def _rowwise_band(self, x, y, call):
         """RowBand of an elementwise op on same-shape tensors: rows map one to one."""
@@ -435,8 +490,24 @@ class Lowering(IR):
         if not h or list(self.t(x).shape) != list(self.t(y).shape):
             return None
         rb = row_bytes(self.t(y))
+        w = int(self.t(y).shape[2]) if len(self.t(y).shape) == 4 else 0
+        pix = rb // w if w else 0
+
+        def tile(loc, lo, hi, outs, scratch):
+            """Per column piece: one call when both strips are as wide as the piece, else a
+            call a row (the rows of x and y are their own strides apart)."""
+            lines = []
+            for a, b in outs.get(y, []):
+                (xa, x0, xw), (ya, y0, yw) = loc(x, lo, a, b), loc(y, lo, a, b)
+                xa, ya = _at(xa, (a - x0) * pix), _at(ya, (a - y0) * pix)
+                if xw == yw == b - a:
+                    lines.append(call((hi - lo) * (b - a) * pix, xa, ya))
+                    continue
+                lines += [call((b - a) * pix, _at(xa, r * xw * pix), _at(ya, r * yw * pix))
+                          for r in range(hi - lo)]
+            return "\n    ".join(lines)
         return RowBand({x: RowMap(h=h)}, lambda ptr, lo, hi, scratch: call((hi - lo) * rb, ptr(x, lo), ptr(y, lo)),
-                       rows=h)
+                       rows=h, cols={y: {x: ColMap(w=w)}} if w else None, tile=tile if w else None)
 
     def op_ADD(self, op):
         self._binary(op, "ADD")
@@ -486,6 +557,14 @@ class Lowering(IR):
                            init=lambda scratch: f"memset({scratch}, 0, {4 * inner});",
                            finish=lambda ptr, scratch: f"dsmn_mean_finish_s8(&{p}, (const int32_t *){scratch}, {ptr(y, 0)});",
                            scratch_calls=[f"dsmn_mean_accumulate_s8_scratch_bytes({inner})"])
+            if axes == [1, 2] and len(shape) == 4:
+                # over time and mel: the sums of each strip's own columns add up
+                def tile(loc, lo, hi, outs, scratch):
+                    (a, b), = outs[x]
+                    addr, x0, held = loc(x, lo, a, b)
+                    return (f"dsmn_mean_accumulate_tile_s8({inner}, {hi - lo}, {b - a}, "
+                            f"{_at(addr, (a - x0) * inner)}, {held * inner}, (int32_t *){scratch});")
+                band.cols, band.tile = {x: {x: ColMap(w=shape[2])}}, tile
         self.steps.append(Step(op.index, op.name, "kernel", [x], [y], code,
                                scratch_bytes=mp.scratch_bytes(), note=f"axes {axes}", band=band,
                                scratch_calls=[f"dsmn_mean_s8_scratch_bytes(&{p})"]))
@@ -507,13 +586,15 @@ class Lowering(IR):
                                          pad_w, amin, amax, y0, x0), "pp")
             calls.append((t, p, self.dims_struct(dims)))
 
-        code, band_code = self._window_calls(fn, x, calls,
-                                             lambda p, do, xin: f"&{p}, &{di}, {xin}, &{do}")
+        args = lambda p, do, xin: f"&{p}, &{di}, {xin}, &{do}"
+        code, band_code = self._window_calls(fn, x, calls, args)
         wins = self._windows(y, osh)
         band = None
         if rows_of(ish) and rows_of(osh) and all(y0 == 0 for _, y0, _, _ in wins):
+            cols = {t: {x: ColMap(o.strideW, pad_w, 1, o.filterWidth, ish[2], x0)}
+                    for t, _, x0, _ in wins}
             band = RowBand({x: RowMap(o.strideH, pad_h, 1, o.filterHeight, ish[1])}, band_code,
-                           rows=osh[1])
+                           rows=osh[1], cols=cols, tile=self._window_tile(fn, x, calls, args, cols))
         self.steps.append(Step(op.index, op.name, "kernel", [x], [t for t, _, _ in calls], code,
                                note=f"{o.filterHeight}x{o.filterWidth}" + (" +split" if len(calls) > 1 else ""),
                                band=band))

@@ -63,6 +63,7 @@ def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded
         "live_at_peak": live,
         "tradeoff": [dict(p.describe(), chosen=p is tp) for p in plans],
         "units": [{"unit": ui, "tiled": u.tiled, "bands": u.bands if u.tiled else 1,
+                   "strips": u.strips if u.tiled else 1,
                    "steps": [st.op_index for st in u.steps],
                    "band_buffer_bytes": u.scratch_bytes if u.tiled else 0,
                    "calls": u.calls, "moved_bytes": u.moved_bytes} for ui, u in enumerate(units)],
@@ -84,10 +85,16 @@ def report_text(r):
              f"peak activation (arena): {r['peak_activation_bytes']} B",
              f"estimated instructions: {r['estimated_instructions']}",
              f"flash: {r['flash_bytes']} B  " + ", ".join(f"{k}={v}" for k, v in r["flash_breakdown"].items()),
-             "plans considered (peak B, est. instructions, tiled units/steps, ECA keep/recompute):"]
+             "plans considered (peak B, est. instructions, tiled units/steps, mel strips, ECA keep/recompute):"]
     for p in r["tradeoff"]:
         lines.append(f"  {'*' if p['chosen'] else ' '} {p['peak_bytes']:>8}  {p['estimated_instructions']:>11}  "
-                     f"{p['tiled_units']:>3}/{p['tiled_steps']:<3}  keep {p['keep']} recompute {p['recompute']}")
+                     f"{p['tiled_units']:>3}/{p['tiled_steps']:<3}  strips {p.get('strips', 1)}  "
+                     f"keep {p['keep']} recompute {p['recompute']}")
+    lines.append("tiled units (bands x mel strips, line buffer bytes):")
+    for u in r["units"]:
+        if u["tiled"]:
+            lines.append(f"  unit {u['unit']:<3} {len(u['steps']):>3} steps  {u['bands']:>3} bands x "
+                         f"{u['strips']} strips  {u['band_buffer_bytes']:>7} B")
     lines.append(f"peak at unit {r['peak_step']} ({r['peak_op']}); live buffers:")
     for b in r["live_at_peak"]:
         lines.append(f"  {b['bytes']:>8} B @ {b['offset']:>8}  units {b['lifetime']}  {', '.join(b['tensors'])}")

@@ -11,6 +11,14 @@ kept, never recomputed). A global reduction (the ECA MEAN) inside a unit accumul
 band; a later consumer of the reduced tensor either reads it kept whole (keep) or its unit
 recomputes the chain that produced it (recompute), trading instructions for RAM.
 
+A unit whose every Step is also local along mel (W; RowBand.cols) can in addition run in
+mel strips: the whole time schedule once per strip, each line buffer only strip-wide. The
+sinks (tensors held whole, reduction inputs) are split into equal column ranges; walking
+back, each tensor holds the columns its consumers in the strip reach (halo columns
+recomputed in both neighbouring strips), as pieces: a producer feeding two distant column
+ranges (a SPLIT into sub-bands that an ADD joins again) holds two pieces, not the span. A
+reduction accumulates its strip's own columns, so the sums add up across strips.
+
 The plan pass sees each unit as one Step whose scratch is its line buffers, so one planner
 places everything; the search below walks from the untiled plan (fast) by merging units and
 switching reductions to recompute, and records every plan it accepts (the trade-off table).
@@ -20,6 +28,8 @@ import math
 from dataclasses import dataclass, field
 
 from dsmn_host.compiler.ir import Step, row_bytes
+
+STRIPS = (1, 2, 4)   # mel strip counts the search and refine_bands try
 from dsmn_host.compiler.plan import ALIGN, plan_memory
 
 
@@ -66,10 +76,91 @@ class Unit:
     call_scratch: int = 0
     calls: int = 0
     moved_bytes: int = 0
+    strips: int = 1        # mel strips (1: time bands only)
+    pieces: list = field(default_factory=list)   # per strip: tensor -> [(a, b)] columns held
+    outs: list = field(default_factory=list)     # per strip, per step j: tensor -> [(a, b)]
+    computed: list = field(default_factory=list)  # per step j: columns computed / its width
 
     @property
     def tiled(self):
         return len(self.steps) > 1
+
+
+def _width(graph, t):
+    return int(graph.tensors[t].shape[2])
+
+
+def _pix(graph, t):
+    """Bytes of one pixel (all channels) of a 4-D tensor."""
+    return row_bytes(graph.tensors[t]) // _width(graph, t)
+
+
+def _merge(intervals):
+    out = []
+    for a, b in sorted(iv for iv in intervals if iv[1] > iv[0]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _sinks(u):
+    """Tensors whose columns a strip must produce exactly (its own range): those held
+    whole, except reduction results, and reduction inputs."""
+    reduced = {t for st in u.steps if st.band.reduce for t in st.outputs}
+    return ([t for t in sorted(u.materialized) if t not in reduced] +
+            [st.inputs[0] for st in u.steps if st.band.reduce])
+
+
+def strippable(graph, u, strips):
+    """The unit can run in `strips` mel strips: every step local along W, every tensor
+    4-D, every sink at least `strips` columns wide."""
+    if strips <= 1 or not u.tiled:
+        return False
+    for st in u.steps:
+        if st.band.tile is None or st.band.cols is None:
+            return False
+        if any(len(graph.tensors[t].shape) != 4 for t in st.inputs + st.outputs):
+            return False
+    return all(_width(graph, t) >= strips for t in _sinks(u))
+
+
+def strip_windows(graph, u):
+    """Per strip: the columns every step computes (u.outs) and every tensor holds
+    (u.pieces), walking back from the sinks' equal column ranges."""
+    n = u.strips
+    u.pieces, u.outs = [], []
+    done = [0] * len(u.steps)
+    for s in range(n):
+        def part(t):
+            w = _width(graph, t)
+            return (s * w // n, (s + 1) * w // n)
+        need = {t: [part(t)] for t in _sinks(u)}
+        outs, pieces = [None] * len(u.steps), {}
+        for j in range(len(u.steps) - 1, -1, -1):
+            st = u.steps[j]
+            if st.band.reduce:
+                x = st.inputs[0]
+                outs[j] = {x: [part(x)]}
+                done[j] += part(x)[1] - part(x)[0]
+                continue
+            o = {}
+            for t in st.outputs:
+                o[t] = pieces[t] = _merge(need.get(t, []))
+                done[j] += sum(b - a for a, b in o[t])
+                for a, b in o[t]:
+                    for i, cm in st.band.cols[t].items():
+                        need.setdefault(i, []).append(cm.need(a, b))
+            outs[j] = o
+        for t in u.externals:
+            pieces[t] = _merge(need.get(t, []))
+        u.pieces.append(pieces)
+        u.outs.append(outs)
+    u.computed = []
+    for j, st in enumerate(u.steps):
+        ts = st.inputs[:1] if st.band.reduce else st.outputs
+        u.computed.append(done[j] / max(1, sum(_width(graph, t) for t in ts)))
 
 
 def build_units(steps, cuts, recompute, band_rows=1):
@@ -228,9 +319,13 @@ def analyse_order(graph, u, order):
         i += 1
     u.bands = i
     u.runs = runs
+    if u.strips > 1:
+        strip_windows(graph, u)
     off, u.buffers, u.accum = 0, {}, {}
     for t in sorted(u.streamed):
         rb = row_bytes(graph.tensors[t])
+        if u.strips > 1:   # the widest strip's pieces, side by side
+            rb = max(sum(b - a for a, b in p.get(t, [])) for p in u.pieces) * _pix(graph, t)
         u.buffers[t] = (off, need_cap[t], rb)
         off = _align(off + need_cap[t] * rb)
     per_call = 0
@@ -244,6 +339,9 @@ def analyse_order(graph, u, order):
     u.scratch_bytes = off + _align(per_call)
     u.calls = len(runs)
     u.moved_bytes = sum(nbytes for _, _, _, nbytes in _schedule_moves(u))
+    if u.strips > 1:
+        u.calls = sum(sum(len(p) for p in outs[j].values()) for outs in u.outs for _, j, _, _, _ in runs)
+        u.moved_bytes *= u.strips
     return u
 
 
@@ -265,7 +363,11 @@ def _schedule_moves(u):
 def unit_cost(graph, u):
     if not u.tiled:
         return step_cost(graph, u.steps[0])
-    return (sum(step_cost(graph, st) - INSTR_PER_CALL for st in u.steps)
+    if u.strips > 1:   # halo columns computed twice
+        work = sum((step_cost(graph, st) - INSTR_PER_CALL) * c for st, c in zip(u.steps, u.computed))
+    else:
+        work = sum(step_cost(graph, st) - INSTR_PER_CALL for st in u.steps)
+    return (work
             + INSTR_PER_SPARABLE_BAND_MAC * sum(st.macs for st in u.steps if st.op_name == "SPARABLE")
             + INSTR_PER_BAND_CALL * u.calls + INSTR_PER_MOVED_BYTE * u.moved_bytes)
 
@@ -277,7 +379,9 @@ def pseudo_step(u):
     first = u.steps[0]
     return Step(first.op_index, "TILED", "kernel", list(u.externals), sorted(u.materialized),
                 scratch_bytes=u.scratch_bytes,
-                note=f"{len(u.steps)} steps in {u.bands} bands", macs=sum(s.macs for s in u.steps))
+                note=f"{len(u.steps)} steps in {u.bands} bands" +
+                (f" x {u.strips} mel strips" if u.strips > 1 else ""),
+                macs=sum(s.macs for s in u.steps))
 
 
 @dataclass
@@ -297,19 +401,22 @@ class TiledPlan:
         tiled = [u for u in self.units if u.tiled]
         return {"peak_bytes": self.peak, "estimated_instructions": int(round(self.cost)),
                 "band_rows": max([u.band_rows for u in self.units if u.tiled] or [0]),
+                "strips": max([u.strips for u in tiled] or [1]),
                 "tiled_units": len(tiled),
                 "tiled_steps": sum(len(u.steps) for u in tiled),
                 "recompute": len(self.recompute),
                 "keep": sum(1 for u in tiled for s in u.steps if s.band.reduce) - len(self.recompute)}
 
 
-def evaluate(graph, steps, cuts, recompute, cache=None, band_rows=1):
-    """The plan for these cuts and recompute choices; `cache` (dict) reuses the analysis of
-    units that recur between the plans a search evaluates."""
+def evaluate(graph, steps, cuts, recompute, cache=None, band_rows=1, strips=1):
+    """The plan for these cuts and recompute choices, every tiled unit that can in `strips`
+    mel strips; `cache` (dict) reuses the analysis of units that recur between the plans a
+    search evaluates."""
     units = build_units(steps, cuts, recompute, band_rows)
     materialize_sets(graph, units)
     for k, u in enumerate(units):
-        key = (tuple(id(s) for s in u.steps), frozenset(u.materialized), band_rows)
+        u.strips = strips if strippable(graph, u, strips) else 1
+        key = (tuple(id(s) for s in u.steps), frozenset(u.materialized), band_rows, u.strips)
         if cache is not None and key in cache:
             units[k] = cache[key]
             continue
@@ -326,7 +433,7 @@ def _footprint(tp):
     return sum(tp.plan.sizes[b] for b in tp.plan.sizes if b not in ("in", "out"))
 
 
-def search(graph, steps, band_rows=1, runs=False):
+def search(graph, steps, band_rows=1, runs=False, strips=1):
     """Plans from the untiled one (fast) towards the smallest peak (min), each accepted move
     lowering the peak or, at equal peak, the bytes allocated. `runs`: when no single move
     helps, try merging runs of cuts (a greedy path that can end lower or higher than the
@@ -335,7 +442,7 @@ def search(graph, steps, band_rows=1, runs=False):
                 if steps[k].band is not None and steps[k - 1].band is not None}
     reducers = [k for k, st in enumerate(steps) if st.band is not None and st.band.reduce]
     cache = {}
-    cur = evaluate(graph, steps, all_cuts, set(), cache, band_rows)
+    cur = evaluate(graph, steps, all_cuts, set(), cache, band_rows, strips)
     plans = [cur]
 
     def key(tp):
@@ -358,18 +465,18 @@ def search(graph, steps, band_rows=1, runs=False):
                 else:
                     rc ^= {k}
                     cuts.discard(k)   # the reduction runs in the unit producing its input
-                cand = evaluate(graph, steps, cuts, rc, cache, band_rows)
+                cand = evaluate(graph, steps, cuts, rc, cache, band_rows, strips)
                 if key(cand) < key(cur):
                     cur = cand
                     plans.append(cur)
                     improved = True
             if not improved and runs:
-                improved = _merge_runs(graph, steps, cur, plans, key, cache, band_rows)
+                improved = _merge_runs(graph, steps, cur, plans, key, cache, band_rows, strips)
                 cur = plans[-1]
     return plans
 
 
-def _merge_runs(graph, steps, cur, plans, key, cache, band_rows, longest=12):
+def _merge_runs(graph, steps, cur, plans, key, cache, band_rows, strips=1, longest=12):
     """When no single cut helps: the best merge of a run of consecutive cuts. A tensor read
     by several later steps (a branch point, a concatenation's inputs) stops being held whole
     only when every reader joins the unit, which no one merge achieves alone."""
@@ -381,7 +488,7 @@ def _merge_runs(graph, steps, cur, plans, key, cache, band_rows, longest=12):
             if run[-1] - run[0] != n - 1:
                 continue
             cand = evaluate(graph, steps, set(cur.cuts) - set(run), set(cur.recompute), cache,
-                            band_rows)
+                            band_rows, strips)
             if key(cand) < key(best or cur):
                 best = cand
     if best is None:
@@ -390,11 +497,12 @@ def _merge_runs(graph, steps, cur, plans, key, cache, band_rows, longest=12):
     return True
 
 
-def refine_bands(graph, tp, limit, heights=(2, 3, 4, 6, 8, 11, 16, 22, 44)):
-    """The plan `tp` with each tiled unit's band height raised where that lowers the cost
-    and keeps the peak <= `limit`: a unit running while less is live than at the peak (the
-    ECA's first, mean-only pass) can take tall bands, paying fewer per-call setups, while
-    the unit at the peak keeps its short ones."""
+def refine_bands(graph, tp, limit, heights=(2, 3, 4, 6, 8, 11, 16, 22, 44), strip_counts=STRIPS):
+    """The plan `tp` with each tiled unit's band height raised and mel strip count changed
+    where that lowers the cost and keeps the peak <= `limit`: a unit running while less is
+    live than at the peak (the ECA's first, mean-only pass) can take tall bands and whole
+    rows, paying fewer per-call setups and no halo columns, while the unit at the peak keeps
+    its short bands and narrow strips."""
     import copy
     units = list(tp.units)
     best_cost, best_plan, best_steps = tp.cost, tp.plan, tp.steps
@@ -402,11 +510,14 @@ def refine_bands(graph, tp, limit, heights=(2, 3, 4, 6, 8, 11, 16, 22, 44)):
         if not u.tiled:
             continue
         pick = None
-        for rows in heights:
-            if rows <= u.band_rows:
+        counts = strip_counts if u.strips in strip_counts else (u.strips,)
+        for rows, strips in [(r, n) for r in (u.band_rows,) + tuple(heights) for n in counts]:
+            if rows < u.band_rows or (rows, strips) == (u.band_rows, u.strips):
+                continue
+            if strips > 1 and not strippable(graph, u, strips):
                 continue
             v = copy.copy(u)
-            v.band_rows = rows
+            v.band_rows, v.strips = rows, strips
             analyse(graph, v)
             trial = units[:k] + [v] + units[k + 1:]
             pseudo = [pseudo_step(w) for w in trial]
@@ -457,7 +568,9 @@ def emit_unit(graph, u, ptr_full, arena_off):
     for j, st in enumerate(u.steps):
         if st.band.reduce:
             lines.append(st.band.init(f"(dsmn_arena + {arena_off + u.accum[j]})"))
-    for k, (i, j, lo, hi, _) in enumerate(u.runs):
+    if u.strips > 1:
+        lines += _emit_strips(graph, u, ptr_full, arena_off, moves)
+    for k, (i, j, lo, hi, _) in enumerate(u.runs if u.strips == 1 else []):
         st = u.steps[j]
         for t, (old, new, upto) in moves.get(k, []):
             off0, _, rb = u.buffers[t]
@@ -472,4 +585,52 @@ def emit_unit(graph, u, ptr_full, arena_off):
     for j, st in enumerate(u.steps):
         if st.band.reduce:
             lines.append(st.band.finish(make_ptr(final), f"(dsmn_arena + {arena_off + u.accum[j]})"))
+    return lines
+
+
+def _emit_strips(graph, u, ptr_full, arena_off, moves):
+    """The runs of a unit once per mel strip. A streamed tensor's pieces lie side by side in
+    its line buffer, each `cap` rows of its own width (row stride); loc() is the address
+    RowBand.tile asks for."""
+    lines = []
+
+    def addr(off):
+        return f"(dsmn_arena + {off})" if off >= 0 else f"DSMN_AT(dsmn_arena, {off})"
+
+    def piece_at(s, t, a, b):
+        off0, cap, _ = u.buffers[t]
+        poff, pix = off0, _pix(graph, t)
+        for pa, pb in u.pieces[s][t]:
+            if pa <= a and b <= pb:
+                return poff, pa, pb - pa, pix
+            poff += cap * (pb - pa) * pix
+        raise AssertionError(f"tensor {t}: columns [{a}, {b}) not held in strip {s}")
+
+    for s in range(u.strips):
+        for k, (i, j, lo, hi, _) in enumerate(u.runs):
+            st = u.steps[j]
+            base = u.bases[k]
+            for t, (old, new, upto) in moves.get(k, []):
+                off0, cap, _ = u.buffers[t]
+                if upto <= new:
+                    continue
+                poff, pix = off0, _pix(graph, t)
+                for pa, pb in u.pieces[s].get(t, []):
+                    prb = (pb - pa) * pix
+                    lines.append(f"memmove(dsmn_arena + {arena_off + poff}, dsmn_arena + "
+                                 f"{arena_off + poff + (new - old) * prb}, {(upto - new) * prb});")
+                    poff += cap * prb
+
+            def loc(t, row, a, b, s=s, base=base):
+                if t in u.streamed:
+                    poff, pa, w, pix = piece_at(s, t, a, b)
+                    return addr(arena_off + poff + (row - base[t]) * w * pix), pa, w
+                return ptr_full(t, row), 0, _width(graph, t)
+            outs = u.outs[s][j]
+            if not any(outs.values()):
+                continue
+            scratch = (f"(dsmn_arena + {arena_off + u.accum[j]})" if st.band.reduce
+                       else f"(dsmn_arena + {arena_off + u.call_scratch})")
+            lines.append(f"/* strip {s} band {i}: op {st.op_index} {st.op_name} rows [{lo}, {hi}) */")
+            lines.append(st.band.tile(loc, lo, hi, outs, scratch))
     return lines

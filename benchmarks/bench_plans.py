@@ -3,8 +3,9 @@ table. For model1 (shipped): the trade-off table - activation arena, total firmw
 qemu-stm32f405 (arena + the app's buffers and stack, as build-firmware estimates them),
 the planner's instruction estimate, and measured instructions per inference on QEMU
 mps2-an386 (-icount shift=0, DSP build) - each plan checked bit-exact with the TFLM
-interpreter; the default qemu-stm32f405 firmware built, its RAM read from the linker map and
-its instructions per inference measured over protocol v1 INFER. For models 2-4 (random
+interpreter; qemu-stm32f405 firmware built at the default plan, a 64 KiB arena and the min plan, each
+one's RAM and flash read from the linker map and its instructions per inference measured over
+protocol v1 INFER. For models 2-4 (random
 seeded weights, exported and converted as the pipeline does, calibrated on a synthetic set):
 the arena at both plan ends and which boards each fits. Usage:
     python3 benchmarks/bench_plans.py [--no-variants] [--no-firmware]
@@ -85,13 +86,19 @@ def model1_table(work, xs, ref):
     return rows, probe["tradeoff"]
 
 
-def model1_firmware(work, xs, ref):
+# qemu-stm32f405 firmwares measured: the default (fastest plan that fits the board), the
+# 64 KiB-arena plan, and the min plan; RAM and flash from each build's linker map.
+FIRMWARE_PLANS = (("default", {}), ("budget 65536", {"ram_budget": 65536}), ("min", {"plan": "min"}))
+
+
+def model1_firmware(work, xs, ref, label="default", **choice):
     from dsmn_host.target import firmware, protocol
     from dsmn_host.boards import get_board
     from dsmn_host.target.emulate import Emulator
 
     model = ROOT / "models" / "model1" / "model1_int8.tflite"
-    rep = firmware.build_firmware(tflite=model, board="qemu-stm32f405", out=work / "fw405", quiet=True)
+    rep = firmware.build_firmware(tflite=model, board="qemu-stm32f405", out=work / ("fw405_" + label.replace(" ", "_")),
+                                  quiet=True, **choice)
     counters = []
     ok = True
     with Emulator(rep["elf"], board="qemu-stm32f405") as emu:
@@ -104,7 +111,7 @@ def model1_firmware(work, xs, ref):
                 r = s.infer(i + 1, x)
                 ok &= bool(np.array_equal(np.frombuffer(r.output, np.int8), ref[i].reshape(-1)))
                 counters.append(r.counter)
-    return {"board": "qemu-stm32f405", "plan": rep["native"]["plan"],
+    return {"board": "qemu-stm32f405", "build": label, "plan": rep["native"]["plan"],
             "arena_bytes": rep["ram"]["activations"], "ram_bytes": rep["ram_bytes"],
             "ram": rep["ram"], "board_ram_bytes": rep["board_ram_bytes"], "flash_bytes": rep["flash_bytes"],
             "instructions": int(round(np.mean(counters) * 1e9 / hz)), "systick_hz": hz,
@@ -156,6 +163,12 @@ def readme_table(res):
                      f"{r['an386_instructions'] / 1e6:.2f} M ({r['an386_instructions'] / fast:.2f}x) | "
                      f"{r['an386_text_bytes']:,} | {'yes' if r['bit_exact'] else 'NO'} | "
                      f"{', '.join(b for b, ok in r['fits'].items() if ok)} |")
+    if res.get("model1_firmware_stm32f405"):
+        lines += ["", "| qemu-stm32f405 firmware | arena (B) | RAM, link map (B) | flash (B) | instructions | bit-exact |",
+                  "|---|---:|---:|---:|---:|:-:|"]
+        for r in res["model1_firmware_stm32f405"]:
+            lines.append(f"| {r['build']} | {r['arena_bytes']:,} | {r['ram_bytes']:,} | {r['flash_bytes']:,} | "
+                         f"{r['instructions'] / 1e6:.2f} M | {'yes' if r['bit_exact'] else 'NO'} |")
     if res.get("variants"):
         lines += ["", "| model | arena fast (B) | arena min (B) | fits at min |", "|---|---:|---:|---|"]
         for name, e in res["variants"].items():
@@ -183,8 +196,10 @@ def main():
         work = Path(d)
         res["model1_plans"], res["model1_tradeoff"] = model1_table(work, xs, ref)
         if not args.no_firmware:
-            res["model1_firmware_stm32f405"] = model1_firmware(work, xs, ref)
-            print(res["model1_firmware_stm32f405"], flush=True)
+            res["model1_firmware_stm32f405"] = []
+            for label, choice in FIRMWARE_PLANS:
+                res["model1_firmware_stm32f405"].append(model1_firmware(work, xs, ref, label, **choice))
+                print(res["model1_firmware_stm32f405"][-1], flush=True)
         if not args.no_variants:
             res["variants"] = variants(work)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

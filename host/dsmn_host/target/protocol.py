@@ -655,6 +655,10 @@ class Session:
                                     f"(banner bytes seen: {bytes(self.parser.text[-80:])!r}; last error: {last})")
         if self.hello.protocol_version != VERSION:
             raise ProtocolError(f"board speaks protocol v{self.hello.protocol_version}, host speaks v{VERSION}")
+        # Asking for HELLO set the chunk to the 256-byte guess made before the board's max_chunk
+        # was known; starting there cost the first clips half-size chunks (a quarter of the
+        # bytes in flight) until four clean messages grew it back. Start at the board's max.
+        self.chunk, self.clean = None, 0
         return self.hello
 
     def get_hello(self):

@@ -7,10 +7,12 @@ utilisation of stop-and-wait against the windowed link, and the real-time factor
   1e9/clock instructions), front end and network separately, on each QEMU board.
 - RAM: build-firmware's linker-map totals with and without the front end (--no-front-end) for
   every board of boards.BOARDS; a board the model does not fit is recorded with the reason.
-- Link: `dsmn-host eval` on qemu-an386, features and audio mode, stop-and-wait (windowed=False)
-  and windowed, each against the limit measured next to it: the best PING of the largest message
-  (board window or 32 chunks in flight) just before and just after the run, and eval's own.
-  Wall-clock: the machine was shared and loaded.
+- Link: `dsmn-host eval` on qemu-an386, features and audio mode, stop-and-wait (windowed=False),
+  windowed one request at a time (pipelined=False) and pipelined (the next clip's first window
+  sent while the board computes), `--reps` rounds of the three interleaved, each run against the
+  limit measured next to it: the best PING of the largest message (board window or 32 chunks in
+  flight) just before and just after the run, and eval's own. Wall-clock: the machine was
+  shared and loaded, so the limit's spread over the session is recorded too.
 - Real-time factor: (front end + network instructions) / clock for a 1 s clip, counting one
   instruction per clock (Cortex-M4 flash wait states and multi-cycle FP ops make real cycles
   somewhat higher; DWT on hardware measures them).
@@ -109,42 +111,136 @@ def _ping_limit(url, repeats=2):
     return rates
 
 
-def link_runs(elf, tflite, data, clips, work):
+LINK_MODES = {"stop_and_wait": {"windowed": False, "pipelined": False},
+              "windowed": {"windowed": True, "pipelined": False},
+              "pipelined": {"windowed": True, "pipelined": True}}
+
+
+def link_runs(elf, tflite, data, clips, work, reps=1):
     """Each eval run against the limit measured next to it: the best PING rate seen just before
     and just after the run (and eval's own one-input PING), so a load change on the shared
-    machine between a run and a limit measured minutes earlier cannot read as >100 %."""
+    machine between a run and a limit measured minutes earlier cannot read as >100 %. The
+    link modes take turns within each round, so a load swing hits all of them alike."""
+    import statistics
+
     from dsmn_host.link import evaluate
     from dsmn_host.target.emulate import Emulator
     from dsmn_host.deploy.modelcard import card_paths
 
-    out = {}
+    out, runs, limits = {}, {}, []
     with Emulator(elf) as emu:
         before = _ping_limit(emu.url)
         out["ping_bytes_per_s"] = before
-        for mode in ("features", "audio"):
-            for windowed in (False, True):
-                d = work / f"eval-{mode}-{'win' if windowed else 'saw'}"
-                rep = evaluate.run_eval([emu.url], source=data, limit=clips, stratify=True,
-                                        card_path=card_paths(tflite)["json"], out_dir=d, baud=115200,
-                                        log=lambda m: None, input_mode=mode, check_input=False,
-                                        windowed=windowed)
-                after = _ping_limit(emu.url)
-                tp = rep["throughput"]
-                limit = max(before["board_window"], before["32_in_flight"], after["board_window"],
-                            after["32_in_flight"], tp.get("limit_bytes_per_s") or 0)
-                key = f"{mode}_{'windowed' if windowed else 'stop_and_wait'}"
-                out[key] = {"clips": tp["clips"], "bytes_per_s": tp["bytes_per_s"], "limit_bytes_per_s": limit,
-                            "utilisation": tp["bytes_per_s"] / limit, "agreement_exact": rep["agreement_exact"]}
-                print(f"{key}: {out[key]}", file=sys.stderr, flush=True)
-                before = after
+        limits.append(max(before["board_window"], before["32_in_flight"]))
+        for rnd in range(reps):
+            for mode in ("features", "audio"):
+                for link_mode, kw in LINK_MODES.items():
+                    d = work / f"eval-{mode}-{link_mode}-{rnd}"
+                    rep = evaluate.run_eval([emu.url], source=data, limit=clips, stratify=True,
+                                            card_path=card_paths(tflite)["json"], out_dir=d, baud=115200,
+                                            log=lambda m: None, input_mode=mode, check_input=False, **kw)
+                    after = _ping_limit(emu.url)
+                    limits.append(max(after["board_window"], after["32_in_flight"]))
+                    tp = rep["throughput"]
+                    limit = max(before["board_window"], before["32_in_flight"], after["board_window"],
+                                after["32_in_flight"], tp.get("limit_bytes_per_s") or 0)
+                    key = f"{mode}_{link_mode}"
+                    r = {"clips": tp["clips"], "bytes_per_s": tp["bytes_per_s"], "limit_bytes_per_s": limit,
+                         "utilisation": tp["bytes_per_s"] / limit, "agreement_exact": rep["agreement_exact"]}
+                    runs.setdefault(key, []).append(r)
+                    print(f"{key} round {rnd}: {r}", file=sys.stderr, flush=True)
+                    before = after
+    for key, rs in runs.items():
+        u = [r["utilisation"] for r in rs]
+        out[key] = {"runs": rs, "clips": sum(r["clips"] for r in rs), "utilisation_median": statistics.median(u),
+                    "utilisation_min": min(u), "utilisation_max": max(u),
+                    "agreement_exact": min(r["agreement_exact"] for r in rs)}
+    out["limit_spread_bytes_per_s"] = {"min": min(limits), "median": statistics.median(limits),
+                                       "max": max(limits), "measurements": len(limits)}
     return out
 
 
-def link_only(elf, tflite, data, clips, out_path):
+def clip_breakdown(elf, tflite, data, clips):
+    """Where a clip's time goes, per mode, from host timestamps on every frame: the transfer
+    (first chunk written -> last ACK), the wait for the response after the last ACK (the board
+    computing, plus the response's trip), the host's own time between a response and the next
+    request's first write, the host reference's time (TFLM Python interpreter, and the host
+    front end in audio mode) measured in this process, and the board's instruction counts.
+    One request at a time (pipelined=False) and pipelined, the limit measured between them."""
+    import statistics
+
+    from dsmn_host.data import features
+    from dsmn_host.data.int8io import prepare_input
+    from dsmn_host.deploy import modelcard
+    from dsmn_host.link import evaluate, evalrun
+    from dsmn_host.target import frontend, protocol
+    from dsmn_host.target.emulate import Emulator
+
+    cache = features.open_features(data)
+    rows = evaluate.select_clips(cache, limit=clips, stratify=True).rows
+    card_path = modelcard.card_paths(tflite)["json"]
+    ref = evalrun.HostReference(modelcard.card_model(card_path, modelcard.read_card(card_path)))
+    out = {"clips": len(rows), "limit_bytes_per_s": []}
+    with Emulator(elf) as emu:
+        for pipelined in (False, True):
+            events = []
+            with protocol.Session.open(emu.url, log=lambda m: events.append((time.monotonic(), m)),
+                                       pipelined=pipelined) as s:
+                hz = evaluate.systick_hz(s.hello)
+                p = bytes((i * 37) & 0xFF for i in range(s.hello.max_message))
+                t = time.monotonic()
+                s.ping(p, window=evaluate.LIMIT_WINDOW)
+                out["limit_bytes_per_s"].append(len(p) / (time.monotonic() - t))
+                for mode in ("features", "audio"):
+                    items = []
+                    for row in rows:
+                        t0 = time.monotonic()
+                        q = prepare_input(evalrun.np_logmel(cache, row), s.hello.input_scale, s.hello.input_zero_point)
+                        ref(q)
+                        host = {"reference_s": time.monotonic() - t0}
+                        if mode == "audio":
+                            t0 = time.monotonic()
+                            pcm = evaluate.clip_pcm(cache, row)
+                            ref(frontend.reference_input(pcm, s.hello.input_scale, s.hello.input_zero_point))
+                            host["reference_s"] += time.monotonic() - t0
+                            body = protocol.encode_audio(row, pcm)
+                            items.append((row, pcm, (protocol.AUDIO, body), host))
+                        else:
+                            items.append((row, q, (protocol.INFER, protocol.encode_infer(row, q.tobytes())), host))
+                    recs = []
+                    for i, (row, x, _, host) in enumerate(items):
+                        follow = items[i + 1][2] if i + 1 < len(items) else None
+                        del events[:]
+                        t_call = time.monotonic()
+                        r = s.audio(row, x, follow=follow) if mode == "audio" else s.infer(row, x, follow=follow)
+                        t_ret = time.monotonic()
+                        own = [(t, m) for t, m in events if m.startswith("tx ") and "(ahead)" not in m]
+                        ids = {m.split("id=")[1].split()[0] for _, m in own}
+                        acks = [t for t, m in events if m.startswith("rx ACK") and m.split("id=")[1].split()[0] in ids]
+                        last_ack = acks[-1] if acks else t_call
+                        rx_resp = [t for t, m in events if m.startswith("rx ") and "RESULT" in m]
+                        recs.append({"call_s": t_ret - t_call,
+                                     "transfer_s": last_ack - t_call,
+                                     "wait_after_last_ack_s": (rx_resp[-1] if rx_resp else t_ret) - last_ack,
+                                     "first_write_after_call_s": (own[0][0] - t_call) if own else 0.0,
+                                     "host_reference_s": host["reference_s"],
+                                     "network_instructions": round(r.counter * 1e9 / hz),
+                                     "frontend_instructions": round(getattr(r, "frontend_counter", 0) * 1e9 / hz)})
+                    key = f"{mode}_{'pipelined' if pipelined else 'one_at_a_time'}"
+                    out[key] = {"per_clip": recs, "median": {k: statistics.median(r[k] for r in recs) for k in recs[0]},
+                                "sent_ahead_chunks": s.stats["sent_ahead_chunks"]}
+                    print(key, out[key]["median"], file=sys.stderr, flush=True)
+                t = time.monotonic()
+                s.ping(p, window=evaluate.LIMIT_WINDOW)
+                out["limit_bytes_per_s"].append(len(p) / (time.monotonic() - t))
+    return out
+
+
+def link_only(elf, tflite, data, clips, out_path, reps=1):
     """--only-link: re-measure the link rows into an existing result file."""
     out = Path(out_path)
     old = json.loads(out.read_text()) if out.is_file() else {}
-    old["link"] = link_runs(elf, tflite, data, clips, Path(tempfile.mkdtemp(prefix="bench_frontend_link_")))
+    old["link"] = link_runs(elf, tflite, data, clips, Path(tempfile.mkdtemp(prefix="bench_frontend_link_")), reps)
     old["link_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_result(old, out)
 
@@ -154,9 +250,12 @@ def main(argv=None):
     ap.add_argument("--tflite", help="int8 model (default: the shipped models/model1)")
     ap.add_argument("--data", required=True, help="TAU22-layout data directory or its feature cache")
     ap.add_argument("--clips", type=int, default=4, help="clips per eval (link) run (default 4)")
+    ap.add_argument("--reps", type=int, default=3, help="rounds of the link runs (default 3)")
     ap.add_argument("--skip-ram", action="store_true", help="do not build for every board")
     ap.add_argument("--only-agreement", action="store_true",
                     help="only the host-build element agreement over the evaluate split (merged into --out)")
+    ap.add_argument("--only-breakdown", action="store_true",
+                    help="only the per-clip time breakdown (qemu-an386 audio firmware built here), merged into --out")
     ap.add_argument("--only-link", action="store_true",
                     help="only the link runs (qemu-an386 audio firmware built here), merged into --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frontend.json"))
@@ -176,11 +275,16 @@ def main(argv=None):
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "host": {"python": platform.python_version(), "machine": platform.machine(),
                        "note": "wall-clock rates were measured on a shared, loaded 2-core machine"}}
-    if args.only_link:
+    if args.only_link or args.only_breakdown:
         from dsmn_host.target.firmware import build_firmware
 
         elf = build_firmware(tflite=tflite, board="qemu-an386", out=work / "qemu-an386-audio", quiet=True)["elf"]
-        return link_only(elf, tflite, cache.path, args.clips, args.out)
+        if args.only_link:
+            return link_only(elf, tflite, cache.path, args.clips, args.out, args.reps)
+        old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        old["clip_breakdown"] = clip_breakdown(elf, tflite, cache.path, args.clips)
+        old["clip_breakdown_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return write_result(old, args.out)
     card = json.loads(Path(str(tflite).replace(".tflite", ".card.json")).read_text())
     agreement = native_agreement(cache, "fold1_evaluate", card["input"]["scale"], card["input"]["zero_point"], work)
     print("agreement", agreement, file=sys.stderr, flush=True)
@@ -212,7 +316,7 @@ def main(argv=None):
                                                     "factor": per_clip(src) / BOARDS[name].clock_hz}
     an386 = ram.get("qemu-an386", {}).get("audio", {}).get("elf")
     if an386:
-        result["link"] = link_runs(an386, tflite, cache.path, args.clips, work)
+        result["link"] = link_runs(an386, tflite, cache.path, args.clips, work, args.reps)
     write_result(result, args.out)
 
 

@@ -81,3 +81,22 @@ def validation_inputs(card, n, seed=0):
     xs = [np.full(shape, -128, np.int8), np.full(shape, 127, np.int8)]
     xs += [rng.integers(-128, 128, shape).astype(np.int8) for _ in range(max(0, n - 2))]
     return np.stack(xs[:n])
+
+
+# The M4 build's board_uart_irq_handler takes 28 instructions for a one-byte interrupt
+# (arm-none-eabi-objdump of the qemu-an386 firmware; exception entry/exit are no instructions
+# under -icount); 32 leaves room for the board files' variants.
+RX_ISR_INSTRUCTIONS_PER_BYTE = 32
+
+
+def pipelined_counter_ticks(run_json, instructions_per_tick=40):
+    """How far one clip's counter may move between two pipelined runs: the next request's first
+    window (at most `window` whole frames) and one response probe (a NAK and its filler) can
+    arrive while the board computes, and their RX interrupts are counted in the inference. One
+    tick more for where in a tick the inference starts (as between stop-and-wait runs)."""
+    from dsmn_host.target.firmware import MAX_CHUNK
+
+    window = int(run_json["link"]["window"])
+    frame = MAX_CHUNK + 16
+    probe = 16 + MAX_CHUNK + 4
+    return 1 + -(-(window * frame + probe) * RX_ISR_INSTRUCTIONS_PER_BYTE // instructions_per_tick)

@@ -269,10 +269,10 @@ def test_board_reset_is_detected_not_waited_out(harness, tmp_path):
         os.close(slave)
 
 
-def _hello_rev2(window=4):
+def _hello_rev2(window=4, features=P.FEATURE_AUDIO | P.FEATURE_PIPELINE):
     import dataclasses
 
-    return dataclasses.replace(_hello(), revision=2, window=window, features=P.FEATURE_AUDIO, clip_samples=44100,
+    return dataclasses.replace(_hello(), revision=2, window=window, features=features, clip_samples=44100,
                                frontend_scratch_bytes=86048)
 
 
@@ -286,8 +286,68 @@ def test_hello_extension_round_trip_and_v1_view():
     h = _hello_rev2()
     raw = h.encode()
     assert P.Hello.decode(raw) == h and len(raw) == len(_hello().encode()) + 12
+    assert h.pipeline and not _hello_rev2(features=P.FEATURE_AUDIO).pipeline
     # what a v1 host reads of it: everything up to the labels, nothing else changed
-    assert P.Hello.decode(_hello().encode()).window == 1 and raw[0] == 1
+    v1 = P.Hello.decode(_hello().encode())
+    assert v1.window == 1 and not v1.pipeline and raw[0] == 1
+
+
+def _pipelined_infers(s, xs):
+    """INFERs of xs, each sent with the next one as its follow-up (as eval sends clips)."""
+    out = []
+    for seq, x in enumerate(xs):
+        follow = (P.INFER, P.encode_infer(seq + 1, xs[seq + 1])) if seq + 1 < len(xs) else None
+        r = P.Result.decode(s.request(P.INFER, P.encode_infer(seq, x), follow=follow).payload)
+        out.append((r.seq, r.output))
+    return out
+
+
+def test_pipelined_requests_give_the_stop_and_wait_results(served_rev2):
+    """Each request's follow-up goes ahead (window chunks) before its response; the responses,
+    in order, equal those of one-request-at-a-time, and nothing had to be resent."""
+    xs = [os.urandom(n) for n in (3000, 1025, 4000, 2000, 3000)]
+    with P.Session.open(served_rev2) as s:
+        assert s.hello.pipeline
+        got = _pipelined_infers(s, xs)
+        assert s.stats["sent_ahead_chunks"] == 4 * 4  # 4 follow-ups, a window of 4 each
+        assert s.stats["resent_chunks"] == 0 and s.stats["bad_frames"] == 0
+        # an unmatched follow-up (the caller changed its mind) is restarted, not mixed in
+        s.request(P.INFER, P.encode_infer(7, xs[0]), follow=(P.INFER, P.encode_infer(8, xs[2])))
+        r = P.Result.decode(s.request(P.INFER, P.encode_infer(9, xs[1])).payload)
+        assert (r.seq, r.output) == (9, _expected(xs[1]))
+    with P.Session.open(served_rev2, pipelined=False) as s:
+        assert _pipelined_infers(s, xs) == got and s.stats["sent_ahead_chunks"] == 0
+    assert got == [(i, _expected(x)) for i, x in enumerate(xs)]
+
+
+@pytest.fixture
+def served_rev2_no_pipeline(harness, tmp_path):
+    """A revision-2 board with a window but without the pipelining capability bit."""
+    yield from _serve(harness, _hello_rev2(features=P.FEATURE_AUDIO), tmp_path)
+
+
+def test_board_without_the_capability_gets_stop_and_wait_between_requests(served_rev2_no_pipeline, served):
+    xs = [os.urandom(n) for n in (3000, 2000, 3000)]
+    for url in (served_rev2_no_pipeline, served):  # revision 2 without the bit; v1 (no extension)
+        with P.Session.open(url) as s:
+            assert not s.hello.pipeline
+            assert _pipelined_infers(s, xs) == [(i, _expected(x)) for i, x in enumerate(xs)]
+            assert s.stats["sent_ahead_chunks"] == 0
+
+
+def test_pipelined_requests_under_bursty_faults(served_rev2):
+    """Drops and corruption both ways (~1 % of bytes, bursts): lost responses are asked for
+    again while the follow-up's chunks wait on the board, and every result is the right one."""
+    import serial
+
+    port = NoisyPort(serial.Serial(served_rev2, 115200, timeout=P.POLL_S), rate=0.01, max_burst=16, seed=11)
+    xs = [os.urandom(1500 + 37 * i) for i in range(30)]
+    with P.Session(port, ack_timeout=0.2, response_timeout=0.5, retries=30) as s:
+        s.handshake(boot_timeout=10)
+        assert _pipelined_infers(s, xs) == [(i, _expected(x)) for i, x in enumerate(xs)]
+        stats = dict(s.stats)
+    assert port.faults / port.moved > 0.003, "no faults injected; the test would prove nothing"
+    assert stats["sent_ahead_chunks"] > 0 and stats["resent_chunks"] + stats["response_resends"] > 0
 
 
 def _audio_check(s, seq, pcm):

@@ -1,7 +1,8 @@
 """libFuzzer + AddressSanitizer on the firmware's protocol parser, for a bounded time (~15 s).
 
 Seeds are valid frames and chunked messages from the Python implementation, so the fuzzer
-starts from inputs that reach reassembly, duplicates, NAK resends and overflow paths.
+starts from inputs that reach reassembly, duplicates, NAK resends, overflow, windowed and
+pipelined (next message ahead of a response probe) paths.
 """
 
 import os
@@ -31,6 +32,12 @@ def _seeds(corpus):
         "window": b"".join(P.chunk_frames(P.PING, 8, bytes(200), 64, P.FLAG_WINDOWED)[i] for i in (0, 2, 3, 1, 2, 3)),
         "audio": b"".join(P.chunk_frames(P.AUDIO, 9, bytes(range(250)), 63, P.FLAG_WINDOWED)[i]
                           for i in (0, 1, 1, 3, 2, 3)),
+        # pipelining: a whole message, the next one's first window, a host NAK (response
+        # probe) between its chunks, then the rest of it
+        "pipelined": b"".join(P.chunk_frames(P.INFER, 10, bytes(130), 64, P.FLAG_WINDOWED))
+        + b"".join(P.chunk_frames(P.INFER, 11, bytes(range(200)), 64, P.FLAG_WINDOWED)[i] for i in (0, 1))
+        + P.encode_frame(P.NAK, 10, 0, 1)
+        + b"".join(P.chunk_frames(P.INFER, 11, bytes(range(200)), 64, P.FLAG_WINDOWED)[i] for i in (2, 3)),
     }
     for name, data in seeds.items():
         (corpus / name).write_bytes(data)

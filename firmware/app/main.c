@@ -32,6 +32,11 @@ static int runtime_status;
 #define WINDOW_CHUNKS (RING_BYTES / (DSMN_CFG_MAX_CHUNK + PROTO_HEADER_BYTES + PROTO_CRC_BYTES))
 #define HELLO_EXT_BYTES 12u
 #define FEATURE_AUDIO 0x01u
+/* Pipelining: the app never parses while it computes, so a host may send the next request's
+ * first window meanwhile; it waits in the UART ring (WINDOW_CHUNKS whole frames fit) and the
+ * last response stays resendable until that request completes. No second input buffer is
+ * needed: msg_buf is written only after the response is out. */
+#define FEATURE_PIPELINE 0x02u
 #ifdef DSMN_FRONTEND
 static void *fe_scratch(uint32_t *bytes);
 #endif
@@ -96,7 +101,7 @@ static uint16_t build_hello(uint8_t *p)
         n += put_str(p + n, labels[i]);
     /* Revision 2 extension after the labels (v1 hosts stop reading at the last label). */
     uint32_t fe_bytes = 0;
-    uint8_t features = 0;
+    uint8_t features = WINDOW_CHUNKS > 1 ? FEATURE_PIPELINE : 0;
 #ifdef DSMN_FRONTEND
     uint32_t have = 0;
     fe_scratch(&have);

@@ -22,7 +22,7 @@ class Board:
 
     def __init__(self, url, baud=921600, *, expected_sha=None, force=False, reopen_timeout=30.0,
                  max_failures=20, boot_timeout=10.0, ack_timeout=1.0, response_timeout=30.0, log=None,
-                 windowed=True):
+                 windowed=True, pipelined=True):
         from dsmn_host.link.recovery import Recovery
 
         self.url = url
@@ -31,7 +31,7 @@ class Board:
         self.force = force
         self.boot_timeout = boot_timeout
         self.session_kwargs = {"ack_timeout": ack_timeout, "response_timeout": response_timeout,
-                               "windowed": windowed}
+                               "windowed": windowed, "pipelined": pipelined}
         self.log = log or (lambda msg: None)
         self.recovery = Recovery(reopen_timeout=reopen_timeout, max_failures=max_failures)
         self.session = None
@@ -87,12 +87,19 @@ class Board:
                 pass
             self.session = None
 
-    def infer(self, seq, tensor):
-        return self.recovery.run(self, seq, lambda s: s.infer(seq, tensor))
+    def infer(self, seq, tensor, follow=None):
+        """`follow`: the (type, payload) of the next clip's request, sent ahead while the board
+        computes this one (protocol.Session.request)."""
+        return self.recovery.run(self, seq, lambda s: s.infer(seq, tensor, follow=follow))
 
-    def audio(self, seq, pcm, read_input=True):
-        """(AudioResult, the board's int8 input bytes or None) for one clip's int16 PCM."""
-        return self.recovery.run(self, seq, lambda s: (s.audio(seq, pcm), s.read_input() if read_input else None))
+    def audio(self, seq, pcm, read_input=True, follow=None):
+        """(AudioResult, the board's int8 input bytes or None) for one clip's int16 PCM; `follow`
+        goes ahead behind the last request for this clip (the AUDIO, or the last INPUT piece)."""
+        def op(s):
+            r = s.audio(seq, pcm, follow=None if read_input else follow)
+            return r, (s.read_input(follow=follow) if read_input else None)
+
+        return self.recovery.run(self, seq, op)
 
     def ping_rate(self, nbytes=None):
         """Host->board bytes/s of a PING the size of one INFER with 32 chunks in flight (the

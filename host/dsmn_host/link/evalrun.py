@@ -1,19 +1,24 @@
 """The run loop of `dsmn-host eval`: clips through one or more boards into the journal.
 
 One producer thread prepares each clip's input on the host (the training preprocessing,
-quantized with the board's own input scale and zero point, by `dsmn_host.data.int8io`) and runs the
-same bytes through the TFLite-Micro Python interpreter (`HostReference`): the board must
-reproduce that reference, which separates "the model is inaccurate" from "the port of it is
-wrong". One consumer thread per board sends clips and journals results; a board that fails
-hands its clip back for another board to take. The state the threads share is the fields of
-one `EvalRun`.
+quantized with the board's own input scale and zero point, by `dsmn_host.data.int8io`) and hands
+the same bytes to the TFLite-Micro Python interpreter (`HostReference`) in a worker process
+(`ReferenceProcess`): the board must reproduce that reference, which separates "the model is
+inaccurate" from "the port of it is wrong". The interpreter holds the GIL for its whole invoke
+(60-90 ms for model1), which in a thread stalled the consumers' ACK handling with the line idle.
+One consumer thread per board sends clips and journals results, handing the next clip's request
+to the session to send ahead while the board computes; a board that fails hands its clips back
+for another board to take. The state the threads share is the fields of one `EvalRun`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import sys
 import threading
+from concurrent.futures import Future
 import time
 from pathlib import Path
 
@@ -99,18 +104,23 @@ class EvalRun:
     # ---- the threads
 
     def produce(self, pending, ref):
+        """Items (row, what the board gets, a Future of the host side): features mode the
+        reference output; audio mode (host int8 input from the PCM, its reference output, the
+        cached features' reference output). `ref` is a ReferenceProcess or None."""
         try:
             for row in pending:
                 q = prepare_input(np_logmel(self.clips.cache, row), self.in_scale, self.in_zp)
-                host_out = ref(q) if ref is not None else None
-                item = (row, q, host_out)
                 if self.audio:
-                    from dsmn_host.target import frontend
-
                     pcm = clip_pcm(self.clips.cache, row)
-                    q_audio = frontend.reference_input(pcm, self.in_scale, self.in_zp)
-                    audio_out = ref(q_audio) if ref is not None else None
-                    item = (row, pcm, audio_out, (q_audio, host_out))
+                    if ref is not None:
+                        host = ref.audio(pcm, q, self.in_scale, self.in_zp)
+                    else:
+                        from dsmn_host.target import frontend
+
+                        host = _done((frontend.reference_input(pcm, self.in_scale, self.in_zp), None, None))
+                    item = (row, pcm, host)
+                else:
+                    item = (row, q, ref.features(q) if ref is not None else _done(None))
                 while not self.stop.is_set():
                     try:
                         self.work.put(item, timeout=0.2)
@@ -125,33 +135,51 @@ class EvalRun:
         finally:
             self.producer_done.set()
 
-    def _next_item(self):
+    def _next_item(self, timeout=0.2):
         with self.lock:
             if self.retry:
                 return self.retry.pop()
         try:
-            return self.work.get(timeout=0.2)
+            return self.work.get(timeout=timeout) if timeout else self.work.get_nowait()
         except queue.Empty:
             return None
 
+    def _follow(self, item):
+        """The request the board gets for `item`, to go ahead of its turn (None: no item)."""
+        from dsmn_host.target import protocol
+
+        if item is None:
+            return None
+        if self.audio:
+            return (protocol.AUDIO, protocol.encode_audio(item[0], item[1]))
+        return (protocol.INFER, protocol.encode_infer(item[0], item[1].tobytes()))
+
     def consume(self, board):
         clips, journal = self.clips, self.journal
+        nxt = None
         while not self.stop.is_set():
-            item = self._next_item()
+            item, nxt = (nxt, None) if nxt is not None else (self._next_item(), None)
             if item is None:
                 if self.producer_done.is_set() and self.work.empty() and not self.retry:
                     return
                 continue
-            row, q, host_out = item[:3]
+            # The clip after this one, if it is ready: its first window goes out while the board
+            # computes this one. Not waited for: a late producer costs that overlap, not time.
+            nxt = self._next_item(timeout=0)
+            row, q, host = item
             try:
                 if self.audio:
-                    result, board_input = board.audio(row, q, read_input=self.check_input)
-                    extra = (item[3][0], board_input, item[3][1])
+                    result, board_input = board.audio(row, q, read_input=self.check_input, follow=self._follow(nxt))
+                    q_audio, host_out, features_out = host.result()
+                    extra = (q_audio, board_input, features_out)
                 else:
-                    result, extra = board.infer(row, q), None
+                    result, extra = board.infer(row, q, follow=self._follow(nxt)), None
+                    host_out = host.result()
             except BaseException as exc:  # noqa: BLE001
                 with self.lock:
-                    self.retry.append(item)  # another board may take it
+                    self.retry.append(item)  # another board may take them
+                    if nxt is not None:
+                        self.retry.append(nxt)
                     self.errors.append((board.url, exc))
                     self.alive -= 1
                     if self.alive == 0:
@@ -182,7 +210,7 @@ class EvalRun:
                  + (f" (limit {self.limit}{', stratified' if self.stratify else ''})" if self.limit else "")
                  + f"; {len(clips) - len(pending)} already in {journal.path}, {len(pending)} to go on "
                  f"{len(self.boards)} board(s)")
-        ref = HostReference(modelcard.card_model(self.card_path, self.card)) if self.reference else None
+        ref = ReferenceProcess(modelcard.card_model(self.card_path, self.card)) if self.reference else None
         self.work = queue.Queue(maxsize=2 * len(self.boards) + 1)
         self.alive = len(self.boards)
         self.t_start = self.last_print = time.monotonic()
@@ -204,6 +232,8 @@ class EvalRun:
             producer.join(5)
             self.seconds = time.monotonic() - self.t_start
             self.close()
+            if ref is not None:
+                ref.close()
 
         missing = [r for r in clips.rows if clips.filename[r] not in journal]
         if missing:
@@ -267,6 +297,123 @@ class HostReference:
         self._interp.set_input(np.asarray(q, dtype=np.int8)[None], 0)
         self._interp.invoke()
         return np.asarray(self._interp.get_output(0)).reshape(-1).astype(int).tolist()
+
+
+def _done(value):
+    f = Future()
+    f.set_result(value)
+    return f
+
+
+def _serve_reference(tflite_path, result_fd):
+    """The worker process's loop: (id, kind, args) pickles on stdin, (id, ok, value) pickles on
+    `result_fd` (not stdout, where the TFLM library may print)."""
+    import pickle
+
+    from dsmn_host.target import frontend
+
+    ref = HostReference(tflite_path)
+    out = os.fdopen(result_fd, "wb")
+    inp = sys.stdin.buffer
+    pickle.dump((0, True, None), out)  # loaded: ready
+    out.flush()
+    while True:
+        try:
+            job_id, kind, args = pickle.load(inp)
+        except EOFError:
+            return
+        try:
+            if kind == "features":
+                value = ref(args[0])
+            else:
+                pcm, q, scale, zero_point = args
+                q_audio = frontend.reference_input(pcm, scale, zero_point)
+                value = (q_audio, ref(q_audio), ref(q))
+            pickle.dump((job_id, True, value), out)
+        except Exception as exc:  # noqa: BLE001 -- sent back, raised where the result is wanted
+            pickle.dump((job_id, False, f"{type(exc).__name__}: {exc}"), out)
+        out.flush()
+
+
+class ReferenceProcess:
+    """HostReference in a worker process: off the GIL that the consumer threads need to answer
+    the link, so reference work overlaps the transfer instead of pausing it. A plain subprocess
+    running this module (not multiprocessing, whose spawn re-imports the caller's main script),
+    loaded before the clock starts, like the in-thread reference was."""
+
+    def __init__(self, tflite_path):
+        import pickle
+        import subprocess
+
+        self.path = Path(tflite_path)
+        HostReference(self.path)  # a model TFLM cannot load fails here, with its one-line error
+        rfd, wfd = os.pipe()
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_root] + [x for x in [os.environ.get("PYTHONPATH")] if x]))
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "dsmn_host.link.evalrun", str(self.path), str(wfd)],
+                                          stdin=subprocess.PIPE, pass_fds=(wfd,), env=env)
+        finally:
+            os.close(wfd)
+        self._results = os.fdopen(rfd, "rb")
+        self._lock = threading.Lock()
+        self._futures = {}
+        self._ids = 0
+        try:
+            pickle.load(self._results)
+        except Exception as exc:
+            self.close()
+            raise DsmnError(f"{self.path}: the host reference process did not start ({exc or 'it exited'})") from None
+        self._reader = threading.Thread(target=self._read, daemon=True, name="eval-reference")
+        self._reader.start()
+
+    def _read(self):
+        import pickle
+
+        while True:
+            try:
+                job_id, ok, value = pickle.load(self._results)
+            except Exception:  # EOF or a dead worker: whoever waits gets the error
+                with self._lock:
+                    futures, self._futures = self._futures, {}
+                for f in futures.values():
+                    f.set_exception(DsmnError(f"host reference process for {self.path} exited "
+                                              f"(code {self._proc.poll()})"))
+                return
+            with self._lock:
+                f = self._futures.pop(job_id)
+            if ok:
+                f.set_result(value)
+            else:
+                f.set_exception(DsmnError(f"host reference on {self.path}: {value}"))
+
+    def _submit(self, kind, *args):
+        import pickle
+
+        f = Future()
+        with self._lock:
+            self._ids += 1
+            self._futures[self._ids] = f
+            pickle.dump((self._ids, kind, args), self._proc.stdin)
+            self._proc.stdin.flush()
+        return f
+
+    def features(self, q):
+        return self._submit("features", q)
+
+    def audio(self, pcm, q, scale, zero_point):
+        return self._submit("audio", pcm, q, scale, zero_point)
+
+    def close(self):
+        try:
+            self._proc.stdin.close()
+        except Exception:
+            pass
+        try:
+            self._proc.wait(10)
+        except Exception:
+            self._proc.kill()
+            self._proc.wait()
 
 
 class Clips:
@@ -409,3 +556,7 @@ def np_logmel(cache, row):
     import numpy as np
 
     return np.asarray(cache.logmel[row], dtype=np.float32)
+
+
+if __name__ == "__main__":  # the ReferenceProcess worker: python -m dsmn_host.link.evalrun MODEL FD
+    _serve_reference(sys.argv[1], int(sys.argv[2]))

@@ -30,6 +30,7 @@ ERROR_NAMES = {1: "unknown message type", 2: "bad length", 3: "message larger th
                7: "runtime failed during inference"}
 FLAG_WINDOWED = 0x01  # frame flags bit 0: this sender keeps several chunks in flight
 FEATURE_AUDIO = 0x01  # HELLO extension features bit 0: AUDIO and INPUT requests
+FEATURE_PIPELINE = 0x02  # bit 1: the next request's first window may arrive while the board computes
 CLIP_SAMPLES = 44100
 MIN_CHUNK = 32  # the adaptive chunk size never goes below this (frame overhead 16 bytes)
 RUNTIMES = {0: "native", 1: "tflm"}
@@ -197,6 +198,12 @@ class Hello:
         return bool(self.features & FEATURE_AUDIO)
 
     @property
+    def pipeline(self):
+        """The board takes the next request's first `window` chunks while it computes (they
+        wait in its UART ring) and keeps its last response until that request completes."""
+        return bool(self.features & FEATURE_PIPELINE) and self.revision >= 2 and self.window > 1
+
+    @property
     def input_bytes(self):
         n = 1
         for d in self.input_shape:
@@ -332,7 +339,8 @@ class Session:
     baud rate (`dsmn_host.boards.get_board(name).baud`, 921600 on the Nucleos) in `open`.
     """
 
-    def __init__(self, port, *, ack_timeout=1.0, response_timeout=60.0, retries=8, log=None, windowed=True):
+    def __init__(self, port, *, ack_timeout=1.0, response_timeout=60.0, retries=8, log=None, windowed=True,
+                 pipelined=True):
         self.port = port
         if getattr(port, "timeout", None) != POLL_S:
             port.timeout = POLL_S
@@ -345,11 +353,13 @@ class Session:
         self.msg_id = 0
         self.log = log
         self.windowed = windowed  # False: stop-and-wait even with a board that offers a window
+        self.pipelined = pipelined  # False: never send a request before the previous one's response
+        self._ahead = None  # the next request's chunks sent while the board computed (see request)
         self.chunk = None  # adapted chunk size (None: the board's max_chunk)
         self.clean = 0
         self.srtt = None
         self.stats = {"resent_chunks": 0, "naks_received": 0, "bad_frames": 0, "response_resends": 0,
-                      "restarts": 0, "filler_bytes": 0}
+                      "restarts": 0, "filler_bytes": 0, "sent_ahead_chunks": 0}
 
     @classmethod
     def open(cls, url, baud=115200, *, handshake=True, boot_timeout=10.0, **kwargs):
@@ -441,32 +451,68 @@ class Session:
                 self.chunk = min(max_chunk, self.chunk * 2)
                 self.clean = 0
 
-    def request(self, ftype, payload=b"", window=None):
+    def request(self, ftype, payload=b"", window=None, follow=None):
         """Send one request and return the board's response Frame (ACK/NAK handled here).
 
         Go-back-N with cumulative ACKs: up to `window` chunks (the board's, from HELLO) are in
         flight; an ACK of chunk i acknowledges 0..i, a NAK names the chunk the board expects
         next and the host resends from there. A message that keeps failing is restarted under a
-        new id with half the chunk size (a streamed AUDIO restarts the front end with it)."""
-        payload = bytes(payload)
-        while True:
-            chunk, win = self._link_params()
-            if window is not None:
-                win = window
-            result = self._send(ftype, payload, chunk, win)
-            if result is not None:
-                return result
-            self.stats["restarts"] += 1
+        new id with half the chunk size (a streamed AUDIO restarts the front end with it).
 
-    def _send(self, ftype, payload, chunk, win):
+        `follow` = (type, payload) of the request the caller sends next: with a board that
+        says it can pipeline, its first window goes out as soon as this request's last chunk
+        is acknowledged, so the line carries it while the board computes instead of idling;
+        the next `request` with exactly that type and payload continues from there. Fewer
+        chunks than the follow-up has go ahead, so it cannot complete (and replace the board's
+        last response) before this response is in hand."""
+        payload = bytes(payload)
+        try:
+            while True:
+                chunk, win = self._link_params()
+                if window is not None:
+                    win = window
+                result = self._send(ftype, payload, chunk, win, follow)
+                if result is not None:
+                    return result
+                self.stats["restarts"] += 1
+        except BaseException:
+            self._ahead = None  # a reset or a failure: the board's partial message is moot
+            raise
+
+    def _send_ahead(self, follow, win):
+        """Send the first chunks of the next request while the board computes this one."""
+        ftype, payload = follow[0], bytes(follow[1])
+        chunk = self._link_params()[0]
         msg_id = self._new_id()
-        flags = FLAG_WINDOWED if win > 1 else 0
-        frames = chunk_frames(ftype, msg_id, payload, chunk, flags)
+        frames = chunk_frames(ftype, msg_id, payload, chunk, FLAG_WINDOWED)
+        k = min(win, len(frames) - 1)
+        if k < 1:
+            self.msg_id -= 1  # nothing sent: give the id back
+            return
+        for i in range(k):
+            if self.log:
+                self.log(f"tx {TYPE_NAMES.get(ftype, ftype)} id={msg_id} chunk {i}/{len(frames)} (ahead)")
+            self.port.write(frames[i])
+        self.stats["sent_ahead_chunks"] += k
+        self._ahead = {"type": ftype, "payload": payload, "msg_id": msg_id, "frames": frames, "win": win,
+                       "sent": k, "chunk": chunk}
+
+    def _send(self, ftype, payload, chunk, win, follow=None):
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead["type"] == ftype and ahead["win"] == win and ahead["payload"] == payload:
+            # Its first chunks went out while the board computed the previous request; their
+            # round trips included that computation, so they give no RTT sample (None).
+            msg_id, frames, nxt, chunk = ahead["msg_id"], ahead["frames"], ahead["sent"], ahead["chunk"]
+            sent_at = {i: None for i in range(nxt)}
+        else:
+            msg_id = self._new_id()  # any other partial message on the board is restarted by chunk 0
+            frames = chunk_frames(ftype, msg_id, payload, chunk, FLAG_WINDOWED if win > 1 else 0)
+            nxt, sent_at = 0, {}
         name = TYPE_NAMES.get(ftype, ftype)
         response = None
-        base = nxt = 0
-        tries = sent = failures = 0
-        sent_at = {}
+        base = 0
+        tries = failures = 0
+        sent = nxt
         went_back = (-1, 0.0)
         progress_at = time.monotonic()
         while base < len(frames) and response is None:
@@ -535,6 +581,11 @@ class Session:
             elif f.msg_id == msg_id and f.type not in (ACK, NAK):
                 response = f  # overtook the last ACK
         self._adapt(sent, failures)
+        if response is None and follow is not None and self.pipelined and self.hello is not None \
+                and self.hello.pipeline and win > 1:
+            self._send_ahead(follow, win)
+        ahead_id = self._ahead["msg_id"] if self._ahead else None
+        deferred = []  # the follow-up's ACKs/NAKs that arrive before this response was had
         tries = 0
         # A lost response is asked for again (NAK) after `probe` seconds, not after the whole
         # response timeout: while the board still computes, the NAK waits in its UART ring and
@@ -548,6 +599,12 @@ class Session:
                 self._unsolicited(f, msg_id)
                 if f.msg_id == msg_id and f.type not in (ACK, NAK):
                     response = f
+                elif ahead_id is not None and f.type in (ACK, NAK) and (
+                        f.msg_id == ahead_id or (f.type == NAK and f.msg_id == msg_id)):
+                    # The board went on to the follow-up (this response was lost on the way):
+                    # its ACKs, and a NAK saying it waits for a new message's chunk 0, are the
+                    # follow-up's to act on.
+                    deferred.append(f)
                 continue
             if f is BAD:
                 self.stats["bad_frames"] += 1
@@ -556,7 +613,13 @@ class Session:
             if tries > 4 * self.retries and time.monotonic() > give_up:
                 raise ProtocolError(f"no response to {name} (msg {msg_id}) after {4 * self.retries} NAKs")
             self.stats["response_resends"] += 1
+            if ahead_id is not None and tries >= 2:
+                # A follow-up chunk with a corrupted len may hold the board's parser, which would
+                # swallow the NAK: complete that frame first (its CRC fails, the board NAKs it).
+                self.port.write(bytes(self._max_chunk() + CRC.size))
+                self.stats["filler_bytes"] += self._max_chunk() + CRC.size
             self.port.write(encode_frame(NAK, msg_id, 0, 1))
+        self.pending[:0] = deferred
         if response.type == ERROR:
             raise decode_error(response.payload)
         return response
@@ -592,6 +655,10 @@ class Session:
                                     f"(banner bytes seen: {bytes(self.parser.text[-80:])!r}; last error: {last})")
         if self.hello.protocol_version != VERSION:
             raise ProtocolError(f"board speaks protocol v{self.hello.protocol_version}, host speaks v{VERSION}")
+        # Asking for HELLO set the chunk to the 256-byte guess made before the board's max_chunk
+        # was known; starting there cost the first clips half-size chunks (a quarter of the
+        # bytes in flight) until four clean messages grew it back. Start at the board's max.
+        self.chunk, self.clean = None, 0
         return self.hello
 
     def get_hello(self):
@@ -611,26 +678,27 @@ class Session:
                                 f"crc {crc32(bytes(payload)):08x}")
         return n, crc
 
-    def infer(self, seq, tensor):
-        """Run one inference on an int8 input (bytes or numpy int8 array); returns a Result."""
+    def infer(self, seq, tensor, follow=None):
+        """Run one inference on an int8 input (bytes or numpy int8 array); returns a Result.
+        `follow`: the (type, payload) the caller sends next, sent ahead (see `request`)."""
         data = tensor.tobytes() if hasattr(tensor, "tobytes") else bytes(tensor)
         if self.hello is not None and len(data) != self.hello.input_bytes:
             raise DsmnError(f"input is {len(data)} bytes but the board's model takes "
                             f"{self.hello.input_bytes} ({self.hello.input_shape})")
-        return self._sequenced(INFER, encode_infer(seq, data), RESULT, Result, seq)
+        return self._sequenced(INFER, encode_infer(seq, data), RESULT, Result, seq, follow)
 
-    def audio(self, seq, pcm):
+    def audio(self, seq, pcm, follow=None):
         """Stream one clip's int16 PCM (44,100 samples) through the board's front end and
         network; returns an AudioResult (network and front-end counters separately)."""
         if self.hello is not None and not self.hello.audio:
             raise DsmnError(f"board {self.hello.board} has no on-device front end (firmware built "
                             "without it, or its scratch does not fit); use features input")
-        return self._sequenced(AUDIO, encode_audio(seq, pcm), AUDIO_RESULT, AudioResult, seq)
+        return self._sequenced(AUDIO, encode_audio(seq, pcm), AUDIO_RESULT, AudioResult, seq, follow)
 
-    def _sequenced(self, kind, payload, want, result_cls, seq):
+    def _sequenced(self, kind, payload, want, result_cls, seq, follow=None):
         """One request whose answer (type `want`) carries the request's sequence number back:
         decoded with `result_cls`, and refused if it answers another clip."""
-        f = self.request(kind, payload)
+        f = self.request(kind, payload, follow=follow)
         name = TYPE_NAMES.get(want, want)
         if f.type != want:
             raise ProtocolError(f"expected {name}, got {f.name}")
@@ -639,14 +707,20 @@ class Session:
             raise ProtocolError(f"{name} for seq {r.seq}, asked for {seq}")
         return r
 
-    def read_input(self):
+    def read_input(self, follow=None):
         """The int8 input the board's front end computed for the last AUDIO (bytes), read in
-        pieces of the current chunk size so a lossy line shrinks them too."""
+        pieces of the current chunk size (the largest response on a clean line) so a lossy line
+        shrinks them too. `follow` goes ahead
+        behind the last piece (not before: the next AUDIO's chunk 0 restarts the front end)."""
         total = self.hello.input_bytes
         out = bytearray()
         while len(out) < total:
-            n = min(self._link_params()[0], MAX_PAYLOAD - 6, total - len(out))
-            f = self.request(INPUT, struct.pack("<IH", len(out), n))
+            # Each piece is a round trip with the host->board line idle: on a clean line (the
+            # chunk at the board's max) ask for the largest response, half the round trips.
+            chunk = self._link_params()[0]
+            n = min(MAX_PAYLOAD - 6 if chunk >= self._max_chunk() else chunk, MAX_PAYLOAD - 6, total - len(out))
+            last = len(out) + n >= total
+            f = self.request(INPUT, struct.pack("<IH", len(out), n), follow=follow if last else None)
             if f.type != INPUT or len(f.payload) < 6:
                 raise ProtocolError(f"expected INPUT, got {f.name} of {len(f.payload)} bytes")
             off, got = struct.unpack_from("<IH", f.payload)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from dsmn_host.errors import DsmnError, ModelMismatch
+from dsmn_host.link.recovery import port_errors
 
 LIMIT_WINDOW = 32   # chunks in flight for the PING that measures what the line carries
 
@@ -127,3 +128,8 @@ class Board:
             self.log(f"{self.url}: link moves {self.link_rate:,.0f} B/s host->board (PING of one input's size)")
         except DsmnError as exc:
             self.log(f"{self.url}: could not measure the link with PING ({exc})")
+        except port_errors() as exc:
+            # the port vanished under the PING (a USB CDC device re-enumerating): no limit for
+            # this run, and the board is reopened as during a clip
+            self.log(f"{self.url}: could not measure the link with PING (port error: {exc})")
+            self.recovery.reopen(self, f"port error ({exc})")

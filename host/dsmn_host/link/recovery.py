@@ -19,7 +19,7 @@ import time
 from dsmn_host.errors import DsmnError, ModelMismatch
 
 
-def _port_errors():
+def port_errors():
     import serial
 
     return (serial.SerialException, OSError)
@@ -58,7 +58,7 @@ class Recovery:
                     board.session.port.reset_input_buffer()
                 except Exception:
                     pass
-            except _port_errors() as exc:
+            except port_errors() as exc:
                 self.reopen(board, f"port error ({exc})")
 
     def reopen(self, board, why):
@@ -76,7 +76,7 @@ class Recovery:
                 raise
             except DsmnError as exc:
                 last = exc
-            except _port_errors() as exc:
+            except port_errors() as exc:
                 last = exc
             if time.monotonic() > deadline:
                 raise DsmnError(f"serial port {board.url} gone and not back within "

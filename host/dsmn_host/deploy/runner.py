@@ -32,7 +32,11 @@ def build_host_runner(gen_dir, exe=None, cflags=()):
     exe = Path(exe or gen_dir / "dsmn_runner")
     objs = runtime_objects("gcc", [*HOST_FLAGS, *_kernel_flags(cflags)])
     srcs = [gen_dir / "dsmn_model.c", RUNNER_DIR / "host_runner.c"]
-    cmd = ["gcc", *HOST_FLAGS, *cflags, f"-I{gen_dir}", f"-I{RUNTIME_DIR}",
+    # -O0 for the generated model and runner only (the kernels above keep HOST_FLAGS): the
+    # model file is a long list of kernel calls, and a mel-strip plan's (1.4 MB of C, 5,500
+    # calls) takes gcc over 6 minutes at -O1/-O2 but 5 s at -O0; host runs check outputs,
+    # never speed.
+    cmd = ["gcc", *HOST_FLAGS, "-O0", *cflags, f"-I{gen_dir}", f"-I{RUNTIME_DIR}",
            *map(str, srcs), *map(str, objs), "-o", str(exe)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:

@@ -13,8 +13,7 @@ plan's generated C is large).
 """
 
 import argparse
-import json
-import re
+import os
 import sys
 import tempfile
 import time
@@ -27,20 +26,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchjson import write_result  # noqa: E402
 
 
-def _ops(label):
-    """The op indices a profile step covers ('op 12: ...' or 'ops 0, 7, 6: ...')."""
-    m = re.match(r"ops? ([\d, ]+):", label)
-    return [int(x) for x in m.group(1).split(",")] if m else []
-
-
 def profile(tflite, plan, work):
+    """(memory.json, profile, the op indices each profiled step runs: its mark's unit's steps)."""
     from dsmn_host.compiler import generate
     from dsmn_host.deploy.runner import profile_qemu
 
     d = work / plan
     rep = generate(tflite, d, plan=plan)
     x = np.random.default_rng(0).integers(-128, 128, size=(1, rep["input_bytes"]), dtype=np.int8)
-    return rep, profile_qemu(d, x, rep["output_bytes"])
+    prof = profile_qemu(d, x, rep["output_bytes"])
+    ops = {m["mark"]: rep["units"][m["unit"]]["steps"] for m in rep["marks"]}
+    return rep, prof, [ops[st["step"]] for st in prof["steps"]]
 
 
 def main(argv=None):
@@ -52,15 +48,14 @@ def main(argv=None):
 
     tflite = Path(args.tflite or DEFAULT_MODEL)
     work = Path(tempfile.mkdtemp(prefix="bench_plan_overhead_"))
-    fast_rep, fast = profile(tflite, "fast", work)
-    min_rep, mn = profile(tflite, "min", work)
+    fast_rep, fast, fast_ops = profile(tflite, "fast", work)
+    min_rep, mn, min_ops = profile(tflite, "min", work)
     per_op = {}
-    for st in fast["steps"]:
-        for op in _ops(st["op"]):
+    for st, ops in zip(fast["steps"], fast_ops):
+        for op in ops:
             per_op[op] = per_op.get(op, 0) + st["instructions"]
     seen, units, recompute = set(), [], 0
-    for st in mn["steps"]:
-        ops = _ops(st["op"])
+    for st, ops in zip(mn["steps"], min_ops):
         again = [op for op in ops if op in seen]
         once = [op for op in ops if op not in seen]
         seen.update(ops)
@@ -72,17 +67,20 @@ def main(argv=None):
                           "fast_instructions_of_its_ops": base + rc, "recompute": rc,
                           "overhead": st["instructions"] - base - rc})
     f, m = fast["instructions"][0], mn["instructions"][0]
-    result = {"benchmark": "plan_overhead", "model": str(tflite), "board": "qemu-an386 (DSP build)",
+    result = {"benchmark": "plan_overhead", "model": os.path.relpath(tflite.resolve(), ROOT), "board": "qemu-an386 (DSP build)",
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "fast": {"peak_bytes": fast_rep["peak_activation_bytes"], "instructions": f},
               "min": {"peak_bytes": min_rep["peak_activation_bytes"], "instructions": m,
                       "estimated_instructions": min_rep["estimated_instructions"]},
               "ratio": m / f, "recompute_instructions": recompute,
               "tiling_overhead_instructions": sum(u["overhead"] for u in units),
-              "floor_ratio": (f + recompute) / f, "units": units}
+              "floor_ratio": (f + recompute) / f,
+              # what tiling may cost at most for min <= 1.5x fast while the plan recomputes
+              "overhead_budget_for_1_5x": round(1.5 * f) - f - recompute, "units": units}
     write_result(result, args.out)
     print(f"fast {f:,} min {m:,} ({m / f:.2f}x): recompute {recompute:,}, tiling overhead "
-          f"{result['tiling_overhead_instructions']:,}; floor {result['floor_ratio']:.2f}x")
+          f"{result['tiling_overhead_instructions']:,}; floor {result['floor_ratio']:.2f}x, overhead budget "
+          f"for 1.5x {result['overhead_budget_for_1_5x']:,}")
     for u in units:
         print(f"  step {u['step']}: {len(u['ops'])} ops {u['instructions']:,} = fast {u['fast_instructions_of_its_ops']:,}"
               f" (recompute {u['recompute']:,}) + overhead {u['overhead']:,}")

@@ -48,11 +48,14 @@ def compile_plans(graph, band_rows=None, strips=None):
 
 
 def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, band_rows=None,
-             strips=None):
+             strips=None, min_arena_bytes=0):
     """Write dsmn_model.c, dsmn_model.h, memory.json and memory.txt for `tflite_path`.
 
     plan: "fast" (untiled), "min" (smallest arena), or None: the fastest plan whose arena
-    fits `ram_budget` bytes (no budget: fast). Returns the report (memory.json's content).
+    fits `ram_budget` bytes (no budget: fast). `min_arena_bytes`: the arena is at least this
+    big (the firmware lends it to the on-device front end between inferences; arena_bytes in
+    the report, the plan's peak stays peak_activation_bytes). Returns the report (memory.json's
+    content).
     """
     if plan is not None and plan not in PLANS:
         raise DsmnError(f"unknown plan {plan!r}; use one of {', '.join(PLANS)}")
@@ -79,9 +82,12 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
                            strip_counts=STRIPS if strips is None else (strips,))
     plans = [refined if p is chosen else p for p in plans]
     chosen = refined
-    h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name, low.e.struct_sizes)
+    h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name, low.e.struct_sizes, min_arena_bytes)
     report = build_report(graph, chosen, low.e.flash, tflite_path, plans, name, ram_budget,
                           marks, low.folded)
+    if min_arena_bytes > report["arena_bytes"]:
+        report["arena_bytes"] = min_arena_bytes
+        report["arena_grown_for"] = "the on-device front end's scratch (lent the arena)"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dsmn_model.h").write_text(h)
     (out_dir / "dsmn_model.c").write_text(c)

@@ -29,7 +29,7 @@ def scratch_checks(tp):
     return checks
 
 
-def emit(graph, tp, decls, model_name, struct_sizes=None):
+def emit(graph, tp, decls, model_name, struct_sizes=None, min_arena_bytes=0):
     """(dsmn_model.h, dsmn_model.c, marks): marks label every DSMN_MARK (unit) in order."""
     plan = tp.plan
 
@@ -76,7 +76,7 @@ def emit(graph, tp, decls, model_name, struct_sizes=None):
     ctx = dict(model_name=model_name, decls=decls, calls=calls, tail=tail, units=units,
                scratch_checks=scratch_checks(tp),
                struct_sizes=sorted((struct_sizes or {}).items()),
-               arena_bytes=max(plan.arena_bytes, ALIGN), input_bytes=gin.nbytes,
+               arena_bytes=max(plan.arena_bytes, ALIGN, min_arena_bytes), input_bytes=gin.nbytes,
                output_bytes=gout.nbytes, input_shape=list(gin.shape), output_shape=list(gout.shape),
                input_scale=float(gin.scale[0]) if len(gin.scale) else 0.0,
                input_zero_point=int(gin.zero_point[0]) if len(gin.zero_point) else 0,

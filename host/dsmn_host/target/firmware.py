@@ -95,7 +95,7 @@ def estimate(card, board, runtime, native_report=None):
                  + NATIVE_INIT_BYTES_PER_CHECK * native_report.get("scratch_checks", 0)
                  + NATIVE_INVOKE_BYTES_PER_BAND_CALL * sum(u["calls"] for u in native_report.get("units", [])
                                                            if u["tiled"]))
-        arena = native_report["peak_activation_bytes"]
+        arena = native_report["arena_bytes"]
     else:
         if not card.get("tflm_arena_bytes"):
             raise DsmnError(f"model card has no tflm_arena_bytes ({card.get('tflm_error')}); "
@@ -374,15 +374,28 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
             # TFLM lends no arena: the front end would add its whole scratch as RAM of its own,
             # a path no test runs on the board; features-mode TFLM firmware unless asked for.
             front_end, fe_skipped = False, "left out: the TFLM runtime lends it no arena (features mode only)"
+        grown = frontend.arena_with(runtime, est_arena)
+        if front_end and grown > est_arena and (plan == "min" or (ram_budget is not None and grown > ram_budget)):
+            # growing the arena for the front end would break what was asked for
+            asked = "--plan min" if plan == "min" else f"the RAM budget of {ram_budget} B"
+            front_end, fe_skipped = False, (f"left out: its scratch ({frontend.SCRATCH_BYTES} B, lent the arena) "
+                                            f"would grow the {est_arena} B arena beyond {asked}")
         if front_end:
             try:
-                check_fits(est_flash + frontend.FLASH_ESTIMATE, est_arena,
+                check_fits(est_flash + frontend.FLASH_ESTIMATE, grown,
                            est_other + frontend.own_scratch_bytes(runtime, est_arena), b, model)
             except DsmnError as exc:
                 front_end, fe_skipped = False, f"left out: with it, {exc}"
     elif front_end and not frontend.fits_model(card):
         raise DsmnError(f"{model}: input {card['input']['shape']} is not the front end's {frontend.INPUT_SHAPE}")
     if front_end:
+        if frontend.arena_with(runtime, est_arena) > est_arena:
+            # A plan's arena smaller than the front end's scratch (the tiled plans of the 128 KiB
+            # parts) grows to it: the two never run together, so that costs the difference,
+            # not a second buffer of the scratch's whole size.
+            native_report = codegen.generate(model, gen, ram_budget=ram_budget, plan=plan, board_ram=where,
+                                             min_arena_bytes=frontend.SCRATCH_BYTES)
+            est_arena = native_report["arena_bytes"]
         est_flash += frontend.FLASH_ESTIMATE
         est_other += frontend.own_scratch_bytes(runtime, est_arena)
     check_fits(est_flash, est_arena, est_other, b, model)
@@ -419,7 +432,7 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     report["bin"] = str(build / "dsmn_firmware.bin")
     report["hex"] = str(build / "dsmn_firmware.hex")
     if native_report is not None:
-        report["native"] = {k: native_report[k] for k in ("peak_activation_bytes", "flash_bytes", "plan",
+        report["native"] = {k: native_report[k] for k in ("peak_activation_bytes", "arena_bytes", "flash_bytes", "plan",
                                                           "ram_budget_bytes", "estimated_instructions")}
     if tflm_info is not None:
         report["tflm"] = tflm_info

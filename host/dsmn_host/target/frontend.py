@@ -131,11 +131,17 @@ def fits_model(card) -> bool:
 
 
 def own_scratch_bytes(runtime, arena_bytes) -> int:
-    """0 when the front end can borrow the network's arena (native runtime, arena large
-    enough), else the size of the buffer it needs of its own."""
-    if runtime == "native" and arena_bytes >= SCRATCH_BYTES:
+    """0 when the front end borrows the network's arena (native runtime: the arena is grown to
+    the scratch if the plan's is smaller, see arena_with), else the size of the buffer it needs
+    of its own."""
+    if runtime == "native":
         return 0
     return SCRATCH_BYTES
+
+
+def arena_with(runtime, arena_bytes) -> int:
+    """The network's arena once the front end borrows it."""
+    return max(arena_bytes, SCRATCH_BYTES) if runtime == "native" else arena_bytes
 
 
 def render_build(gen, runtime, arena_bytes) -> dict:

@@ -92,6 +92,28 @@ def instructions(elf, board, pcm):
                 "clock_hz": s.hello.core_clock_hz}
 
 
+def counts(result, elves, pcm):
+    """Front-end and network instructions of one clip on each QEMU board (its audio firmware),
+    and the real-time factor of every board in the table from them, into `result`."""
+    from dsmn_host.boards import BOARDS
+
+    result["instructions"] = {}
+    for name, elf in elves.items():
+        if elf:
+            result["instructions"][name] = instructions(elf, name, pcm)
+            print(name, result["instructions"][name], file=sys.stderr, flush=True)
+    if result["instructions"].get("qemu-an386"):
+        def per_clip(src):
+            return sum(result["instructions"][src][k] for k in ("frontend_instructions", "network_instructions"))
+
+        result["real_time_factor"] = {}
+        for name in BOARDS:
+            src = name if name in result["instructions"] else COUNTS_FROM.get(name, "qemu-an386")
+            if src in result["instructions"]:
+                result["real_time_factor"][name] = {"clock_hz": BOARDS[name].clock_hz, "instructions_from": src,
+                                                    "factor": per_clip(src) / BOARDS[name].clock_hz}
+
+
 def _ping_limit(url, repeats=2):
     """PING rates (bytes/s) of the largest message, `repeats` each with the board's window and
     with 32 chunks in flight: samples of what the line carries right now."""
@@ -267,6 +289,8 @@ def main(argv=None):
                     help="only the host-build element agreement over the evaluate split (merged into --out)")
     ap.add_argument("--only-breakdown", action="store_true",
                     help="only the per-clip time breakdown (qemu-an386 audio firmware built here), merged into --out")
+    ap.add_argument("--only-counts", action="store_true",
+                    help="only the instruction counts and real-time factors (audio firmware of the QEMU boards built here), merged into --out")
     ap.add_argument("--only-link", action="store_true",
                     help="only the link runs (qemu-an386 audio firmware built here), merged into --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frontend.json"))
@@ -274,7 +298,6 @@ def main(argv=None):
 
     from dsmn_host.data import features
     from dsmn_host.link import evaluate
-    from dsmn_host.boards import BOARDS
     from dsmn_host.target.firmware import DEFAULT_MODEL
 
     tflite = Path(args.tflite or DEFAULT_MODEL)
@@ -286,6 +309,14 @@ def main(argv=None):
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "host": {"python": platform.python_version(), "machine": platform.machine(),
                        "note": "wall-clock rates were measured on a shared, loaded 2-core machine"}}
+    if args.only_counts:
+        from dsmn_host.target.firmware import build_firmware
+
+        old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        counts(old, {name: build_firmware(tflite=tflite, board=name, out=work / f"{name}-audio", quiet=True,
+                                          front_end=True)["elf"] for name in QEMU_BOARDS}, pcm)
+        old["counts_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return write_result(old, args.out)
     if args.only_link or args.only_breakdown:
         from dsmn_host.target.firmware import build_firmware
 
@@ -309,22 +340,7 @@ def main(argv=None):
     ram = ram_per_board(tflite, work) if not args.skip_ram else {}
     result["boards"] = {k: {m: {kk: vv for kk, vv in v.items() if kk != "elf"} if isinstance(v, dict) else v
                             for m, v in e.items()} for k, e in ram.items()}
-    result["instructions"] = {}
-    for name in QEMU_BOARDS:
-        elf = ram.get(name, {}).get("audio", {}).get("elf")
-        if elf:
-            result["instructions"][name] = instructions(elf, name, pcm)
-            print(name, result["instructions"][name], file=sys.stderr, flush=True)
-    if result["instructions"].get("qemu-an386"):
-        def per_clip(src):
-            return sum(result["instructions"][src][k] for k in ("frontend_instructions", "network_instructions"))
-
-        result["real_time_factor"] = {}
-        for name in BOARDS:
-            src = name if name in result["instructions"] else COUNTS_FROM.get(name, "qemu-an386")
-            if src in result["instructions"]:
-                result["real_time_factor"][name] = {"clock_hz": BOARDS[name].clock_hz, "instructions_from": src,
-                                                    "factor": per_clip(src) / BOARDS[name].clock_hz}
+    counts(result, {name: ram.get(name, {}).get("audio", {}).get("elf") for name in QEMU_BOARDS}, pcm)
     an386 = ram.get("qemu-an386", {}).get("audio", {}).get("elf")
     if an386:
         result["link"] = link_runs(an386, tflite, cache.path, args.clips, work, args.reps)

@@ -92,8 +92,11 @@ RX_ISR_INSTRUCTIONS_PER_BYTE = 32
 def pipelined_counter_ticks(run_json, instructions_per_tick=40):
     """How far one clip's counter may move between two pipelined runs: the next request's first
     window (at most `window` whole frames) and one response probe (a NAK and its filler) can
-    arrive while the board computes, and their RX interrupts are counted in the inference. One
-    tick more for where in a tick the inference starts (as between stop-and-wait runs)."""
+    arrive while the board computes. The firmware subtracts their RX interrupts' measured time
+    (board_uart_irq_entry), which leaves each interrupt's entry code and a tick's rounding
+    either way (mostly cancelling), well inside the handler's whole time per byte, which stays
+    the bound. One tick more for where in a tick
+    the inference starts (as between stop-and-wait runs)."""
     from dsmn_host.target.firmware import MAX_CHUNK
 
     window = int(run_json["link"]["window"])

@@ -201,7 +201,7 @@ def test_hardware_boards_build_fit_and_vector_their_uart(board, built):
     assert b.ram.origin < sp <= b.ram.origin + b.ram.length and sp % 8 == 0  # stack in the main RAM
     assert reset == _symbol(report["elf"], "Reset_Handler") | 1
     (uart_vec,) = struct.unpack_from("<I", image, 4 * (16 + b.uart_rx_irq))
-    assert uart_vec == _symbol(report["elf"], "board_uart_irq_handler") | 1
+    assert uart_vec == _symbol(report["elf"], "board_uart_irq_entry") | 1
 
 
 def test_stack_goes_to_ccm_where_the_board_has_one(built):

@@ -19,6 +19,16 @@
 #define MSG_BYTES (INFER_HEADER_BYTES + DSMN_CFG_INPUT_BYTES)
 #define HELLO_MAX 1024u
 
+/* Counter ticks since (t0, isr0), less the UART receive interrupts taken meanwhile: the
+ * work's own time, not the line's (bytes of a pipelined request or of the clip being streamed
+ * arrive while the board computes). */
+static uint64_t work_ticks(uint64_t t0, uint32_t isr0)
+{
+    uint64_t all = board_counter_now() - t0;
+    uint32_t isr = board_rx_isr_ticks - isr0;
+    return all > isr ? all - isr : 0;
+}
+
 static uint8_t frame_buf[DSMN_CFG_MAX_CHUNK + PROTO_CRC_BYTES];
 static uint8_t msg_buf[MSG_BYTES] __attribute__((aligned(16)));
 static uint8_t resp_buf[PROTO_HEADER_BYTES + HELLO_MAX + PROTO_CRC_BYTES];
@@ -150,9 +160,10 @@ static void handle_infer(const proto_msg_t *m)
     }
     if (!runtime_ready(m->msg_id))
         return;
+    uint32_t isr0 = board_rx_isr_ticks;
     uint64_t t0 = board_counter_now();
     int status = runtime_invoke((const int8_t *)(m->data + INFER_HEADER_BYTES), output);
-    uint64_t ticks = board_counter_now() - t0;
+    uint64_t ticks = work_ticks(t0, isr0);
     if (status != 0) { /* the runtime's own words (TFLM: stage and TfLiteStatus), not a bare number */
         send_error(m->msg_id, PROTO_ERR_RUNTIME_INVOKE,
                    runtime_error_text()[0] ? runtime_error_text() : "runtime failed during inference");
@@ -247,10 +258,11 @@ static void frontend_drain(sample_source_t *src)
 {
     int16_t buf[256];
     size_t n;
+    uint32_t isr0 = board_rx_isr_ticks;
     uint64_t t0 = board_counter_now();
     while ((n = src->read(src, buf, 256)) > 0)
         dsmn_fe_push(&fe, buf, n);
-    fe_ticks += board_counter_now() - t0;
+    fe_ticks += work_ticks(t0, isr0);
 }
 
 static void audio_stream(void *ctx, int start, const uint8_t *data, size_t n)
@@ -259,9 +271,10 @@ static void audio_stream(void *ctx, int start, const uint8_t *data, size_t n)
     if (start) {
         uint32_t bytes = 0;
         void *scratch = fe_scratch(&bytes);
+        uint32_t isr0 = board_rx_isr_ticks;
         uint64_t t0 = board_counter_now();
         fe_status = dsmn_fe_begin(&fe, scratch, bytes, DSMN_CFG_INPUT_SCALE, DSMN_CFG_INPUT_ZERO_POINT);
-        fe_ticks = board_counter_now() - t0;
+        fe_ticks = work_ticks(t0, isr0);
         fe_have_input = 0;
         uart_source.odd = 0;
         return;
@@ -288,18 +301,20 @@ static void handle_audio(const proto_msg_t *m)
     }
     if (!runtime_ready(m->msg_id))
         return;
+    uint32_t isr0 = board_rx_isr_ticks;
     uint64_t t0 = board_counter_now();
     int fe_result = dsmn_fe_end(&fe, FE_INPUT);
-    fe_ticks += board_counter_now() - t0;
+    fe_ticks += work_ticks(t0, isr0);
     fe_status = -1; /* the arena is the network's again */
     if (fe_result != 0) {
         send_error(m->msg_id, PROTO_ERR_BAD_LENGTH, "AUDIO data is not 44100 int16 samples");
         return;
     }
     fe_have_input = 1;
+    isr0 = board_rx_isr_ticks;
     t0 = board_counter_now();
     int status = runtime_invoke(FE_INPUT, output);
-    uint64_t ticks = board_counter_now() - t0;
+    uint64_t ticks = work_ticks(t0, isr0);
 
     memcpy(payload, m->data, 4); /* seq */
     payload[4] = (uint8_t)(status < 0 ? -status : status);

@@ -14,6 +14,10 @@ uint32_t board_clock_hz(void);
 void board_uart_write(const uint8_t *data, size_t n);
 int board_uart_getc(void);
 void board_uart_irq_handler(void);
+/* The vector table's UART entry (common/uart_rx.c): the handler above, its time summed in
+ * board_rx_isr_ticks (counter ticks) so that measured work can leave it out. */
+void board_uart_irq_entry(void);
+extern volatile uint32_t board_rx_isr_ticks;
 
 /* Elapsed-time counter for one inference: BOARD_COUNTER_DWT or BOARD_COUNTER_SYSTICK. */
 #define BOARD_COUNTER_NONE 0

@@ -43,7 +43,7 @@ __attribute__((section(".vectors"), used)) const vector_t vector_table[16 + BOAR
     [14] = PendSV_Handler,
     [15] = SysTick_Handler,
     [16 ... 16 + BOARD_NUM_IRQ - 1] = Default_Handler,
-    [16 + BOARD_UART_RX_IRQ] = board_uart_irq_handler,
+    [16 + BOARD_UART_RX_IRQ] = board_uart_irq_entry,
 };
 
 void Reset_Handler(void)

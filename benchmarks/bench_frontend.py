@@ -1,10 +1,11 @@
 """On-device front end and audio mode: instructions per clip, RAM of both modes per board, link
 utilisation of stop-and-wait against the windowed link, and the real-time factor per board clock.
 
-    python3 benchmarks/bench_frontend.py --data DATA_OR_CACHE [--tflite M] [--clips 4] [--only-link] [--out F.json]
+    python3 benchmarks/bench_frontend.py --data DATA_OR_CACHE [--tflite M] [--clips 4] [--only-builds|--only-link [--line-baud B]] [--out F.json]
 
 - Instructions: the AUDIO_RESULT counters on QEMU (-icount shift=0: SysTick ticks once per
-  1e9/clock instructions), front end and network separately, on each QEMU board.
+  1e9/clock instructions), front end and network separately, on each QEMU board, over a
+  stop-and-wait link (no bytes arriving while the board computes).
 - RAM: build-firmware's linker-map totals with and without the front end (--no-front-end) for
   every board of boards.BOARDS; a board the model does not fit is recorded with the reason.
 - Link: `dsmn-host eval` on qemu-an386, features and audio mode, stop-and-wait (windowed=False),
@@ -80,12 +81,26 @@ def ram_per_board(tflite, work):
     return out
 
 
+def builds(result, tflite, work, pcm, skip_ram=False):
+    """RAM per board (both modes) and the counts from the audio builds, into `result`; returns
+    qemu-an386's audio ELF (or None)."""
+    ram = ram_per_board(tflite, work) if not skip_ram else {}
+    result["boards"] = {k: {m: {kk: vv for kk, vv in v.items() if kk != "elf"} if isinstance(v, dict) else v
+                            for m, v in e.items()} for k, e in ram.items()}
+    counts(result, {name: ram.get(name, {}).get("audio", {}).get("elf") for name in QEMU_BOARDS}, pcm)
+    return ram.get("qemu-an386", {}).get("audio", {}).get("elf")
+
+
 def instructions(elf, board, pcm):
     from dsmn_host.link import evaluate
     from dsmn_host.target import protocol
     from dsmn_host.target.emulate import Emulator
 
     with Emulator(elf, board=board) as emu, protocol.Session.open(emu.url, response_timeout=600) as s:
+        # Stop-and-wait: no bytes arrive while the board computes. The receive handler's own
+        # time is left out of the counts either way, but not its entry and exit, which made the
+        # windowed link's front-end count vary by up to 0.5 M between runs of the same clip.
+        s.windowed = False
         r = s.audio(0, pcm)
         k = 1e9 / evaluate.systick_hz(s.hello)  # QEMU's SysTick clock, not the firmware's idea of it
         return {"frontend_instructions": round(r.frontend_counter * k), "network_instructions": round(r.counter * k),
@@ -141,8 +156,12 @@ LINK_MODES = {"stop_and_wait": {"windowed": False, "pipelined": False},
               "pipelined": {"windowed": True, "pipelined": True}}
 
 
-def link_runs(elf, tflite, data, clips, work, reps=1):
-    """Each eval run against the limit measured next to it: the PING samples taken just before
+def link_runs(elf, tflite, data, clips, work, reps=1, line_baud=None):
+    """With `line_baud`, the board is reached through a paced line at that rate (tests/faultrelay,
+    no faults): its limit is a fixed rate, not QEMU's, and the gaps the board's computing leaves
+    in it are what tells the link modes apart.
+
+    Each eval run against the limit measured next to it: the PING samples taken just before
     and just after the run. On QEMU one PING of the same message swings 11-24 KB/s within a
     minute with nothing else running (the emulated UART moves a byte per main-loop wakeup), so
     a run's limit is the median of its neighbours' samples, like the run's own rate an average
@@ -155,19 +174,27 @@ def link_runs(elf, tflite, data, clips, work, reps=1):
     from dsmn_host.target.emulate import Emulator
     from dsmn_host.deploy.modelcard import card_paths
 
+    import contextlib
+
     out, runs, samples = {}, {}, []
-    with Emulator(elf) as emu:
-        before = _ping_limit(emu.url)
+    if line_baud:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from faultrelay import FaultRelay
+
+        out["line"] = {"baud": line_baud, "nominal_bytes_per_s": line_baud / 10, "relay": "tests/faultrelay.py, rate 0"}
+    with Emulator(elf) as emu, contextlib.ExitStack() as stack:
+        url = stack.enter_context(FaultRelay(emu.url, rate=0, baud=line_baud)).port if line_baud else emu.url
+        before = _ping_limit(url)
         out["ping_bytes_per_s"] = before
         samples += _samples(before)
         for rnd in range(reps):
             for mode in ("features", "audio"):
                 for link_mode, kw in LINK_MODES.items():
                     d = work / f"eval-{mode}-{link_mode}-{rnd}"
-                    rep = evaluate.run_eval([emu.url], source=data, limit=clips, stratify=True,
+                    rep = evaluate.run_eval([url], source=data, limit=clips, stratify=True,
                                             card_path=card_paths(tflite)["json"], out_dir=d, baud=115200,
                                             log=lambda m: None, input_mode=mode, check_input=False, **kw)
-                    after = _ping_limit(emu.url)
+                    after = _ping_limit(url)
                     samples += _samples(after)
                     tp = rep["throughput"]
                     near = _samples(before) + _samples(after)
@@ -269,12 +296,15 @@ def clip_breakdown(elf, tflite, data, clips):
     return out
 
 
-def link_only(elf, tflite, data, clips, out_path, reps=1):
-    """--only-link: re-measure the link rows into an existing result file."""
+def link_only(elf, tflite, data, clips, out_path, reps=1, line_baud=None):
+    """--only-link: re-measure the link rows (or, with a paced line, the link_paced rows) into an
+    existing result file."""
     out = Path(out_path)
     old = json.loads(out.read_text()) if out.is_file() else {}
-    old["link"] = link_runs(elf, tflite, data, clips, Path(tempfile.mkdtemp(prefix="bench_frontend_link_")), reps)
-    old["link_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    key = "link_paced" if line_baud else "link"
+    old[key] = link_runs(elf, tflite, data, clips, Path(tempfile.mkdtemp(prefix="bench_frontend_link_")), reps,
+                         line_baud)
+    old[f"{key}_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_result(old, out)
 
 
@@ -289,10 +319,14 @@ def main(argv=None):
                     help="only the host-build element agreement over the evaluate split (merged into --out)")
     ap.add_argument("--only-breakdown", action="store_true",
                     help="only the per-clip time breakdown (qemu-an386 audio firmware built here), merged into --out")
-    ap.add_argument("--only-counts", action="store_true",
-                    help="only the instruction counts and real-time factors (audio firmware of the QEMU boards built here), merged into --out")
+    ap.add_argument("--only-builds", action="store_true",
+                    help="only RAM of both modes per board and the instruction counts and real-time factors "
+                         "(from those builds), merged into --out")
     ap.add_argument("--only-link", action="store_true",
                     help="only the link runs (qemu-an386 audio firmware built here), merged into --out")
+    ap.add_argument("--line-baud", type=int,
+                    help="with --only-link: reach the board through a line paced at this baud (8N1) instead "
+                         "of QEMU's own, whose rate swings 8-24 KB/s (written as link_paced)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frontend.json"))
     args = ap.parse_args(argv)
 
@@ -309,20 +343,17 @@ def main(argv=None):
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "host": {"python": platform.python_version(), "machine": platform.machine(),
                        "note": "wall-clock rates were measured on a shared, loaded 2-core machine"}}
-    if args.only_counts:
-        from dsmn_host.target.firmware import build_firmware
-
+    if args.only_builds:
         old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
-        counts(old, {name: build_firmware(tflite=tflite, board=name, out=work / f"{name}-audio", quiet=True,
-                                          front_end=True)["elf"] for name in QEMU_BOARDS}, pcm)
-        old["counts_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        builds(old, tflite, work, pcm)
+        old["builds_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return write_result(old, args.out)
     if args.only_link or args.only_breakdown:
         from dsmn_host.target.firmware import build_firmware
 
         elf = build_firmware(tflite=tflite, board="qemu-an386", out=work / "qemu-an386-audio", quiet=True)["elf"]
         if args.only_link:
-            return link_only(elf, tflite, cache.path, args.clips, args.out, args.reps)
+            return link_only(elf, tflite, cache.path, args.clips, args.out, args.reps, args.line_baud)
         old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
         old["clip_breakdown"] = clip_breakdown(elf, tflite, cache.path, args.clips)
         old["clip_breakdown_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -337,11 +368,7 @@ def main(argv=None):
         out.write_text(json.dumps(old, indent=1) + "\n")
         return
     result["agreement_evaluate_split"] = agreement
-    ram = ram_per_board(tflite, work) if not args.skip_ram else {}
-    result["boards"] = {k: {m: {kk: vv for kk, vv in v.items() if kk != "elf"} if isinstance(v, dict) else v
-                            for m, v in e.items()} for k, e in ram.items()}
-    counts(result, {name: ram.get(name, {}).get("audio", {}).get("elf") for name in QEMU_BOARDS}, pcm)
-    an386 = ram.get("qemu-an386", {}).get("audio", {}).get("elf")
+    an386 = builds(result, tflite, work, pcm, skip_ram=args.skip_ram)
     if an386:
         result["link"] = link_runs(an386, tflite, cache.path, args.clips, work, args.reps)
     write_result(result, args.out)

@@ -10,6 +10,11 @@ Faults come in bursts of 1..`max_burst` bytes (line noise and overruns are burst
 independent per-byte errors at 1 %, a 512-byte chunk would arrive intact 0.5 % of the time and
 no chunked protocol could make progress; the same byte-error fraction in bursts hits a few
 percent of the chunks, which is what a retrying harness has to survive.
+
+With `baud`, each direction is also a paced line: bytes leave at baud/10 per second (8N1), with
+a 16-byte FIFO's worth of slack and a 4 KiB buffer in front (a USB-serial adapter's), so the
+line's limit is a known rate instead of what the emulator's UART happens to move (a QEMU board
+carries 8-24 KB/s, varying by the second). Benchmarks measure link utilisation against it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def _open(url):
 
 class FaultRelay:
     def __init__(self, board_port, *, rate=0.01, max_burst=32, seed=1234, reset=None,
-                 reset_after_bytes=None, to_board=True, to_host=True):
+                 reset_after_bytes=None, to_board=True, to_host=True, baud=None):
         self._board = _open(board_port)
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
@@ -43,6 +48,11 @@ class FaultRelay:
         self._reset_after = reset_after_bytes
         self._burst = {True: [0, None], False: [0, None]}  # per direction: bytes left, kind
         self.stats = {"to_board": 0, "to_host": 0, "dropped": 0, "corrupted": 0, "resets": 0}
+        self.baud = baud
+        # per direction (True: to the board): bytes waiting for the paced line, its byte credit
+        self._queue = {True: bytearray(), False: bytearray()}
+        self._credit = {True: 0.0, False: 0.0}
+        self._paced_at = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="faultrelay")
 
@@ -102,12 +112,43 @@ class FaultRelay:
                     raise
                 time.sleep(0.05)
 
+    QUEUE_BYTES = 4096  # what a paced direction takes in before it stops reading its source
+    FIFO_BYTES = 16  # credit a paced line may bank while idle (a UART's FIFO)
+
+    def _forward(self, to_board, data):
+        try:
+            if to_board:
+                self._board.write(data)
+            else:
+                os.write(self._master, data)
+        except Exception:
+            pass
+
+    def _pace(self):
+        """Sends what each paced direction's line has carried since the last call."""
+        now = time.monotonic()
+        carried = (now - self._paced_at) * self.baud / 10
+        self._paced_at = now
+        for to_board, q in self._queue.items():
+            if not q:
+                self._credit[to_board] = min(self.FIFO_BYTES, self._credit[to_board] + carried)
+                continue
+            self._credit[to_board] += carried
+            n = min(len(q), int(self._credit[to_board]))
+            if n:
+                self._credit[to_board] -= n
+                self._forward(to_board, bytes(q[:n]))
+                del q[:n]
+
     def _run(self):
         while not self._stop.is_set():
+            paced = self.baud is not None
             board_fd = self._board.fileno() if hasattr(self._board, "fileno") else None
-            fds = [self._master] + ([board_fd] if board_fd is not None else [])
+            take = {d: not paced or len(self._queue[d]) < self.QUEUE_BYTES for d in (True, False)}
+            fds = ([self._master] if take[True] else []) + ([board_fd] if board_fd is not None and take[False] else [])
+            wait = 0.002 if paced and (self._queue[True] or self._queue[False]) else 0.01
             try:
-                ready, _, _ = select.select(fds, [], [], 0.01)
+                ready, _, _ = select.select(fds, [], [], wait)
             except (OSError, ValueError):
                 if self._stop.is_set():
                     return
@@ -119,15 +160,17 @@ class FaultRelay:
                     data = b""
                 if data:
                     self.stats["to_board"] += len(data)
-                    try:
-                        self._board.write(self._mangle(data, True))
-                    except Exception:
-                        pass
+                    data = self._mangle(data, True)
+                    if paced:
+                        self._queue[True] += data
+                    else:
+                        self._forward(True, data)
                     if (self._reset is not None and self._reset_after is not None
                             and self.stats["to_board"] >= self._reset_after and not self.stats["resets"]):
+                        self._queue[True].clear()
                         self._do_reset()
                         continue
-            if board_fd is None or board_fd in ready:
+            if take[False] and (board_fd is None or board_fd in ready):
                 try:
                     data = self._board.read(4096)
                 except Exception:
@@ -135,10 +178,12 @@ class FaultRelay:
                 if data:
                     self.stats["to_host"] += len(data)
                     data = self._mangle(data, False)
-                    try:
-                        os.write(self._master, data)
-                    except OSError:
-                        pass
+                    if paced:
+                        self._queue[False] += data
+                    else:
+                        self._forward(False, data)
+            if paced:
+                self._pace()
 
 
 class VanishingPort:

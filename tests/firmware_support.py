@@ -95,8 +95,8 @@ def pipelined_counter_ticks(run_json, instructions_per_tick=40):
     arrive while the board computes. The firmware subtracts their RX interrupts' measured time
     (board_uart_irq_entry), which leaves each interrupt's entry code and a tick's rounding
     either way (mostly cancelling), well inside the handler's whole time per byte, which stays
-    the bound. One tick more for where in a tick
-    the inference starts (as between stop-and-wait runs)."""
+    the bound. One tick more for where in a tick the inference starts (as between
+    stop-and-wait runs)."""
     from dsmn_host.target.firmware import MAX_CHUNK
 
     window = int(run_json["link"]["window"])

@@ -4,7 +4,7 @@
  * stdin: f32 scale, i32 zero point, u32 clip count, then per clip 44,100 little-endian int16.
  * stdout: per clip the 22,528-byte int8 input. Bytes are pushed in uneven pieces (odd sizes
  * split samples) the way UART chunks arrive. `frontend_harness --scratch` prints the scratch
- * size. */
+ * size; `frontend_harness --log10` maps stdin's float32s through the front end's log10. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +18,14 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--scratch") == 0) {
         printf("%zu\n", dsmn_fe_scratch_bytes());
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "--log10") == 0) {
+        float x;
+        while (fread(&x, 4, 1, stdin) == 1) {
+            x = dsmn_fe_log10(x);
+            fwrite(&x, 4, 1, stdout);
+        }
         return 0;
     }
     float scale;

@@ -117,18 +117,61 @@ def test_streaming_split_does_not_matter(native):
 
 
 def test_tables_come_from_features(tmp_path):
-    """The generated tables are features' filterbank and window, bit for bit."""
+    """The generated mel segments hold features' filterbank bit for bit: rebuilt from the
+    (segment, weight pair) form, every band equals its row, zeros included."""
     from dsmn_host.data import features
 
     ctx = frontend.table_context()
     fb = features.mel_filterbank()
-    w = np.array([float.fromhex(v[:-1]) for v in ctx["weights"]], dtype=np.float32)
-    for m in (0, 17, 128, 255):
-        a, n, o = ctx["first_bin"][m], ctx["nbins"][m], ctx["offset"][m]
-        assert (w[o:o + n] == fb[m, a:a + n]).all() and not fb[m, :a].any() and not fb[m, a + n:].any()
-    assert sum(ctx["nbins"]) == np.count_nonzero(fb)
+    seg = ctx["seg"]
+    pair = np.array([float.fromhex(v[:-1]) for v in ctx["pair"]], dtype=np.float32).reshape(-1, 2)
+    assert len(seg) == fb.shape[0] + 2 and seg == sorted(seg) and len(pair) == seg[-1] - seg[0]
+    rebuilt = np.zeros_like(fb)
+    for s in range(fb.shape[0] + 1):
+        for k in range(seg[s], seg[s + 1]):
+            if s > 0:
+                rebuilt[s - 1, k] = pair[k - seg[0], 0]
+            if s < fb.shape[0]:
+                rebuilt[s, k] = pair[k - seg[0], 1]
+            else:
+                assert pair[k - seg[0], 1] == 0
+    assert (rebuilt == fb).all()
     path = frontend.render_tables(tmp_path)
     assert path.read_text().count("0x") > 4000
+
+
+def test_mel_segments_refuse_a_bin_in_three_bands():
+    from dsmn_host.errors import DsmnError
+
+    fb = np.zeros((4, 8), dtype=np.float32)
+    fb[0, 1:4] = fb[1, 3:6] = fb[2, 5:7] = 1.0
+    seg, pair = frontend.mel_segments(fb)
+    assert seg == [1, 3, 5, 7, 7, 7] and len(pair) == 2 * 6
+    fb[2, 3] = 1.0
+    with pytest.raises(DsmnError, match="mel bin 3 adds to bands \\[0, 1, 2\\]"):
+        frontend.mel_segments(fb)
+
+
+def test_log10_within_two_ulp(native):
+    """The front end's table log10 against float64 log10, over the mel sums' whole range
+    (1e-10 .. 2^31), densely around 1 (where the result is near 0 and both sides of the top
+    mantissa cell meet) and at every cell edge."""
+    import subprocess
+
+    rng = np.random.default_rng(1)
+    lo, hi = np.array([1e-10, 2.0 ** 31], dtype=np.float32).view(np.uint32)
+    near_one = np.float32(1.0).view(np.uint32) + np.arange(-20000, 20000, dtype=np.int64)
+    edges = (np.arange(-33, 31, dtype=np.int64)[:, None] + 127 << 23 | np.arange(256)[None, :] << 15).ravel()
+    bits = np.concatenate([rng.integers(lo, hi, 400000), near_one, edges, edges - 1]).astype(np.uint32)
+    x = bits.view(np.float32)
+    x = x[(x >= 1e-10) & (x < 2.0 ** 31)]
+    out = subprocess.run([str(native), "--log10"], input=x.astype("<f4").tobytes(), capture_output=True,
+                         check=True).stdout
+    got = np.frombuffer(out, dtype="<f4").astype(np.float64)
+    ref = np.log10(x.astype(np.float64))
+    ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    err = np.abs(got - ref) / ulp
+    assert len(got) == len(x) and err.max() <= 2.0, (err.max(), x[err.argmax()])
 
 
 def test_missing_cmsis_dsp_is_one_clear_error(monkeypatch, tmp_path):

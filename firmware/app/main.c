@@ -19,13 +19,26 @@
 #define MSG_BYTES (INFER_HEADER_BYTES + DSMN_CFG_INPUT_BYTES)
 #define HELLO_MAX 1024u
 
-/* Counter ticks since (t0, isr0), less the UART receive interrupts taken meanwhile: the
- * work's own time, not the line's (bytes of a pipelined request or of the clip being streamed
- * arrive while the board computes). */
-static uint64_t work_ticks(uint64_t t0, uint32_t isr0)
+/* A piece of work's own time: counter ticks since work_start(), less the UART receive
+ * interrupts taken meanwhile (bytes of a pipelined request or of the clip being streamed
+ * arrive while the board computes; they are the line's time, not the work's). */
+typedef struct {
+    uint64_t t0;
+    uint32_t isr0;
+} work_clock_t;
+
+static work_clock_t work_start(void)
 {
-    uint64_t all = board_counter_now() - t0;
-    uint32_t isr = board_rx_isr_ticks - isr0;
+    work_clock_t c;
+    c.isr0 = board_rx_isr_ticks;
+    c.t0 = board_counter_now();
+    return c;
+}
+
+static uint64_t work_ticks(work_clock_t c)
+{
+    uint64_t all = board_counter_now() - c.t0;
+    uint32_t isr = board_rx_isr_ticks - c.isr0;
     return all > isr ? all - isr : 0;
 }
 
@@ -160,10 +173,9 @@ static void handle_infer(const proto_msg_t *m)
     }
     if (!runtime_ready(m->msg_id))
         return;
-    uint32_t isr0 = board_rx_isr_ticks;
-    uint64_t t0 = board_counter_now();
+    work_clock_t work = work_start();
     int status = runtime_invoke((const int8_t *)(m->data + INFER_HEADER_BYTES), output);
-    uint64_t ticks = work_ticks(t0, isr0);
+    uint64_t ticks = work_ticks(work);
     if (status != 0) { /* the runtime's own words (TFLM: stage and TfLiteStatus), not a bare number */
         send_error(m->msg_id, PROTO_ERR_RUNTIME_INVOKE,
                    runtime_error_text()[0] ? runtime_error_text() : "runtime failed during inference");
@@ -258,11 +270,10 @@ static void frontend_drain(sample_source_t *src)
 {
     int16_t buf[256];
     size_t n;
-    uint32_t isr0 = board_rx_isr_ticks;
-    uint64_t t0 = board_counter_now();
+    work_clock_t work = work_start();
     while ((n = src->read(src, buf, 256)) > 0)
         dsmn_fe_push(&fe, buf, n);
-    fe_ticks += work_ticks(t0, isr0);
+    fe_ticks += work_ticks(work);
 }
 
 static void audio_stream(void *ctx, int start, const uint8_t *data, size_t n)
@@ -271,10 +282,9 @@ static void audio_stream(void *ctx, int start, const uint8_t *data, size_t n)
     if (start) {
         uint32_t bytes = 0;
         void *scratch = fe_scratch(&bytes);
-        uint32_t isr0 = board_rx_isr_ticks;
-        uint64_t t0 = board_counter_now();
+        work_clock_t work = work_start();
         fe_status = dsmn_fe_begin(&fe, scratch, bytes, DSMN_CFG_INPUT_SCALE, DSMN_CFG_INPUT_ZERO_POINT);
-        fe_ticks = work_ticks(t0, isr0);
+        fe_ticks = work_ticks(work);
         fe_have_input = 0;
         uart_source.odd = 0;
         return;
@@ -301,20 +311,18 @@ static void handle_audio(const proto_msg_t *m)
     }
     if (!runtime_ready(m->msg_id))
         return;
-    uint32_t isr0 = board_rx_isr_ticks;
-    uint64_t t0 = board_counter_now();
+    work_clock_t work = work_start();
     int fe_result = dsmn_fe_end(&fe, FE_INPUT);
-    fe_ticks += work_ticks(t0, isr0);
+    fe_ticks += work_ticks(work);
     fe_status = -1; /* the arena is the network's again */
     if (fe_result != 0) {
         send_error(m->msg_id, PROTO_ERR_BAD_LENGTH, "AUDIO data is not 44100 int16 samples");
         return;
     }
     fe_have_input = 1;
-    isr0 = board_rx_isr_ticks;
-    t0 = board_counter_now();
+    work = work_start();
     int status = runtime_invoke(FE_INPUT, output);
-    uint64_t ticks = work_ticks(t0, isr0);
+    uint64_t ticks = work_ticks(work);
 
     memcpy(payload, m->data, 4); /* seq */
     payload[4] = (uint8_t)(status < 0 ? -status : status);

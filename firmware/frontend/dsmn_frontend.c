@@ -1,6 +1,6 @@
 /* See dsmn_frontend.h. Every float operation is written in the order dsmn_host.features does
  * it (float32 where the host is float32), so what remains between the two is the FFT's and
- * log10's rounding (our log10_pos: within 3.5 ulp) and the order of the normalisation sums:
+ * log10's rounding (our log10_pos: within 2 ulp) and the order of the normalisation sums:
  * below an int8 step almost always. */
 #include "dsmn_frontend.h"
 
@@ -8,6 +8,9 @@
 #include <string.h>
 
 #include "arm_math.h"
+#if defined(__ARM_FEATURE_SAT)
+#include <arm_acle.h>
+#endif
 
 #define RING_MASK (DSMN_FE_NFFT - 1u)
 #define PAD (DSMN_FE_NFFT / 2u)
@@ -23,7 +26,8 @@ static size_t align16(size_t n) { return (n + 15u) & ~(size_t)15u; }
 
 size_t dsmn_fe_scratch_bytes(void)
 {
-    return align16(DSMN_FE_NFFT * sizeof(float)) * 2u + align16(N_ELEMS * sizeof(float)) +
+    return align16(DSMN_FE_NFFT * sizeof(float)) + align16((DSMN_FE_NFFT + 2u) * sizeof(float)) +
+           align16(N_ELEMS * sizeof(float)) +
            align16(DSMN_FE_NFFT * sizeof(int16_t)) + align16(sizeof(arm_rfft_fast_instance_f32));
 }
 
@@ -37,7 +41,7 @@ int dsmn_fe_begin(dsmn_fe_t *fe, void *scratch, size_t scratch_bytes, float inpu
     fe->frame = (float *)p;
     p += align16(DSMN_FE_NFFT * sizeof(float));
     fe->spectrum = (float *)p;
-    p += align16(DSMN_FE_NFFT * sizeof(float));
+    p += align16((DSMN_FE_NFFT + 2u) * sizeof(float));
     fe->logmel = (float *)p;
     p += align16(N_ELEMS * sizeof(float));
     fe->ring = (int16_t *)p;
@@ -51,29 +55,32 @@ int dsmn_fe_begin(dsmn_fe_t *fe, void *scratch, size_t scratch_bytes, float inpu
     return 0;
 }
 
-/* log10 of a positive normal float (the mel power + 1e-10 always is): the exponent, plus
- * 2 atanh((m-1)/(m+1)) for the mantissa m in [sqrt(1/2), sqrt(2)) (series to s^9, truncation
- * ~1e-9 relative). Within 3.5 ulp of log10 over [1e-10, 2^31) (measured on every 37th float
- * against libm's double log10; the worst is near 1, where an ulp is tiny), and ~20
- * instructions where newlib's log10f takes ~110: 44 x 256 calls per clip. */
-static float log10_pos(float x)
+/* log10 of a positive normal float (the mel power + 1e-10 always is), by table: with m the
+ * mantissa in [1, 2) and c its cell's edge (top 8 mantissa bits), log10 x = e log10 2 +
+ * log10 c + log10(1 + r), r = (m - c) / c, |r| < 2^-8, so a cubic in r is exact to float.
+ * Cells from 1.5 up count as c / 2 and e + 1, and the top cell's edge is 2, so x near 1 from
+ * either side has no large terms cancelling. m - c is exact as an integer (the low 15
+ * mantissa bits), the table holds 2^-23 / c. Within 1.91 ulp of log10 over [1e-10, 2^31)
+ * (tests/test_frontend.py checks <= 2), ~25 instructions and no division (the series it
+ * replaced needed a VDIV and ~43): 44 x 256 calls per clip. */
+static inline float log10_pos(float x)
 {
     union { float f; uint32_t u; } b = {x};
-    int32_t e = (int32_t)((b.u >> 23) & 0xffu) - 127;
-    b.u = (b.u & 0x007fffffu) | 0x3f800000u;
-    float m = b.f;
-    if (m > 1.41421356f) {
-        m *= 0.5f;
-        e++;
-    }
-    float s = (m - 1.0f) / (m + 1.0f);
-    float s2 = s * s;
-    float p = s2 * (0.333333333f + s2 * (0.2f + s2 * (0.142857143f + s2 * 0.111111111f)));
-    float ln_m = 2.0f * s + 2.0f * s * p;
+    const uint32_t cell = (b.u >> 15) & 0xffu;
+    const int32_t e = (int32_t)(b.u >> 23) - 127 + (int32_t)((b.u >> 22) & 1u);
+    int32_t num = (int32_t)(b.u & 0x7fffu);
+    if (cell == 0xffu)
+        num -= 0x8000;
+    const float *row = dsmn_fe_log10_cell[cell];
+    const float r = (float)num * row[1];
+    /* log10(e) (1 - r/2 + r^2/3), as float32 */
+    const float p = r * (0x1.bcb7b2p-2f + r * (-0x1.bcb7b2p-3f + r * 0x1.287a76p-3f));
     /* log10(2) split so e * HI is exact (HI has 12 significant bits, |e| < 2^8). */
     const float HI = 0x1.344p-2f, LO = (float)(0.30102999566398120 - 0x1.344p-2);
-    return (float)e * HI + ((float)e * LO + ln_m * 0.434294482f);
+    return (float)e * HI + ((float)e * LO + (row[0] + p));
 }
+
+float dsmn_fe_log10(float x) { return log10_pos(x); }
 
 /* x[k] = ring[r + k * dir] * w[k * step], k < n: one run contiguous in the ring and in the
  * half window. */
@@ -131,24 +138,33 @@ static void transform_frame(dsmn_fe_t *fe, uint32_t t, uint32_t n)
     }
     arm_rfft_fast_f32((arm_rfft_fast_instance_f32 *)fe->rfft, x, y, 0);
     /* Packed output: y[0] = DC, y[1] = Nyquist (both real), then (re, im) of bins 1..N/2-1.
-     * The power spectrum overwrites the (now free) input frame. */
-    x[0] = y[0] * y[0];
-    x[DSMN_FE_NFFT / 2u] = y[1] * y[1];
-    {
-        const float *c = y + 2;
-        float *p = x + 1;
-        for (uint32_t k = 1; k < DSMN_FE_NFFT / 2u; k++, c += 2)
-            *p++ = c[0] * c[0] + c[1] * c[1];
-    }
+     * Unpacked to (re, 0) pairs at both ends, so every bin k is (y[2k], y[2k+1]) and its power
+     * re*re + im*im (+ 0*0 is exact). */
+    y[DSMN_FE_NFFT] = y[1];
+    y[DSMN_FE_NFFT + 1u] = 0.0f;
+    y[1] = 0.0f;
+    /* One pass over the bins: a bin adds to two neighbouring bands at most (lower band's
+     * falling edge, upper band's rising edge), so the power is computed once and never stored,
+     * and each band's sum stays in a register until its last bin. Band m still sums its bins in
+     * ascending order from 0.0f (the table's extra zero weights add exactly +0): the same
+     * result as one dot product per band. */
+    const float *c = y + 2u * dsmn_fe_mel_seg[0];
+    const float *w = dsmn_fe_mel_pair;
     float *out = fe->logmel + t;
-    for (uint32_t m = 0; m < DSMN_FE_MELS; m++, out += DSMN_FE_FRAMES) {
-        const float *w = dsmn_fe_mel_weights + dsmn_fe_mel_offset[m];
-        const float *p = x + dsmn_fe_mel_first_bin[m];
-        const uint32_t nb = dsmn_fe_mel_nbins[m];
-        float acc = 0.0f;
-        for (uint32_t j = 0; j < nb; j++)
-            acc += p[j] * w[j];
-        *out = log10_pos(acc + LOG_OFFSET);
+    float lower = 0.0f, upper = 0.0f;
+    for (uint32_t s = 0; s <= DSMN_FE_MELS; s++) {
+        /* segment s: the bins whose lower band is s - 1 */
+        for (uint32_t k = dsmn_fe_mel_seg[s]; k < dsmn_fe_mel_seg[s + 1u]; k++, c += 2, w += 2) {
+            const float p = c[0] * c[0] + c[1] * c[1];
+            lower += p * w[0];
+            upper += p * w[1];
+        }
+        if (s > 0) {
+            *out = log10_pos(lower + LOG_OFFSET);
+            out += DSMN_FE_FRAMES;
+        }
+        lower = upper;
+        upper = 0.0f;
     }
 }
 
@@ -206,33 +222,49 @@ void dsmn_fe_push_bytes(dsmn_fe_t *fe, const uint8_t *bytes, size_t n)
 }
 
 /* Band m's regression delta in place: the host's (x[t+1]-x[t-1]) + 2(x[t+2]-x[t-2]), / 10,
- * with replicated edges; tmp holds the band's log-mel while it is overwritten. */
+ * with replicated edges; tmp holds the band's log-mel while it is overwritten. Only the two
+ * frames at each end clamp their indices. */
+static inline float delta_at(const float *v, int32_t t, int32_t last, int clamp)
+{
+#define AT(j) v[clamp ? ((j) < 0 ? 0 : ((j) > last ? last : (j))) : (j)]
+    float d = 1.0f * (AT(t + 1) - AT(t - 1));
+    d = d + 2.0f * (AT(t + 2) - AT(t - 2));
+#undef AT
+    return d / 10.0f;
+}
+
 static void delta_in_place(float *x, float *tmp)
 {
     const int32_t last = (int32_t)DSMN_FE_FRAMES - 1;
     memcpy(tmp, x, DSMN_FE_FRAMES * sizeof *x);
-    for (int32_t t = 0; t <= last; t++) {
-#define AT(j) tmp[(j) < 0 ? 0 : ((j) > last ? last : (j))]
-        float d = 1.0f * (AT(t + 1) - AT(t - 1));
-        d = d + 2.0f * (AT(t + 2) - AT(t - 2));
-#undef AT
-        x[t] = d / 10.0f;
-    }
+    x[0] = delta_at(tmp, 0, last, 1);
+    x[1] = delta_at(tmp, 1, last, 1);
+    for (int32_t t = 2; t <= last - 2; t++)
+        x[t] = delta_at(tmp, t, last, 0);
+    x[last - 1] = delta_at(tmp, last - 1, last, 1);
+    x[last] = delta_at(tmp, last, last, 1);
+}
+
+static inline int8_t sat8(int32_t q)
+{
+#if defined(__ARM_FEATURE_SAT)
+    return (int8_t)__ssat(q, 8);
+#else
+    return (int8_t)(q < -128 ? -128 : (q > 127 ? 127 : q));
+#endif
 }
 
 /* Round half away from zero and saturate: TFLite's QUANTIZE, exactly as int8io.quantize does
- * it (|v| - trunc|v| is exact in float32, so no v + 0.5 rounding up a 0.49999997). */
-static int8_t quantize(float x, float scale, int32_t zp)
+ * it. The fraction f = v - trunc(v) and 2f are exact in float32, and trunc(2f) is the +-1 (or
+ * 0) that rounding adds: no v + 0.5 rounding up a 0.49999997, and no compares. */
+static inline int8_t quantize(float x, float scale, int32_t zp)
 {
-    float v = x / scale;
-    float a = fabsf(v);
-    if (!(a < 1024.0f))
+    const float v = x / scale;
+    if (!(fabsf(v) < 1024.0f))
         return (int8_t)(v < 0.0f ? -128 : 127);
-    int32_t r = (int32_t)a;
-    if (a - (float)r >= 0.5f)
-        r++;
-    int32_t q = (v < 0.0f ? -r : r) + zp;
-    return (int8_t)(q < -128 ? -128 : (q > 127 ? 127 : q));
+    const int32_t r = (int32_t)v; /* toward zero */
+    const float f = v - (float)r;
+    return sat8(r + (int32_t)(f + f) + zp);
 }
 
 /* Normalises one channel (band-major values) over the clip and quantizes it into out. Mean and

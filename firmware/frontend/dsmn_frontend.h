@@ -25,14 +25,14 @@
 #define DSMN_FE_FRAMES (1u + DSMN_FE_CLIP_SAMPLES / DSMN_FE_HOP) /* 44 */
 #define DSMN_FE_OUTPUT_BYTES (DSMN_FE_FRAMES * DSMN_FE_MELS * 2u) /* NHWC (time, mel, 2) */
 
-/* Scratch: the FFT's input and output frames (2 x 4096 f32), the log-mel of the whole clip
+/* Scratch: the FFT's input and output frames (4096 and 4098 f32), the log-mel of the whole clip
  * (256 x 44 f32, needed for the per-clip normalisation), the sample ring (4096 x i16) and the
  * CMSIS instance. */
 size_t dsmn_fe_scratch_bytes(void);
 
 typedef struct {
-    float *frame;    /* DSMN_FE_NFFT: windowed frame, then power spectrum */
-    float *spectrum; /* DSMN_FE_NFFT: rfft output (packed) */
+    float *frame;    /* DSMN_FE_NFFT: windowed frame (the rfft's input, which it overwrites) */
+    float *spectrum; /* DSMN_FE_NFFT + 2: rfft output, unpacked to (re, im) of bins 0..N/2 */
     float *logmel;   /* DSMN_FE_MELS x DSMN_FE_FRAMES, band-major */
     int16_t *ring;   /* DSMN_FE_NFFT most recent samples */
     void *rfft;      /* arm_rfft_fast_instance_f32 */
@@ -56,11 +56,16 @@ void dsmn_fe_push_bytes(dsmn_fe_t *fe, const uint8_t *bytes, size_t n);
  * the clip did not have exactly DSMN_FE_CLIP_SAMPLES samples. */
 int dsmn_fe_end(dsmn_fe_t *fe, int8_t *out);
 
+/* The front end's log10 (x a positive normal float), for tests: within 2 ulp. */
+float dsmn_fe_log10(float x);
+
 /* The generated tables (dsmn_frontend_tables.c). */
 extern const float dsmn_fe_window[DSMN_FE_NFFT / 2u + 1u]; /* hann[n] / 32768, n = 0..2048 */
-extern const uint16_t dsmn_fe_mel_first_bin[DSMN_FE_MELS];
-extern const uint16_t dsmn_fe_mel_nbins[DSMN_FE_MELS];
-extern const uint16_t dsmn_fe_mel_offset[DSMN_FE_MELS];
-extern const float dsmn_fe_mel_weights[];
+/* Bins dsmn_fe_mel_seg[s] .. dsmn_fe_mel_seg[s + 1] - 1 add to bands s - 1 and s (s = 0..MELS),
+ * with the two weights dsmn_fe_mel_pair[2i], [2i + 1] for the i-th bin from seg[0]. */
+extern const uint16_t dsmn_fe_mel_seg[DSMN_FE_MELS + 2u];
+extern const float dsmn_fe_mel_pair[];
+/* log10 by mantissa cell c (top 8 bits): {log10(edge) (- log10 2 from 1.5 up), 2^-23 / edge}. */
+extern const float dsmn_fe_log10_cell[256][2];
 
 #endif

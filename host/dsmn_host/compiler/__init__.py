@@ -84,10 +84,7 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
     chosen = refined
     h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name, low.e.struct_sizes, min_arena_bytes)
     report = build_report(graph, chosen, low.e.flash, tflite_path, plans, name, ram_budget,
-                          marks, low.folded)
-    if min_arena_bytes > report["arena_bytes"]:
-        report["arena_bytes"] = min_arena_bytes
-        report["arena_grown_for"] = "the on-device front end's scratch (lent the arena)"
+                          marks, low.folded, min_arena_bytes)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dsmn_model.h").write_text(h)
     (out_dir / "dsmn_model.c").write_text(c)

@@ -2,7 +2,7 @@
 
 from dsmn_host.compiler.ir import row_bytes
 from dsmn_host.compiler.kernels import TEMPLATE_DIR
-from dsmn_host.compiler.plan import ALIGN
+from dsmn_host.compiler.plan import arena_size
 from dsmn_host.compiler.tile import emit_unit
 
 
@@ -76,7 +76,7 @@ def emit(graph, tp, decls, model_name, struct_sizes=None, min_arena_bytes=0):
     ctx = dict(model_name=model_name, decls=decls, calls=calls, tail=tail, units=units,
                scratch_checks=scratch_checks(tp),
                struct_sizes=sorted((struct_sizes or {}).items()),
-               arena_bytes=max(plan.arena_bytes, ALIGN, min_arena_bytes), input_bytes=gin.nbytes,
+               arena_bytes=arena_size(plan.arena_bytes, min_arena_bytes), input_bytes=gin.nbytes,
                output_bytes=gout.nbytes, input_shape=list(gin.shape), output_shape=list(gout.shape),
                input_scale=float(gin.scale[0]) if len(gin.scale) else 0.0,
                input_zero_point=int(gin.zero_point[0]) if len(gin.zero_point) else 0,

@@ -13,6 +13,12 @@ def _align(n, a=ALIGN):
     return (n + a - 1) // a * a
 
 
+def arena_size(peak, min_arena_bytes=0):
+    """The arena dsmn_model.c declares: the plan's peak, never an empty array, and at least
+    `min_arena_bytes` (what the firmware lends the arena for between inferences)."""
+    return max(peak, ALIGN, min_arena_bytes)
+
+
 @dataclass
 class Plan:
     offsets: dict           # buffer id -> arena offset

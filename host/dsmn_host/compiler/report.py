@@ -3,6 +3,7 @@ per-step buffers and the step labels the profiling runner prints against."""
 
 from dsmn_host.compiler.emit import scratch_checks
 from dsmn_host.compiler.kernels import runtime_code_bytes_estimate
+from dsmn_host.compiler.plan import arena_size
 
 
 def _counts(items, attr="op_name"):
@@ -14,7 +15,7 @@ def _counts(items, attr="op_name"):
     return c
 
 
-def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded):
+def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded, min_arena_bytes=0):
     plan, units = tp.plan, tp.units
     per_op, k = [], 0
     for ui, u in enumerate(units):
@@ -50,7 +51,9 @@ def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded
         "plan": plan_name,
         "ram_budget_bytes": budget,
         "peak_activation_bytes": plan.arena_bytes,
-        "arena_bytes": plan.arena_bytes,
+        "arena_bytes": arena_size(plan.arena_bytes, min_arena_bytes),
+        "arena_grown_for": ("the on-device front end's scratch (lent the arena)"
+                            if min_arena_bytes > plan.arena_bytes else None),
         "estimated_instructions": int(round(tp.cost)),
         "live_sum_at_peak_bytes": sum(plan.sizes[b] for b in plan.live_at_peak),
         "scratch_bytes": max([st.scratch_bytes for st in tp.steps] or [0]),
@@ -82,7 +85,8 @@ def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded
 def report_text(r):
     lines = [f"model: {r['model']}",
              f"plan: {r['plan']}" + (f" (budget {r['ram_budget_bytes']} B)" if r["ram_budget_bytes"] else ""),
-             f"peak activation (arena): {r['peak_activation_bytes']} B",
+             f"peak activation: {r['peak_activation_bytes']} B, arena {r['arena_bytes']} B"
+             + (f" (grown for {r['arena_grown_for']})" if r["arena_grown_for"] else ""),
              f"estimated instructions: {r['estimated_instructions']}",
              f"flash: {r['flash_bytes']} B  " + ", ".join(f"{k}={v}" for k, v in r["flash_breakdown"].items()),
              "plans considered (peak B, est. instructions, tiled units/steps, mel strips, ECA keep/recompute):"]

@@ -352,52 +352,60 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
     gen = out / "gen"
     gen.mkdir(parents=True, exist_ok=True)
 
+    # The on-device front end (audio mode): on by default for models that take its 44x256x2
+    # input; front_end=False builds features-only firmware. It borrows the native runtime's
+    # arena (the two never run together), which grows to its scratch when the plan's is
+    # smaller (the tiled plans of the 128 KiB parts): that costs the difference, not a second
+    # buffer of the scratch's whole size. Decided before the plan is emitted, so codegen runs
+    # once except on the rare path where the board then has no room for it.
+    from dsmn_host.target import frontend
+
+    auto = front_end is None
+    if front_end and not frontend.fits_model(card):
+        raise DsmnError(f"{model}: input {card['input']['shape']} is not the front end's {frontend.INPUT_SHAPE}")
+    if auto:
+        front_end = frontend.fits_model(card)
+    fe_skipped = None
+    if auto and front_end and runtime != "native":
+        # TFLM lends no arena: the front end would add its whole scratch as RAM of its own,
+        # a path no test runs on the board; features-mode TFLM firmware unless asked for.
+        front_end, fe_skipped = False, "left out: the TFLM runtime lends it no arena (features mode only)"
+    if ram_budget is None and plan is None and runtime == "native":
+        ram_budget = default_ram_budget(b, other_ram_bytes(card, b))
+    # auto mode does not grow the arena past what was asked for (--plan min, a budget)
+    may_grow = not auto or (plan != "min" and (ram_budget is None or frontend.SCRATCH_BYTES <= ram_budget))
+    grow = front_end and runtime == "native" and may_grow
+
     native_report, sources, includes = None, (), ()
     if runtime == "native":
         from dsmn_host.deploy import codegen
 
-        if ram_budget is None and plan is None:
-            ram_budget = default_ram_budget(b, other_ram_bytes(card, b))
         where = (f"{b.name} has {b.arena_ram.length if b.arena_ram else b.ram.length} B of "
                  f"{'arena ' if b.arena_ram else ''}RAM")
-        native_report = codegen.generate(model, gen, ram_budget=ram_budget, plan=plan, board_ram=where)
+
+        def generate(min_arena):
+            return codegen.generate(model, gen, ram_budget=ram_budget, plan=plan, board_ram=where,
+                                    min_arena_bytes=min_arena)
+
+        native_report = generate(frontend.SCRATCH_BYTES if grow else 0)
         sources, includes = codegen.runtime_sources(), codegen.runtime_include_dirs()
     est_flash, est_arena, est_other = estimate(card, b, runtime, native_report)
-    # The on-device front end (audio mode): on by default for models that take its 44x256x2
-    # input; front_end=False builds features-only firmware.
-    from dsmn_host.target import frontend
-
-    fe_skipped = None
-    if front_end is None:  # auto: built in when the model takes its input and the board has room
-        front_end = frontend.fits_model(card)
-        if front_end and runtime != "native":
-            # TFLM lends no arena: the front end would add its whole scratch as RAM of its own,
-            # a path no test runs on the board; features-mode TFLM firmware unless asked for.
-            front_end, fe_skipped = False, "left out: the TFLM runtime lends it no arena (features mode only)"
-        grown = frontend.arena_with(runtime, est_arena)
-        if front_end and grown > est_arena and (plan == "min" or (ram_budget is not None and grown > ram_budget)):
-            # growing the arena for the front end would break what was asked for
-            asked = "--plan min" if plan == "min" else f"the RAM budget of {ram_budget} B"
-            front_end, fe_skipped = False, (f"left out: its scratch ({frontend.SCRATCH_BYTES} B, lent the arena) "
-                                            f"would grow the {est_arena} B arena beyond {asked}")
-        if front_end:
-            try:
-                check_fits(est_flash + frontend.FLASH_ESTIMATE, grown,
-                           est_other + frontend.own_scratch_bytes(runtime, est_arena), b, model)
-            except DsmnError as exc:
-                front_end, fe_skipped = False, f"left out: with it, {exc}"
-    elif front_end and not frontend.fits_model(card):
-        raise DsmnError(f"{model}: input {card['input']['shape']} is not the front end's {frontend.INPUT_SHAPE}")
+    if front_end and runtime == "native" and not grow and est_arena < frontend.SCRATCH_BYTES:
+        asked = "--plan min" if plan == "min" else f"the RAM budget of {ram_budget} B"
+        front_end, fe_skipped = False, (f"left out: its scratch ({frontend.SCRATCH_BYTES} B, lent the arena) "
+                                        f"would grow the {est_arena} B arena beyond {asked}")
+    if auto and front_end:
+        try:
+            check_fits(est_flash + frontend.FLASH_ESTIMATE, est_arena,
+                       est_other + frontend.own_scratch_bytes(runtime), b, model)
+        except DsmnError as exc:
+            front_end, fe_skipped = False, f"left out: with it, {exc}"
+            if native_report and native_report["arena_grown_for"]:
+                native_report = generate(0)
+                est_flash, est_arena, est_other = estimate(card, b, runtime, native_report)
     if front_end:
-        if frontend.arena_with(runtime, est_arena) > est_arena:
-            # A plan's arena smaller than the front end's scratch (the tiled plans of the 128 KiB
-            # parts) grows to it: the two never run together, so that costs the difference,
-            # not a second buffer of the scratch's whole size.
-            native_report = codegen.generate(model, gen, ram_budget=ram_budget, plan=plan, board_ram=where,
-                                             min_arena_bytes=frontend.SCRATCH_BYTES)
-            est_arena = native_report["arena_bytes"]
         est_flash += frontend.FLASH_ESTIMATE
-        est_other += frontend.own_scratch_bytes(runtime, est_arena)
+        est_other += frontend.own_scratch_bytes(runtime)
     check_fits(est_flash, est_arena, est_other, b, model)
     est_ram = est_arena + est_other
     if runtime == "tflm":
@@ -410,7 +418,7 @@ def build_firmware(tflite=None, run_dir=None, board="qemu-an386", runtime="nativ
         tflm_dir = tflm.check_tree(tflm_dir)
 
     ctx = render(gen, card, model, b, runtime, tflm_dir, sources, includes, tflm_arena=tflm_arena)
-    fe_info = frontend.render_build(gen, runtime, est_arena) if front_end else frontend.remove_build(gen)
+    fe_info = frontend.render_build(gen, runtime) if front_end else frontend.remove_build(gen)
     require_toolchain()
     tflm_info = None
     if runtime == "tflm":

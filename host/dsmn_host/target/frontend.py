@@ -83,22 +83,55 @@ def _c_float(v) -> str:
     return "0.0f" if v == 0 else f"{v.hex()}f"
 
 
+def mel_segments(fb):
+    """The filterbank as segments: (seg, pair) where bins seg[s] .. seg[s+1]-1 add to bands s-1
+    and s with weights pair[k - seg[0]] (zeros where a band does not reach). Each bin's lower
+    band is the lowest it can be and never decreases, which every triangular filterbank allows;
+    anything else (a bin in three bands, bands out of order) is refused, since the C side's one
+    pass over the bins relies on it."""
+    n_mels, n_bins = fb.shape
+    used = np.flatnonzero(fb.any(axis=0))
+    if not used.size:
+        raise DsmnError("the mel filterbank is all zeros")
+    lower, prev = [], -1
+    for k in range(int(used[0]), int(used[-1]) + 1):
+        nz = np.flatnonzero(fb[:, k])
+        lo = prev if not nz.size else max(prev, int(nz[0]) - (1 if nz.size == 1 else 0))
+        if nz.size and (nz[-1] > lo + 1 or nz[0] < lo):
+            raise DsmnError(f"mel bin {k} adds to bands {list(map(int, nz))}; the front end's one-pass "
+                            "table needs each bin in two neighbouring bands at most, in band order")
+        lower.append(lo)
+        prev = lo
+    lower = np.array(lower)
+    bins = np.arange(int(used[0]), int(used[-1]) + 1)
+    seg = [int(used[0]) + int(np.searchsorted(lower, s - 1)) for s in range(n_mels + 1)] + [int(used[-1]) + 1]
+    pair = []
+    for k, lo in zip(bins, lower):
+        pair.append(fb[lo, k] if lo >= 0 else np.float32(0))
+        pair.append(fb[lo + 1, k] if lo + 1 < n_mels else np.float32(0))
+    return seg, np.array(pair, dtype=np.float32)
+
+
+def log10_cells():
+    """The C log10's table (see log10_pos in dsmn_frontend.c): per mantissa cell i, the edge c
+    (1 + i/256; 2 for the top cell, so x just below 1 has r < 0 against c = 2 rather than two
+    large terms cancelling) and (log10 c - k log10 2, 2^-23 / c), k = 1 from 1.5 up."""
+    cells = []
+    for i in range(256):
+        edge = 2.0 if i == 255 else 1.0 + i / 256.0
+        k = 1 if i >= 128 else 0
+        cells.append((np.log10(edge) - k * np.log10(2.0), 2.0 ** -23 / edge))
+    return cells
+
+
 def table_context():
     from dsmn_host.data import features as F
 
     window = F._window()[: F.N_FFT // 2 + 1] / PCM_FULL_SCALE
-    first, nbins, offset, weights = [], [], [], []
-    for m, row in enumerate(F.mel_filterbank()):
-        nz = np.flatnonzero(row)
-        if nz.size and nz[-1] - nz[0] + 1 != nz.size:
-            raise DsmnError(f"mel band {m} is not one run of bins; the front end's table format cannot hold it")
-        first.append(int(nz[0]) if nz.size else 0)
-        nbins.append(int(nz.size))
-        offset.append(len(weights))
-        weights.extend(_c_float(w) for w in row[nz])
+    seg, pair = mel_segments(F.mel_filterbank())
     params = {k: F.PARAMS[k] for k in ("sample_rate", "n_fft", "hop", "n_mels", "mel_scale", "mel_norm")}
-    return {"window": [_c_float(w) for w in window], "first_bin": first, "nbins": nbins,
-            "offset": offset, "weights": weights or ["0.0f"], "params": params}
+    return {"window": [_c_float(w) for w in window], "seg": seg, "pair": [_c_float(w) for w in pair],
+            "log10_cells": [(_c_float(t), _c_float(inv)) for t, inv in log10_cells()], "params": params}
 
 
 def render_tables(out_dir) -> Path:
@@ -120,9 +153,9 @@ def render_tables(out_dir) -> Path:
 # end's code and tables, CMSIS-DSP's 4096-point rfft code and the twiddle/bit-reversal tables
 # it keeps after --gc-sections.
 FLASH_ESTIMATE = 64 * 1024
-# dsmn_fe_scratch_bytes() on a 32-bit target: 2 frames of 4096 f32, 256 x 44 f32 log-mel,
-# 4096 int16 ring, the rfft instance (rounded up).
-SCRATCH_BYTES = 2 * 4096 * 4 + 256 * 44 * 4 + 4096 * 2 + 32
+# dsmn_fe_scratch_bytes() on a 32-bit target: frames of 4096 and 4098 f32 (each rounded up to
+# 16 B), 256 x 44 f32 log-mel, 4096 int16 ring, the rfft instance (rounded up).
+SCRATCH_BYTES = 4096 * 4 + 4098 * 4 + 8 + 256 * 44 * 4 + 4096 * 2 + 32
 INPUT_SHAPE = [1, 44, 256, 2]
 
 
@@ -130,27 +163,20 @@ def fits_model(card) -> bool:
     return list(card["input"]["shape"]) == INPUT_SHAPE
 
 
-def own_scratch_bytes(runtime, arena_bytes) -> int:
+def own_scratch_bytes(runtime) -> int:
     """0 when the front end borrows the network's arena (native runtime: the arena is grown to
-    the scratch if the plan's is smaller, see arena_with), else the size of the buffer it needs
-    of its own."""
-    if runtime == "native":
-        return 0
-    return SCRATCH_BYTES
+    the scratch if the plan's is smaller, build-firmware's min_arena_bytes), else the size of
+    the buffer it needs of its own."""
+    return 0 if runtime == "native" else SCRATCH_BYTES
 
 
-def arena_with(runtime, arena_bytes) -> int:
-    """The network's arena once the front end borrows it."""
-    return max(arena_bytes, SCRATCH_BYTES) if runtime == "native" else arena_bytes
-
-
-def render_build(gen, runtime, arena_bytes) -> dict:
+def render_build(gen, runtime) -> dict:
     """Tables + gen/frontend.cmake (which the top-level CMakeLists.txt includes)."""
     import jinja2
 
     base = cmsis_dsp_dir()
     render_tables(gen)
-    own = own_scratch_bytes(runtime, arena_bytes)
+    own = own_scratch_bytes(runtime)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.get_template("frontend.cmake.j2").render(

@@ -182,7 +182,8 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "plans.json"))
-    ap.add_argument("--no-variants", action="store_true")
+    ap.add_argument("--no-variants", action="store_true",
+                    help="do not re-measure models 2-4 (their rows are kept from --out, with their date)")
     ap.add_argument("--no-firmware", action="store_true")
     args = ap.parse_args()
     model = ROOT / "models" / "model1" / "model1_int8.tflite"
@@ -202,6 +203,11 @@ def main():
                 print(res["model1_firmware_stm32f405"][-1], flush=True)
         if not args.no_variants:
             res["variants"] = variants(work)
+        elif Path(args.out).is_file():   # kept from the run that measured them, saying when
+            prev = json.loads(Path(args.out).read_text())
+            if "variants" in prev:
+                res["variants"] = prev["variants"]
+                res["variants_generated_at"] = prev.get("variants_generated_at", prev["generated_at"])
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(readme_table(res))
 

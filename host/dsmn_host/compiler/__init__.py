@@ -1,7 +1,7 @@
 """The dsmn ahead-of-time compiler: an int8 .tflite -> static C on one planned arena.
 
 Passes, one module each, over one IR (ir.py):
-  read -> fold -> fuse -> lower -> schedule -> tile -> plan -> emit -> report
+  read -> fold -> fuse -> lower -> schedule -> tile -> plan -> emit (reroll) -> report
 `generate` runs them and writes dsmn_model.c/.h, memory.json and memory.txt.
 """
 

@@ -3,6 +3,7 @@
 from dsmn_host.compiler.ir import row_bytes
 from dsmn_host.compiler.kernels import TEMPLATE_DIR
 from dsmn_host.compiler.plan import arena_size
+from dsmn_host.compiler.reroll import reroll_unit
 from dsmn_host.compiler.tile import emit_unit
 
 
@@ -49,10 +50,12 @@ def emit(graph, tp, decls, model_name, struct_sizes=None, min_arena_bytes=0):
         if u.tiled:
             # one function per tiled unit: small functions compile fast and profile per unit
             fname = f"dsmn_unit{k}"
-            units.append({"name": fname,
-                          # a unit whose tensors are all held whole has no scratch of its own
-                          "code": "\n    ".join(emit_unit(graph, u, ptr_full, plan.offsets[plan.scratch[k]]
-                                                         if k in plan.scratch else 0))})
+            # a unit whose tensors are all held whole has no scratch of its own
+            body = reroll_unit(emit_unit(graph, u, ptr_full, plan.offsets[plan.scratch[k]]
+                                         if k in plan.scratch else 0))
+            units.append({"name": fname, "code": "\n    ".join(s.replace("\n", "\n    ") for s in body)})
+            # what the code's size follows once bands are loops (the band calls it makes: u.calls)
+            statements = sum(1 for s in body for line in s.split("\n") if line.rstrip().endswith(");"))
             code = f"{fname}(input, output);"
             label = (f"ops {', '.join(str(s.op_index) for s in u.steps)}: "
                      f"{len(u.steps)} steps in {u.bands} bands")
@@ -68,7 +71,8 @@ def emit(graph, tp, decls, model_name, struct_sizes=None, min_arena_bytes=0):
         calls.append({"comment": label, "code": code,   # trace: -DDSMN_TRACE (dsmn_host.deploy.compare)
                       "trace": [{"tensor": t, "ptr": ptr_full(t), "bytes": graph.tensors[t].nbytes}
                                 for t in traced]})
-        marks.append({"mark": len(marks), "label": label, "kernel": kernel, "unit": k})
+        marks.append({"mark": len(marks), "label": label, "kernel": kernel, "unit": k,
+                      "call_statements": statements if u.tiled else 1})
     gin, gout = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     tail = []
     if plan.owner[graph.outputs[0]] == "in":

@@ -17,6 +17,8 @@ def _counts(items, attr="op_name"):
 
 def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded, min_arena_bytes=0):
     plan, units = tp.plan, tp.units
+    # band calls (calls) run per inference; call statements (loops rerolled) are the code
+    statements = {m["unit"]: m["call_statements"] for m in marks}
     per_op, k = [], 0
     for ui, u in enumerate(units):
         for st in u.steps:
@@ -69,7 +71,8 @@ def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded
                    "strips": u.strips if u.tiled else 1,
                    "steps": [st.op_index for st in u.steps],
                    "band_buffer_bytes": u.scratch_bytes if u.tiled else 0,
-                   "calls": u.calls, "moved_bytes": u.moved_bytes} for ui, u in enumerate(units)],
+                   "calls": u.calls, "call_statements": statements.get(ui, 1),
+                   "moved_bytes": u.moved_bytes} for ui, u in enumerate(units)],
         "marks": marks,
         "scratch_checks": len(scratch_checks(tp)),
         "ops": per_op,

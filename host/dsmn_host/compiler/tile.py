@@ -547,6 +547,13 @@ def choose(plans, budget=None, mode=None):
     return min(fit, key=lambda p: (p.cost, p.peak))
 
 
+def _line_addr(off):
+    """Row 0's address of a line buffer whose first held row is `off` bytes into the arena:
+    below the arena once the band has moved on (the kernels index rows globally). One form
+    for both signs, so the reroll pass sees the address advance band by band."""
+    return f"DSMN_AT(dsmn_arena, {off})"
+
+
 def emit_unit(graph, u, ptr_full, arena_off):
     """C statements of a tiled unit. ptr_full(t, row): address of row `row` of a tensor held
     whole (external or materialized); the unit's line buffers start at arena offset
@@ -560,8 +567,7 @@ def emit_unit(graph, u, ptr_full, arena_off):
         def ptr(t, row):
             if t in u.streamed:
                 off0, _, rb = u.buffers[t]
-                off = arena_off + off0 + (row - base[t]) * rb
-                return f"(dsmn_arena + {off})" if off >= 0 else f"DSMN_AT(dsmn_arena, {off})"
+                return _line_addr(arena_off + off0 + (row - base[t]) * rb)
             return ptr_full(t, row)
         return ptr
 
@@ -594,9 +600,6 @@ def _emit_strips(graph, u, ptr_full, arena_off, moves):
     RowBand.tile asks for."""
     lines = []
 
-    def addr(off):
-        return f"(dsmn_arena + {off})" if off >= 0 else f"DSMN_AT(dsmn_arena, {off})"
-
     def piece_at(s, t, a, b):
         off0, cap, _ = u.buffers[t]
         poff, pix = off0, _pix(graph, t)
@@ -624,7 +627,7 @@ def _emit_strips(graph, u, ptr_full, arena_off, moves):
             def loc(t, row, a, b, s=s, base=base):
                 if t in u.streamed:
                     poff, pa, w, pix = piece_at(s, t, a, b)
-                    return addr(arena_off + poff + (row - base[t]) * w * pix), pa, w
+                    return _line_addr(arena_off + poff + (row - base[t]) * w * pix), pa, w
                 return ptr_full(t, row), 0, _width(graph, t)
             outs = u.outs[s][j]
             if not any(outs.values()):

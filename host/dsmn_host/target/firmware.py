@@ -33,7 +33,8 @@ TFLM_CODE_ESTIMATE = 160 * 1024
 # Cortex-M4 build of model1's kernels), and dsmn_invoke() itself is ~35 bytes of code per step.
 NATIVE_KERNEL_O2_FACTOR = 1.8
 NATIVE_INVOKE_BYTES_PER_STEP = 48
-# A band call of a tiled unit copies its parameter struct and sets the rows first.
+# A band call statement of a tiled unit (in a loop or not: memory.json units[].call_statements)
+# copies its parameter struct and sets the rows first.
 NATIVE_INVOKE_BYTES_PER_BAND_CALL = 96
 # dsmn_init() checks each kernel call's scratch (measured 32 bytes a check, model1 at -O2).
 NATIVE_INIT_BYTES_PER_CHECK = 40
@@ -93,8 +94,8 @@ def estimate(card, board, runtime, native_report=None):
         flash = (sum(v for v in breakdown.values() if v) + int(kernel * NATIVE_KERNEL_O2_FACTOR)
                  + NATIVE_INVOKE_BYTES_PER_STEP * len(native_report["ops"]) + APP_CODE_ESTIMATE
                  + NATIVE_INIT_BYTES_PER_CHECK * native_report.get("scratch_checks", 0)
-                 + NATIVE_INVOKE_BYTES_PER_BAND_CALL * sum(u["calls"] for u in native_report.get("units", [])
-                                                           if u["tiled"]))
+                 + NATIVE_INVOKE_BYTES_PER_BAND_CALL * sum(u.get("call_statements", u["calls"])
+                                                           for u in native_report.get("units", []) if u["tiled"]))
         arena = native_report["arena_bytes"]
     else:
         if not card.get("tflm_arena_bytes"):

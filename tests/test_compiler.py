@@ -345,6 +345,42 @@ def test_random_chain_tiled_bit_exact(tmp_path_factory, h, w, c, k1, k2, dil, st
     assert report["peak_activation_bytes"] <= report["tradeoff"][0]["peak_bytes"]
 
 
+@pytest.mark.parametrize("doubled", [True, False])
+def test_band_calls_of_an_add_take_the_generators_tables(tmp_path, doubled):
+    """A residual ADD inside a tiled unit runs its band and strip calls on the rescaling
+    tables the generator wrote (dsmn_add_tabled_params), on both of the kernel's
+    requantisations: doubled (the converter's usual ADD) and exact (an output multiplier
+    of 0.75, no right shift: TFLM's edge of the valid range), bit-exact with TFLM."""
+    import re
+
+    import tensorflow as tf
+
+    from dsmn_host.deploy import codegen
+
+    wt = rs.Weights(5)
+
+    def fn(x):
+        y = tf.nn.relu(tf.nn.conv2d(x, wt((1, 1, 2, 8)), 1, "SAME") + wt((8,), 0.1))
+        z = tf.nn.depthwise_conv2d(y, wt((3, 3, 8, 1)), [1, 1, 1, 1], "SAME") + wt((8,), 0.1)
+        return tf.nn.conv2d(z + y, wt((3, 3, 8, 4)), 1, "SAME")
+
+    buf = rs.to_int8_tflite(fn, (12, 8, 2), seed=3)
+    if not doubled:
+        buf = rs.requantize_output(buf, "ADD", scale_fn=lambda s: 2 * max(s) / (2 ** 20 * 0.75))
+    xs = rs.random_inputs(buf, 3, 4)
+    (tmp_path / "m.tflite").write_bytes(buf)
+    for strips in (1, 2):
+        gen = tmp_path / f"gen{strips}"
+        codegen.generate(tmp_path / "m.tflite", gen, plan="min", band_rows=1, strips=strips)
+        c = (gen / "dsmn_model.c").read_text()
+        assert ("dsmn_add_tabled_tile_s8(" if strips > 1 else "dsmn_add_tabled_s8(") in c
+        flags = re.findall(r"dsmn_add_tabled_params \w+ = \{\{[^}]*\}, (\d+), \w+\};", c)
+        assert flags == [str(int(doubled))], flags
+        got = codegen.run_batch(gen, xs)
+        ref = rs.tflm_run(buf, xs)
+        assert np.array_equal(got.reshape(ref.shape), ref)
+
+
 @pytest.mark.parametrize("kind", ["SPARABLE", "CONCATENATION"])
 @settings(max_examples=max(1, N_EXAMPLES - 1), deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))

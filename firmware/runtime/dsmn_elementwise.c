@@ -29,6 +29,29 @@
         }                                                                                  \
     } while (0)
 
+/* Both inputs' rescalings looked up (pa[v], pb[v] for v in -128..127), one requantisation
+ * per element; `doubled`: entries and requantisation as described at dsmn_add_tabled_params. */
+static void add_tabulated(const dsmn_add_params *p, const int32_t *pa, const int32_t *pb,
+                          int doubled, int32_t count, const int8_t *in1, const int8_t *in2,
+                          int8_t *out)
+{
+    const int32_t m = p->output_multiplier, sh = p->output_shift;
+    const int left = sh > 0 ? sh : 0, right = sh > 0 ? 0 : -sh;
+    const int32_t off = p->output_offset, lo = p->act_min, hi = p->act_max;
+    if (doubled) {
+        const int32_t half = 1 << (right - 1);
+        for (int32_t i = 0; i < count; i++) {
+            const int32_t r = dsmn_rq_doubled(pa[in1[i]] + pb[in2[i]], m, half, right) + off;
+            out[i] = (int8_t)dsmn_clamp(r, lo, hi);
+        }
+        return;
+    }
+    for (int32_t i = 0; i < count; i++) {
+        const int32_t r = dsmn_mbqm_lr(pa[in1[i]] + pb[in2[i]], m, left, right) + off;
+        out[i] = (int8_t)dsmn_clamp(r, lo, hi);
+    }
+}
+
 void dsmn_add_s8(const dsmn_add_params *p_arg, const dsmn_broadcast *bc, int32_t count,
                  const int8_t *in1, const int8_t *in2, int8_t *out)
 {
@@ -43,10 +66,8 @@ void dsmn_add_s8(const dsmn_add_params *p_arg, const dsmn_broadcast *bc, int32_t
             ta[i] = dsmn_mbqm((i - 128 + p->input1_offset) * s, p->input1_multiplier, p->input1_shift);
             tb[i] = dsmn_mbqm((i - 128 + p->input2_offset) * s, p->input2_multiplier, p->input2_shift);
         }
-        const int32_t *pa = ta + 128, *pb = tb + 128;
-        const int32_t m = p->output_multiplier, sh = p->output_shift;
+        const int32_t sh = p->output_shift;
         const int left = sh > 0 ? sh : 0, right = sh > 0 ? 0 : -sh;
-        const int32_t off = p->output_offset, lo = p->act_min, hi = p->act_max;
         int64_t amax = 0, bmax = 0;
         for (int32_t i = 0; i < 256; i++) {
             const int64_t x = ta[i] < 0 ? -(int64_t)ta[i] : ta[i];
@@ -54,27 +75,26 @@ void dsmn_add_s8(const dsmn_add_params *p_arg, const dsmn_broadcast *bc, int32_t
             amax = x > amax ? x : amax;
             bmax = y > bmax ? y : bmax;
         }
-        if (left == 0 && right >= 1 && right <= 31 && amax + bmax < (1ll << 29)) {
-            /* doubled tables: smmulr is the rounding doubling high multiply, and add-half
-             * rounding is exact for sums this small */
+        /* doubled tables: smmulr is the rounding doubling high multiply, and add-half
+         * rounding is exact for sums this small */
+        const int doubled = left == 0 && right >= 1 && right <= 31 && amax + bmax < (1ll << 29);
+        if (doubled) {
             for (int32_t i = 0; i < 256; i++) {
                 ta[i] *= 2;
                 tb[i] *= 2;
             }
-            const int32_t half = 1 << (right - 1);
-            for (int32_t i = 0; i < count; i++) {
-                const int32_t r = dsmn_rq_doubled(pa[in1[i]] + pb[in2[i]], m, half, right) + off;
-                out[i] = (int8_t)dsmn_clamp(r, lo, hi);
-            }
-            return;
         }
-        for (int32_t i = 0; i < count; i++) {
-            const int32_t r = dsmn_mbqm_lr(pa[in1[i]] + pb[in2[i]], m, left, right) + off;
-            out[i] = (int8_t)dsmn_clamp(r, lo, hi);
-        }
+        add_tabulated(p, ta + 128, tb + 128, doubled, count, in1, in2, out);
         return;
     }
     DSMN_BROADCAST_LOOP(dsmn_add_one);
+}
+
+void dsmn_add_tabled_s8(const dsmn_add_tabled_params *t, int32_t count, const int8_t *in1,
+                        const int8_t *in2, int8_t *out)
+{
+    const dsmn_add_params p_local = t->p;
+    add_tabulated(&p_local, t->table + 128, t->table + 384, t->doubled, count, in1, in2, out);
 }
 
 /* One operand dense NHWC, the other one value per (batch, channel) (e.g. an attention scale):

@@ -100,6 +100,20 @@ void dsmn_add_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_t cou
 void dsmn_mul_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t count,
                  const int8_t *in1, const int8_t *in2, int8_t *out);
 
+/* ADD / SUB of same-shape operands whose two input rescalings the generator tabulated:
+ * table[v + 128] is input1's value v rescaled, table[256 + v + 128] input2's; `doubled`: the
+ * entries are twice that and the output takes the doubled requantisation (the choice
+ * dsmn_add_s8 makes for itself on long runs, from the same bounds). A band or strip call is
+ * too short to pay for building the tables itself; the results are dsmn_add_s8's. */
+typedef struct {
+    dsmn_add_params p;
+    int32_t doubled;
+    const int32_t *table;
+} dsmn_add_tabled_params;
+
+void dsmn_add_tabled_s8(const dsmn_add_tabled_params *t, int32_t count, const int8_t *in1,
+                        const int8_t *in2, int8_t *out);
+
 typedef struct {
     int32_t input_zero_point, output_zero_point;
     int32_t multiplier, shift;
@@ -263,6 +277,9 @@ void dsmn_max_pool_tile_s8(const dsmn_pool_params *p, const dsmn_dims *id, const
 void dsmn_add_tile_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_t rows,
                       int32_t cols, int32_t count, const int8_t *in1, int32_t s1,
                       const int8_t *in2, int32_t s2, int8_t *out, int32_t so);
+void dsmn_add_tabled_tile_s8(const dsmn_add_tabled_params *t, int32_t rows, int32_t cols,
+                             int32_t count, const int8_t *in1, int32_t s1, const int8_t *in2,
+                             int32_t s2, int8_t *out, int32_t so);
 void dsmn_mul_tile_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t rows,
                       int32_t cols, int32_t count, const int8_t *in1, int32_t s1,
                       const int8_t *in2, int32_t s2, int8_t *out, int32_t so);

@@ -167,6 +167,15 @@ void dsmn_add_tile_s8(const dsmn_add_params *p, const dsmn_broadcast *bc, int32_
     ELEMENTWISE_TILE(dsmn_add_s8(p, bb, n, a, b2, o));
 }
 
+void dsmn_add_tabled_tile_s8(const dsmn_add_tabled_params *t, int32_t rows, int32_t cols,
+                             int32_t count, const int8_t *in1, int32_t s1, const int8_t *in2,
+                             int32_t s2, int8_t *out, int32_t so)
+{
+    const dsmn_broadcast *bc = NULL;
+    (void)cols;
+    ELEMENTWISE_TILE(dsmn_add_tabled_s8(t, n, a, b2, o); (void)bb);
+}
+
 void dsmn_mul_tile_s8(const dsmn_mul_params *p, const dsmn_broadcast *bc, int32_t rows,
                       int32_t cols, int32_t count, const int8_t *in1, int32_t s1,
                       const int8_t *in2, int32_t s2, int8_t *out, int32_t so)

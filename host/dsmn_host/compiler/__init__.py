@@ -82,8 +82,13 @@ def generate(tflite_path, out_dir, ram_budget=None, plan=None, board_ram=None, b
                            strip_counts=STRIPS if strips is None else (strips,))
     plans = [refined if p is chosen else p for p in plans]
     chosen = refined
-    h, c, marks = emit(graph, chosen, low.e.decls, tflite_path.name, low.e.struct_sizes, min_arena_bytes)
-    report = build_report(graph, chosen, low.e.flash, tflite_path, plans, name, ram_budget,
+    # constants only band calls read (RowBand.consts): in this plan's C and flash if it has
+    # them, once (a recomputed step is in two units)
+    consts = list(dict.fromkeys(k for u in chosen.units if u.tiled for st in u.steps for k in st.band.consts))
+    flash = dict(low.e.flash, tables=low.e.flash["tables"] + sum(b for _, b in consts))
+    h, c, marks = emit(graph, chosen, low.e.decls + [d for d, _ in consts], tflite_path.name,
+                       low.e.struct_sizes, min_arena_bytes)
+    report = build_report(graph, chosen, flash, tflite_path, plans, name, ram_budget,
                           marks, low.folded, min_arena_bytes)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dsmn_model.h").write_text(h)

@@ -88,6 +88,9 @@ class RowBand:
     # held piece of t containing columns [a, b).
     cols: dict = None
     tile: object = None
+    # Constants only the band and strip calls read, as (C declaration, flash bytes): emitted
+    # (and counted) only when a plan runs the Step in bands.
+    consts: list = field(default_factory=list)
 
 
 @dataclass

@@ -15,11 +15,11 @@ from dsmn_host.compiler.fold import fold_shapes, resolve_reshape
 from dsmn_host.compiler.fuse import find_fusions
 from dsmn_host.compiler.ir import (IR, ColMap, RowBand, RowMap, Step, op_error as _err, rows_of,
                                    row_bytes)
-from dsmn_host.compiler.params import (MAX_TAIL, AddParams, Broadcast, ConvParams, Dims, FcParams,
+from dsmn_host.compiler.params import (MAX_TAIL, AddParams, AddTabledParams, Broadcast, ConvParams, Dims, FcParams,
                                        GatherParams, LogisticParams, MeanParams, MulParams,
                                        PadParams, PoolParams, Requant, RequantParams, SoftmaxParams,
                                        SparableParams, TailOp)
-from dsmn_host.compiler.qmath import (ACT_NAMES, activation_range, add_one, dims4, mul_one,
+from dsmn_host.compiler.qmath import (ACT_NAMES, activation_range, add_one, add_tables, dims4, mul_one,
                                       quantize_multiplier, round_away, tflite_padding)
 
 SUPPORTED_OPS = (
@@ -56,6 +56,18 @@ class Emitter:
                           f"__attribute__((aligned({align}))) = {{\n    {body or '0'}\n}};")
         self.flash[kind] += len(values) * {"int8_t": 1, "int32_t": 4}[ctype]
         return n
+
+    def band_consts(self, f, base):
+        """dsmn_add_tabled_params for AddParams `f` as (name, [(C declaration, flash bytes)]),
+        not registered: a RowBand's consts, emitted only by plans that run it in bands."""
+        doubled, table = add_tables(f)
+        tname, pname = self.name(base + "t"), self.name(base)
+        self.struct_sizes[AddTabledParams.CTYPE] = (AddTabledParams(f, 0, "NULL").size(), True)
+        body = ",\n    ".join(", ".join(str(v) for v in table[i:i + 16]) for i in range(0, len(table), 16))
+        params = AddTabledParams(f, int(doubled), tname)
+        return pname, [(f"static const int32_t {tname}[512] __attribute__((aligned(4))) = {{\n    {body}\n}};",
+                        4 * len(table)),
+                       (f"static const {params.CTYPE} {pname} = {params.initializer()};", params.size())]
 
     def struct(self, s, base):
         """A const struct from its dataclass (params.py); its Cortex-M size is what the flash
@@ -441,22 +453,31 @@ class Lowering(IR):
                     return f"({cst} + {lo * row_bytes(self.t(i))})" if full else cst
                 return ptr(i, lo if full else 0)
 
+            # ADD/SUB of same-shape tensors: band calls take the generator's rescaling tables
+            # (dsmn_add_s8 builds them only for runs of 1,024 elements and more)
+            tabled, consts = None, []
+            if isinstance(f, AddParams) and bc == "NULL" and ca is None and cb is None:
+                tabled, consts = self.e.band_consts(f, "atp")
+
             def band_code(ptr, lo, hi, scratch):
                 pa, pb = operand(a, ca, lo, ptr), operand(b, cb, lo, ptr)
+                if tabled:
+                    return f"dsmn_add_tabled_s8(&{tabled}, {(hi - lo) * ry}, {pa}, {pb}, {ptr(y, lo)});"
                 if bc == "NULL":
                     return f"{fn}(&{p}, NULL, {(hi - lo) * ry}, {pa}, {pb}, {ptr(y, lo)});"
                 return (f"{fn[:-3]}_rows_s8(&{p}, {bc}, {hi - lo}, {(hi - lo) * ry}, {pa}, {pb}, "
                         f"{ptr(y, lo)});")
             band = RowBand({i: RowMap(h=self.t(i).shape[1] if len(self.t(i).shape) == 4 else 1,
                                       whole=rows_of(self.t(i).shape) != h)
-                            for i in ins}, band_code, rows=h)
-            self._binary_tile(band, fn, p, bc, ((a, ca), (b, cb)), y)
+                            for i in ins}, band_code, rows=h, consts=consts)
+            self._binary_tile(band, fn, p, bc, ((a, ca), (b, cb)), y, tabled)
         self.steps.append(Step(op.index, op.name, "kernel", ins, [y], code,
                                note="broadcast" if bc != "NULL" else "", band=band))
 
-    def _binary_tile(self, band, fn, p, bc, operands, y):
+    def _binary_tile(self, band, fn, p, bc, operands, y, tabled=None):
         """Mel strips of an ADD/MUL whose operands are as wide as the output or width 1
-        (broadcast along mel): each operand at the strip's columns, its own row stride."""
+        (broadcast along mel): each operand at the strip's columns, its own row stride;
+        `tabled`: the ADD's dsmn_add_tabled_params (band_code's)."""
         ysh = list(self.t(y).shape)
         h, w, ch = ysh[1], ysh[2], ysh[3]
         shapes = {i: list(self.t(i).shape) for i, _ in operands}
@@ -479,7 +500,9 @@ class Lowering(IR):
             for a, b in outs.get(y, []):
                 (pa, sa), (pb, sb) = (operand(i, cst, loc, lo, a, b) for i, cst in operands)
                 yo, x0, held = loc(y, lo, a, b)
-                lines.append(f"{fn[:-3]}_tile_s8(&{p}, {bc}, {hi - lo}, {b - a}, {(b - a) * ch}, "
+                head = (f"dsmn_add_tabled_tile_s8(&{tabled}, " if tabled else
+                        f"{fn[:-3]}_tile_s8(&{p}, {bc}, ")
+                lines.append(f"{head}{hi - lo}, {b - a}, {(b - a) * ch}, "
                              f"{pa}, {sa}, {pb}, {sb}, {_at(yo, (a - x0) * ch)}, {held * ch});")
             return "\n    ".join(lines)
         band.tile = tile

@@ -214,6 +214,14 @@ class PadParams(CStruct):
 
 
 @dataclass
+class AddTabledParams(CStruct):
+    CTYPE = "dsmn_add_tabled_params"
+    p: AddParams
+    doubled: int
+    table: str
+
+
+@dataclass
 class TailOp(CStruct):
     CTYPE = "dsmn_tail_op"
     is_mul: int = 0
@@ -241,6 +249,6 @@ class SparableParams(CStruct):
     tail_lut: str = "NULL"
 
 
-STRUCTS = (Dims, Requant, ConvParams, FcParams, Broadcast, AddParams, MulParams, RequantParams,
+STRUCTS = (Dims, Requant, ConvParams, FcParams, Broadcast, AddParams, AddTabledParams, MulParams, RequantParams,
            MeanParams, PoolParams, GatherParams, LogisticParams, SoftmaxParams, PadParams, TailOp,
            SparableParams)

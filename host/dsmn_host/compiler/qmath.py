@@ -47,6 +47,20 @@ def add_one(f, a, b):
     return min(max(mbqm(ra + rb, mo, so) + oo, lo), hi)
 
 
+def add_tables(f):
+    """(doubled, 512 int32) of dsmn_add_tabled_params for AddParams `f`: both inputs' rescaled
+    values for v = -128..127, doubled when dsmn_add_s8 would double them (no left shift on the
+    output, a right shift of 1..31, sums of magnitude below 2^29)."""
+    s = 1 << f.left_shift
+    ta = [mbqm((v + f.input1_offset) * s, f.input1_multiplier, f.input1_shift) for v in range(-128, 128)]
+    tb = [mbqm((v + f.input2_offset) * s, f.input2_multiplier, f.input2_shift) for v in range(-128, 128)]
+    right = max(-f.output_shift, 0)
+    doubled = (f.output_shift <= 0 and 1 <= right <= 31
+               and max(map(abs, ta)) + max(map(abs, tb)) < (1 << 29))
+    k = 2 if doubled else 1
+    return doubled, [k * v for v in ta + tb]
+
+
 def mul_one(f, a, b):
     o1, o2, oo, mo, so, lo, hi = f
     return min(max(mbqm((a + o1) * (b + o2), mo, so) + oo, lo), hi)

@@ -15,12 +15,12 @@ from dsmn_host.compiler.fold import fold_shapes, resolve_reshape
 from dsmn_host.compiler.fuse import find_fusions
 from dsmn_host.compiler.ir import (IR, ColMap, RowBand, RowMap, Step, op_error as _err, rows_of,
                                    row_bytes)
-from dsmn_host.compiler.params import (MAX_TAIL, AddParams, AddTabledParams, Broadcast, ConvParams, Dims, FcParams,
-                                       GatherParams, LogisticParams, MeanParams, MulParams,
+from dsmn_host.compiler.params import (MAX_TAIL, AddParams, AddTabledParams, Broadcast, ConvParams,
+                                       Dims, FcParams, GatherParams, LogisticParams, MeanParams, MulParams,
                                        PadParams, PoolParams, Requant, RequantParams, SoftmaxParams,
                                        SparableParams, TailOp)
-from dsmn_host.compiler.qmath import (ACT_NAMES, activation_range, add_one, add_tables, dims4, mul_one,
-                                      quantize_multiplier, round_away, tflite_padding)
+from dsmn_host.compiler.qmath import (ACT_NAMES, activation_range, add_one, add_tables, dims4,
+                                      mul_one, quantize_multiplier, round_away, tflite_padding)
 
 SUPPORTED_OPS = (
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN",
@@ -57,7 +57,7 @@ class Emitter:
         self.flash[kind] += len(values) * {"int8_t": 1, "int32_t": 4}[ctype]
         return n
 
-    def band_consts(self, f, base):
+    def add_table_consts(self, f, base):
         """dsmn_add_tabled_params for AddParams `f` as (name, [(C declaration, flash bytes)]),
         not registered: a RowBand's consts, emitted only by plans that run it in bands."""
         doubled, table = add_tables(f)
@@ -457,7 +457,7 @@ class Lowering(IR):
             # (dsmn_add_s8 builds them only for runs of 1,024 elements and more)
             tabled, consts = None, []
             if isinstance(f, AddParams) and bc == "NULL" and ca is None and cb is None:
-                tabled, consts = self.e.band_consts(f, "atp")
+                tabled, consts = self.e.add_table_consts(f, "atp")
 
             def band_code(ptr, lo, hi, scratch):
                 pa, pb = operand(a, ca, lo, ptr), operand(b, cb, lo, ptr)

@@ -249,6 +249,6 @@ class SparableParams(CStruct):
     tail_lut: str = "NULL"
 
 
-STRUCTS = (Dims, Requant, ConvParams, FcParams, Broadcast, AddParams, AddTabledParams, MulParams, RequantParams,
-           MeanParams, PoolParams, GatherParams, LogisticParams, SoftmaxParams, PadParams, TailOp,
+STRUCTS = (Dims, Requant, ConvParams, FcParams, Broadcast, AddParams, AddTabledParams, MulParams,
+           RequantParams, MeanParams, PoolParams, GatherParams, LogisticParams, SoftmaxParams, PadParams, TailOp,
            SparableParams)

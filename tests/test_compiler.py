@@ -172,12 +172,13 @@ def test_reroll_is_exact_and_folds_the_min_plan(tmp_path, monkeypatch):
     from dsmn_host.target import firmware
 
     emit_pass = importlib.import_module("dsmn_host.compiler.emit")  # the module, not the function
+    reroll = importlib.import_module("dsmn_host.compiler.reroll")
 
     seen, roll = [], emit_pass.reroll_unit
 
     def observed(lines):
         rolled = roll(lines)
-        seen.append(([s.strip() for line in lines for s in line.split("\n") if s.strip()], rolled))
+        seen.append((reroll.statements(lines), rolled))
         return rolled
 
     monkeypatch.setattr(emit_pass, "reroll_unit", observed)

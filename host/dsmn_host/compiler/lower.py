@@ -46,37 +46,44 @@ class Emitter:
         self._n += 1
         return f"{base}{self._n}"
 
-    def array(self, ctype, values, base, kind, align=4):
+    def _array_decl(self, ctype, values, base, align=4):
+        """(name, C declaration, flash bytes) of a const array."""
         values = np.asarray(values).reshape(-1)
         n = self.name(base)
         per_line = 24
         body = ",\n    ".join(", ".join(str(int(v)) for v in values[i:i + per_line])
                                for i in range(0, len(values), per_line))
-        self.decls.append(f"static const {ctype} {n}[{max(len(values), 1)}] "
-                          f"__attribute__((aligned({align}))) = {{\n    {body or '0'}\n}};")
-        self.flash[kind] += len(values) * {"int8_t": 1, "int32_t": 4}[ctype]
+        decl = (f"static const {ctype} {n}[{max(len(values), 1)}] "
+                f"__attribute__((aligned({align}))) = {{\n    {body or '0'}\n}};")
+        return n, decl, len(values) * {"int8_t": 1, "int32_t": 4}[ctype]
+
+    def _struct_decl(self, s, base):
+        """(name, C declaration, flash bytes) of a const struct from its dataclass (params.py);
+        its Cortex-M size is what a _Static_assert in the generated C checks."""
+        self.struct_sizes[s.CTYPE] = (s.size(), s.has_pointer())
+        n = self.name(base)
+        return n, f"static const {s.CTYPE} {n} = {s.initializer()};", s.size()
+
+    def array(self, ctype, values, base, kind, align=4):
+        n, decl, nbytes = self._array_decl(ctype, values, base, align)
+        self.decls.append(decl)
+        self.flash[kind] += nbytes
+        return n
+
+    def struct(self, s, base):
+        """A const struct, counted in the flash accounting's params."""
+        n, decl, nbytes = self._struct_decl(s, base)
+        self.decls.append(decl)
+        self.flash["params"] += nbytes
         return n
 
     def add_table_consts(self, f, base):
         """dsmn_add_tabled_params for AddParams `f` as (name, [(C declaration, flash bytes)]),
         not registered: a RowBand's consts, emitted only by plans that run it in bands."""
         doubled, table = add_tables(f)
-        tname, pname = self.name(base + "t"), self.name(base)
-        self.struct_sizes[AddTabledParams.CTYPE] = (AddTabledParams(f, 0, "NULL").size(), True)
-        body = ",\n    ".join(", ".join(str(v) for v in table[i:i + 16]) for i in range(0, len(table), 16))
-        params = AddTabledParams(f, int(doubled), tname)
-        return pname, [(f"static const int32_t {tname}[512] __attribute__((aligned(4))) = {{\n    {body}\n}};",
-                        4 * len(table)),
-                       (f"static const {params.CTYPE} {pname} = {params.initializer()};", params.size())]
-
-    def struct(self, s, base):
-        """A const struct from its dataclass (params.py); its Cortex-M size is what the flash
-        accounting counts and what a _Static_assert in the generated C checks."""
-        self.struct_sizes[s.CTYPE] = (s.size(), s.has_pointer())
-        n = self.name(base)
-        self.decls.append(f"static const {s.CTYPE} {n} = {s.initializer()};")
-        self.flash["params"] += s.size()
-        return n
+        tname, tdecl, tbytes = self._array_decl("int32_t", table, base + "t")
+        pname, pdecl, pbytes = self._struct_decl(AddTabledParams(f, int(doubled), tname), base)
+        return pname, [(tdecl, tbytes), (pdecl, pbytes)]
 
 
 class Lowering(IR):

@@ -84,10 +84,16 @@ def reroll(stmts, var="k"):
     return out
 
 
+def statements(lines):
+    """One C statement or comment per item, stripped: what the tiler's lines (some holding
+    several calls) are to this pass."""
+    return [s.strip() for line in lines for s in line.split("\n") if s.strip()]
+
+
 def reroll_unit(lines, levels=4):
     """A unit's statements with bands folded (counter k0), then runs of those loops (a line
     buffer moved back every few bands, strips: k1, ...) while folding still shortens them."""
-    stmts = [s.strip() for line in lines for s in line.split("\n") if s.strip()]
+    stmts = statements(lines)
     for level in range(levels):
         folded = reroll(stmts, f"k{level}")
         if len(folded) == len(stmts):

@@ -94,7 +94,7 @@ def estimate(card, board, runtime, native_report=None):
         flash = (sum(v for v in breakdown.values() if v) + int(kernel * NATIVE_KERNEL_O2_FACTOR)
                  + NATIVE_INVOKE_BYTES_PER_STEP * len(native_report["ops"]) + APP_CODE_ESTIMATE
                  + NATIVE_INIT_BYTES_PER_CHECK * native_report.get("scratch_checks", 0)
-                 + NATIVE_INVOKE_BYTES_PER_BAND_CALL * sum(u.get("call_statements", u["calls"])
+                 + NATIVE_INVOKE_BYTES_PER_BAND_CALL * sum(u["call_statements"]
                                                            for u in native_report.get("units", []) if u["tiled"]))
         arena = native_report["arena_bytes"]
     else:

@@ -5,6 +5,7 @@ MUL tiled at random band heights and random mel strip counts."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -379,6 +380,60 @@ def test_band_calls_of_an_add_take_the_generators_tables(tmp_path, doubled):
         assert flags == [str(int(doubled))], flags
         got = codegen.run_batch(gen, xs)
         ref = rs.tflm_run(buf, xs)
+        assert np.array_equal(got.reshape(ref.shape), ref)
+
+
+@pytest.mark.parametrize("target", ["host", "qemu-an386"])
+def test_band_calls_of_convolutions_take_the_generators_constants(tmp_path, target):
+    """1x1 convolutions and depthwise convolutions inside a tiled unit run their band and
+    strip calls on per-channel constants the generator prepared (dsmn_conv1x1_prep: group
+    sizes 2, 4 and 12, the DSP build's weights doubled, or packed where a multiple of 4, per
+    call; dsmn_dw_prep: 24
+    channels in two chunks whose tap lists differ, the first chunk's corners zero), and a
+    1x1 convolution whose multiplier leaves the fast path (an output scale that makes its
+    shift positive) keeps the kernel's own setup; bit-exact with TFLM on the host's portable
+    build and on the Cortex-M4 DSP build."""
+    import tensorflow as tf
+
+    from dsmn_host.deploy import codegen
+
+    wt = rs.Weights(11)
+    cross = np.ones((3, 3, 24, 1), dtype=np.float32)
+    cross[0, 0, :16] = cross[0, 2, :16] = cross[2, 0, :16] = cross[2, 2, :16] = 0.0
+
+    def fn(x):
+        y = tf.nn.relu(tf.nn.conv2d(x, wt((1, 1, 2, 24)), 1, "SAME") + wt((24,), 0.1))
+        z = tf.nn.depthwise_conv2d(y, wt((3, 3, 24, 1)) * cross, [1, 1, 1, 1], "SAME",
+                                   dilations=[2, 2]) + wt((24,), 0.1)
+        g = tf.nn.conv2d(z, wt((1, 1, 4, 12)), 1, "SAME")        # groups of 4
+        u = tf.nn.conv2d(g, wt((1, 1, 12, 8)), 1, "SAME")        # one group of 12
+        v = tf.nn.conv2d(u, wt((1, 1, 8, 8)), 1, "SAME")         # rescaled below: shift > 0
+        return tf.nn.conv2d(v + u, wt((3, 3, 8, 4)), 1, "SAME")
+
+    from dsmn_host.compiler.read import read_model
+
+    buf = rs.to_int8_tflite(fn, (12, 16, 2), seed=5)
+    (tmp_path / "f.tflite").write_bytes(buf)
+    g = read_model(tmp_path / "f.tflite")
+    convs = [op for op in g.operators if op.name == "CONV_2D"]
+    nth = next(k for k, op in enumerate(convs) if list(g.tensors[op.inputs[1]].shape) == [8, 1, 1, 8])
+    # output scale a quarter of input x weight scale: multiplier 4 on channel 0, a left shift
+    buf = rs.requantize_output(buf, "CONV_2D", nth=nth, scale_fn=lambda s: s[0] * s[1] / 4)
+    xs = rs.random_inputs(buf, 2, 6)
+    (tmp_path / "m.tflite").write_bytes(buf)
+    ref = rs.tflm_run(buf, xs)
+    for strips in (1, 2):
+        gen = tmp_path / f"gen{strips}"
+        codegen.generate(tmp_path / "m.tflite", gen, plan="min", band_rows=1, strips=strips)
+        c = (gen / "dsmn_model.c").read_text()
+        call = "_tile_s8(" if strips > 1 else "_rows_s8("
+        assert "dsmn_depthwise_conv2d_prep" + call in c
+        preps = re.findall(r"static const dsmn_conv1x1_prep \w+ = \{\w+, \w+, \w+, \w+, (\d+)\};", c)
+        assert sorted(map(int, preps)) == [2, 4, 12], preps   # the rescaled 8 -> 8 conv has none
+        taps = re.search(r"static const int32_t dwpt\d+\[20\][^=]*= \{\s*([\d, ]+)\s*\};", c)
+        assert taps and [int(v) for v in taps.group(1).split(",")][:1] + [
+            int(v) for v in taps.group(1).split(",")][10:11] == [5, 9], taps
+        got = codegen.run_batch(gen, xs, target=target)
         assert np.array_equal(got.reshape(ref.shape), ref)
 
 

@@ -137,6 +137,98 @@ static const c1_fn c1_table[2][7] = {
     {c1_C1_G1_1, c1_C1_G2_1, c1_C1_G4_1, c1_C1_G8_1, c1_C1_G12_1, c1_C1_G16_1, c1_C1_GN_1},
 };
 
+static int c1_kind(int32_t gc)
+{
+    return gc == 1 ? C1_G1 : gc == 2 ? C1_G2 : gc == 4 ? C1_G4 : gc == 8 ? C1_G8
+           : gc == 12 ? C1_G12 : gc == 16 ? C1_G16 : C1_GN;
+}
+
+/* How a call's output window maps to runs of pixels, the same for every output channel:
+ * one run per output row, or one run in all when the window covers whole input rows. */
+typedef struct {
+    int32_t n, rows, run;      /* batches, runs a batch, pixels a run */
+    int32_t in_batch, in_row;  /* input bytes between batches and between runs */
+    const int8_t *in0;         /* the first run's input (channel 0) */
+    int kind;
+    c1_fn fn;
+} c1_shape;
+
+static void c1_shape_of(c1_shape *sh, const dsmn_conv_params *p, const dsmn_dims *id,
+                        const dsmn_dims *od, const int8_t *in, int32_t gc, int full)
+{
+    const int32_t in_c = id->c;
+    const int whole = p->stride_h == 1 && p->stride_w == 1 && p->out_x0 == 0 && od->w == id->w;
+    sh->n = od->n;
+    sh->rows = whole ? 1 : od->h;
+    sh->run = whole ? od->h * od->w : od->w;
+    sh->in_batch = id->h * id->w * in_c;
+    sh->in_row = p->stride_h * id->w * in_c;
+    sh->in0 = in + (p->out_y0 * p->stride_h * id->w + p->out_x0 * p->stride_w) * in_c;
+    sh->kind = c1_kind(gc);
+    sh->fn = c1_table[full][sh->kind];
+}
+
+/* The fast path's runs of output channel `oc` (its group's inputs from channel goff), `ca`
+ * its constants. */
+static void c1_channel(c1_args *ca, const c1_shape *sh, const dsmn_dims *od, int8_t *out,
+                       int32_t oc, int32_t goff)
+{
+    const int32_t gc = ca->gc, run = sh->run, out_run = run * od->c;
+#if DSMN_CONV_DSP
+    if (sh->kind == C1_GN && gc % 4 != 0) {
+        ca->wp = NULL; /* C1_GN on DSP needs packed weights: use the scalar loop below */
+    }
+#endif
+    const int32_t *wd = ca->wd;
+    int8_t *o = out + oc;
+    for (int32_t b = 0; b < sh->n; b++) {
+        const int8_t *ip = sh->in0 + b * sh->in_batch + goff;
+        for (int32_t r = 0; r < sh->rows; r++, ip += sh->in_row, o += out_run) {
+            if (ca->wp || !DSMN_CONV_DSP || sh->kind <= C1_G2) {
+                sh->fn(ca, ip, o, run);
+                continue;
+            }
+            const int8_t *x = ip;
+            int8_t *y = o;
+            for (int32_t k = 0; k < run; k++, x += ca->sx, y += ca->so) {
+                int32_t acc = ca->base;
+                for (int32_t i = 0; i < gc; i++) {
+                    acc += x[i] * wd[i];
+                }
+                const int32_t v = dsmn_rq_doubled(acc, ca->mult, ca->half, ca->right) + ca->off;
+                *y = (int8_t)dsmn_clamp(v, ca->lo, ca->hi);
+            }
+        }
+    }
+}
+
+/* Doubled weights of one output channel in wd and, where the DSP path reads them so, packed
+ * as halfword pairs matching __sxtb16(x) (bytes 0,2) and __sxtb16(x ror 8) (bytes 1,3); returns
+ * the packed words or NULL. */
+static const uint32_t *c1_weights(const int8_t *fp, int32_t gc, int32_t k, int32_t *wd, uint32_t *wpk)
+{
+#if DSMN_CONV_DSP
+    if (gc % 4 == 0 && gc > 2) {
+        /* the DSP path reads only the packed words: pack straight from the int8 filter */
+        for (int32_t i = 0; i < gc; i += 4) {
+            const uint32_t x = rd32(fp + i), even = __sxtb16(x), odd = sxtb16_ror8(x);
+            wpk[i / 2] = k == 2 ? __sadd16(even, even) : even;
+            wpk[i / 2 + 1] = k == 2 ? __sadd16(odd, odd) : odd;
+        }
+        for (int32_t ic = 0; k == 1 && ic < gc; ic++) { /* the exact path reads wd */
+            wd[ic] = fp[ic];
+        }
+        return wpk;
+    }
+#else
+    (void)wpk;
+#endif
+    for (int32_t ic = 0; ic < gc; ic++) {
+        wd[ic] = fp[ic] * k;
+    }
+    return NULL;
+}
+
 /* 1x1, no padding: no tap is ever skipped, so the input offset folds into a per-channel
  * constant (offset * sum of weights) and the inner loop is a plain int8 dot product. Output
  * channels outermost so the channel's constants and weights stay hoisted. */
@@ -152,6 +244,8 @@ void dsmn_conv1x1_s8(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg, c
     const int32_t out_per_group = od->c / (in_c / gc);
     int32_t wd[C1_MAXG];
     uint32_t wpk_buf[C1_MAXG / 2];
+    c1_shape sh;
+    c1_shape_of(&sh, p, id, od, in, gc, p->act_min == -128 && p->act_max == 127);
     for (int32_t oc = 0; oc < od->c; oc++) {
         const int8_t *fp = filter + oc * gc;
         int32_t ksum = 0, kabs = 0;
@@ -184,23 +278,7 @@ void dsmn_conv1x1_s8(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg, c
             continue;
         }
         const int32_t k = fast ? 2 : 1; /* fast path works on doubled accumulators */
-        for (int32_t ic = 0; ic < gc; ic++) {
-            wd[ic] = fp[ic] * k;
-        }
-        const uint32_t *wpk = NULL;
-#if DSMN_CONV_DSP
-        if (gc % 4 == 0 && gc > 2) {
-            for (int32_t i = 0; i < gc; i += 4) {
-                /* halfword pairs matching __sxtb16(x) (bytes 0,2) and __sxtb16(ror 8) (1,3) */
-                wpk_buf[i / 2] = (uint32_t)(uint16_t)wd[i] | ((uint32_t)(uint16_t)wd[i + 2] << 16);
-                wpk_buf[i / 2 + 1] = (uint32_t)(uint16_t)wd[i + 1] | ((uint32_t)(uint16_t)wd[i + 3] << 16);
-            }
-            wpk = wpk_buf;
-        }
-#else
-        (void)wpk_buf;
-        (void)wpk;
-#endif
+        const uint32_t *wpk = c1_weights(fp, gc, k, wd, wpk_buf);
         if (!fast) {
             int8_t *o = out + oc;
             for (int32_t b = 0; b < od->n; b++) {
@@ -219,36 +297,35 @@ void dsmn_conv1x1_s8(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg, c
             }
             continue;
         }
-        /* rows of output pixels; one run when the window covers whole input rows */
-        const int whole = p->stride_h == 1 && p->stride_w == 1 && p->out_x0 == 0 && od->w == id->w;
-        const int32_t rows = whole ? od->n : od->n * od->h, run = whole ? od->h * od->w : od->w;
         c1_args ca = {wd, wpk, gc, (int32_t)base * 2, mult, right, rq.half, rq.off, rq.lo, rq.hi,
                       p->stride_w * in_c, od->c};
-        int kind = gc == 1 ? C1_G1 : gc == 2 ? C1_G2 : gc == 4 ? C1_G4 : gc == 8 ? C1_G8
-                   : gc == 12 ? C1_G12 : gc == 16 ? C1_G16 : C1_GN;
-#if DSMN_CONV_DSP
-        if (kind == C1_GN && gc % 4 != 0) {
-            ca.wp = NULL; /* C1_GN on DSP needs packed weights: use the scalar loop below */
-        }
-#endif
-        const c1_fn fn = c1_table[p->act_min == -128 && p->act_max == 127][kind];
-        for (int32_t r = 0; r < rows; r++) {
-            const int32_t b = whole ? r : r / od->h, oy = whole ? 0 : r % od->h;
-            const int32_t iy = (oy + p->out_y0) * p->stride_h;
-            const int8_t *ip = in + ((b * id->h + iy) * id->w + p->out_x0 * p->stride_w) * in_c + goff;
-            int8_t *o = out + (size_t)r * run * od->c + oc;
-            if (ca.wp || !DSMN_CONV_DSP || kind <= C1_G2) {
-                fn(&ca, ip, o, run);
-                continue;
-            }
-            for (int32_t k = 0; k < run; k++, ip += ca.sx, o += ca.so) {
-                int32_t acc = ca.base;
-                for (int32_t i = 0; i < gc; i++) {
-                    acc += ip[i] * wd[i];
-                }
-                const int32_t v = dsmn_rq_doubled(acc, mult, ca.half, right) + ca.off;
-                *o = (int8_t)dsmn_clamp(v, ca.lo, ca.hi);
-            }
-        }
+        c1_channel(&ca, &sh, od, out, oc, goff);
+    }
+}
+
+/* The same fast path with the per-channel constants the code generator prepared
+ * (dsmn_conv1x1_prep): a tiled plan calls a 1x1 convolution once per band and strip, on a few
+ * dozen pixels, where the weight sums, bounds and 64-bit base of every channel would cost
+ * more than the pixels. */
+void dsmn_conv1x1_prep_s8(const dsmn_conv1x1_prep *pp, const dsmn_conv_params *p_arg,
+                          const dsmn_dims *id, const int8_t *in, const dsmn_dims *od, int8_t *out)
+{
+    const dsmn_conv_params p_local = *p_arg;
+    const dsmn_conv_params *p = &p_local;
+    const int32_t gc = pp->gc, out_per_group = od->c / (id->c / gc);
+    int32_t wd[C1_MAXG];
+    uint32_t wpk[C1_MAXG / 2];
+    c1_shape sh;
+    c1_shape_of(&sh, p, id, od, in, gc, p->act_min == -128 && p->act_max == 127);
+    c1_args ca = {wd, NULL, gc, 0, 0, 0, 0, p->output_offset, p->act_min, p->act_max,
+                  p->stride_w * id->c, od->c};
+    for (int32_t oc = 0; oc < od->c; oc++) {
+        const int32_t right = -pp->shift[oc];
+        ca.wp = c1_weights(pp->filter + oc * gc, gc, 2, wd, wpk);
+        ca.base = pp->base2[oc];
+        ca.mult = pp->multiplier[oc];
+        ca.right = right;
+        ca.half = 1 << (right - 1);
+        c1_channel(&ca, &sh, od, out, oc, (oc / out_per_group) * gc);
     }
 }

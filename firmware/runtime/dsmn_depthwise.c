@@ -32,10 +32,11 @@ static void dw_taps(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg, co
  * cross-shaped 3x3 kernel keeps 5 of 9); padding taps read a row of -input_offset, which
  * contributes nothing, as in the reference. Requantisation as in the Sparable kernel: doubled
  * accumulator, smmulr, add-half shift (exact while |acc| < 2^29, checked per channel). */
-#define DWF_CHUNK 16
-#define DWF_MAXT 9
+#define DWF_CHUNK DSMN_DW_CHUNK
+#define DWF_MAXT DSMN_DW_MAXT
 #define DWF_MAXC 128
 
+/* One channel's constants (the first four as in dsmn_dw_prep's `ch`) and doubled tap weights. */
 typedef struct {
     int32_t base, mult, right, half;
     int32_t w[DWF_MAXT];
@@ -107,7 +108,17 @@ void dsmn_depthwise_conv2d_window_s8(const dsmn_conv_params *p, const dsmn_requa
                                      const int8_t *filter, const int32_t *bias,
                                      const dsmn_dims *od, int8_t *out)
 {
-    if (!dw_fast_window(p, q, id, in, fd, filter, bias, od, out)) {
+    if (!dw_fast_window(NULL, p, q, id, in, fd, filter, bias, od, out)) {
+        dsmn_depthwise_conv2d_s8(p, q, id, in, fd, filter, bias, od, out);
+    }
+}
+
+void dsmn_depthwise_conv2d_prep_s8(const dsmn_dw_prep *pp, const dsmn_conv_params *p,
+                                   const dsmn_requant *q, const dsmn_dims *id, const int8_t *in,
+                                   const dsmn_dims *fd, const int8_t *filter, const int32_t *bias,
+                                   const dsmn_dims *od, int8_t *out)
+{
+    if (!dw_fast_window(pp, p, q, id, in, fd, filter, bias, od, out)) {
         dsmn_depthwise_conv2d_s8(p, q, id, in, fd, filter, bias, od, out);
     }
 }
@@ -160,7 +171,7 @@ void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p_arg, const dsmn_requant 
         }
         return;
     }
-    if (dw_fast(p, q, id, in, fd, filter, bias, od, out)) {
+    if (dw_fast(NULL, p, q, id, in, fd, filter, bias, od, out)) {
         return;
     }
     if (mult == 1 && kh * kw <= DSMN_MAX_TAPS) {

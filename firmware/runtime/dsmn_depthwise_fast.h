@@ -5,9 +5,9 @@
  * windows in the one instance cost the untiled model1 0.2 % more instructions on Cortex-M4
  * (register allocation of the tap loop; measured on qemu-an386: 47.86 M against 47.76 M). Expects DWF_FN, DWF_WINDOW and the dwf_* helpers
  * of dsmn_depthwise.c. */
-static int DWF_FN(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_dims *id,
-                   const int8_t *in, const dsmn_dims *fd, const int8_t *filter, const int32_t *bias,
-                   const dsmn_dims *od, int8_t *out)
+static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_requant *q,
+                  const dsmn_dims *id, const int8_t *in, const dsmn_dims *fd, const int8_t *filter,
+                  const int32_t *bias, const dsmn_dims *od, int8_t *out)
 {
     const int32_t C = od->c, kt = fd->h * fd->w;
     /* any band of whole rows (out_y0, od->h) is fine: input rows are global */
@@ -28,42 +28,63 @@ static int DWF_FN(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_d
     for (int32_t c0 = 0; c0 < C; c0 += DWF_CHUNK) {
         const int32_t cn = C - c0 < DWF_CHUNK ? C - c0 : DWF_CHUNK;
         int32_t dy[DWF_MAXT], dx[DWF_MAXT], tap[DWF_MAXT], nt = 0;
-        for (int32_t t = 0; t < kt; t++) {
-            int used = 0;
-            for (int32_t j = 0; j < cn; j++) {
-                used |= filter[t * C + c0 + j] != 0;
-            }
-            if (used) {
-                tap[nt] = t;
-                dy[nt] = (t / fd->w) * p->dilation_h - p->pad_h;
-#if DWF_WINDOW
-                dx[nt] = (t % fd->w) * p->dilation_w - p->pad_w + p->out_x0;
-#else
-                dx[nt] = (t % fd->w) * p->dilation_w - p->pad_w;
-#endif
-                nt++;
-            }
-        }
-        for (int32_t j = 0; j < cn; j++) {
-            const int32_t c = c0 + j;
-            int32_t wsum = 0, wabs = 0;
-            for (int32_t t = 0; t < kt; t++) {
-                const int32_t w = filter[t * C + c];
-                wsum += w;
-                wabs += w < 0 ? -w : w;
-            }
-            const int64_t base = (int64_t)(bias ? bias[c] : 0) + (int64_t)p->input_offset * wsum;
-            if ((base < 0 ? -base : base) + 128ll * wabs >= (1ll << 29) || q->shift[c] >= 0 || q->shift[c] < -31) {
-                return 0; /* the caller's generic kernel then writes every output */
-            }
+        if (pp) {
+            /* the generator's taps and channel constants (dsmn_dw_prep) */
+            const int32_t *tl = pp->taps + (c0 / DWF_CHUNK) * (1 + DWF_MAXT);
+            nt = tl[0];
             for (int32_t t = 0; t < nt; t++) {
-                ch[j].w[t] = filter[tap[t] * C + c] * 2;
+                tap[t] = tl[1 + t];
             }
-            ch[j].base = (int32_t)base * 2;
-            ch[j].mult = q->multiplier[c];
-            ch[j].right = -q->shift[c];
-            ch[j].half = 1 << (-q->shift[c] - 1);
+            const int32_t *cc = pp->ch + 4 * c0;
+            for (int32_t j = 0; j < cn; j++, cc += 4) {
+                ch[j].base = cc[0];
+                ch[j].mult = cc[1];
+                ch[j].right = cc[2];
+                ch[j].half = cc[3];
+                for (int32_t t = 0; t < nt; t++) {
+                    ch[j].w[t] = filter[tap[t] * C + c0 + j] * 2;
+                }
+            }
+        } else {
+            for (int32_t t = 0; t < kt; t++) {
+                int used = 0;
+                for (int32_t j = 0; j < cn; j++) {
+                    used |= filter[t * C + c0 + j] != 0;
+                }
+                if (used) {
+                    tap[nt++] = t;
+                }
+            }
+            for (int32_t j = 0; j < cn; j++) {
+                const int32_t c = c0 + j;
+                int32_t wsum = 0, wabs = 0;
+                for (int32_t t = 0; t < kt; t++) {
+                    const int32_t w = filter[t * C + c];
+                    wsum += w;
+                    wabs += w < 0 ? -w : w;
+                }
+                const int64_t base = (int64_t)(bias ? bias[c] : 0) + (int64_t)p->input_offset * wsum;
+                if ((base < 0 ? -base : base) + 128ll * wabs >= (1ll << 29) || q->shift[c] >= 0 || q->shift[c] < -31) {
+                    return 0; /* the caller's generic kernel then writes every output */
+                }
+                for (int32_t t = 0; t < nt; t++) {
+                    ch[j].w[t] = filter[tap[t] * C + c] * 2;
+                }
+                ch[j].base = (int32_t)base * 2;
+                ch[j].mult = q->multiplier[c];
+                ch[j].right = -q->shift[c];
+                ch[j].half = 1 << (-q->shift[c] - 1);
+            }
         }
+        for (int32_t t = 0; t < nt; t++) {
+            dy[t] = (tap[t] / fd->w) * p->dilation_h - p->pad_h;
+#if DWF_WINDOW
+            dx[t] = (tap[t] % fd->w) * p->dilation_w - p->pad_w + p->out_x0;
+#else
+            dx[t] = (tap[t] % fd->w) * p->dilation_w - p->pad_w;
+#endif
+        }
+        const dwf_ch *chp = ch;
         /* Dims and window origin in locals: the output stores are int8 and may alias any
          * struct the compiler would otherwise reload for every tap. */
         const int32_t ih = id->h, iw = id->w, oh = od->h, ow = od->w, y0 = p->out_y0;
@@ -79,11 +100,11 @@ static int DWF_FN(const dsmn_conv_params *p, const dsmn_requant *q, const dsmn_d
                     }
                     int8_t *o = out + (((b * oh) + oy) * ow + ox) * C + c0;
                     if (nt == 5 && full) {
-                        dwf_run5_full(tp, ch, cn, p->output_offset, o);
+                        dwf_run5_full(tp, chp, cn, p->output_offset, o);
                     } else if (nt == 5) {
-                        dwf_run5(tp, ch, cn, p->output_offset, p->act_min, p->act_max, o);
+                        dwf_run5(tp, chp, cn, p->output_offset, p->act_min, p->act_max, o);
                     } else {
-                        dwf_run(tp, nt, ch, cn, p->output_offset, p->act_min, p->act_max, o);
+                        dwf_run(tp, nt, chp, cn, p->output_offset, p->act_min, p->act_max, o);
                     }
                 }
             }

@@ -97,6 +97,39 @@ void dsmn_add_tabled_s8(const dsmn_add_tabled_params *t, int32_t count, const in
     add_tabulated(&p_local, t->table + 128, t->table + 384, t->doubled, count, in1, in2, out);
 }
 
+#define MUL_DIRECT_MAXC 256
+
+/* mul_per_channel's pixels computed one by one: (x + x offset) * (y_c + y offset) fits 17 bits,
+ * so a right-shift requantisation takes the doubled form (one smmulr, an add-half shift). */
+static int mul_per_channel_direct(const dsmn_mul_params *p, int32_t n, int32_t hw, int32_t C,
+                                  const int8_t *x, int x_first, const int8_t *y, int32_t ys0,
+                                  int8_t *out)
+{
+    const int32_t xoff = x_first ? p->input1_offset : p->input2_offset;
+    const int32_t yoff = x_first ? p->input2_offset : p->input1_offset;
+    const int32_t m = p->output_multiplier, sh = p->output_shift, off = p->output_offset;
+    const int32_t lo = p->act_min, hi = p->act_max;
+    const int doubled = sh <= -1 && sh >= -31;
+    const int32_t right = -sh, half = doubled ? 1 << (right - 1) : 0;
+    int32_t yc[MUL_DIRECT_MAXC];
+    for (int32_t b = 0; b < n; b++) {
+        for (int32_t c = 0; c < C; c++) {
+            yc[c] = (y[b * ys0 + c] + yoff) * (doubled ? 2 : 1);
+        }
+        const int8_t *xp = x + b * hw * C;
+        int8_t *o = out + b * hw * C;
+        for (int32_t k = 0; k < hw; k++, xp += C, o += C) {
+            for (int32_t c = 0; c < C; c++) {
+                const int32_t prod = (xp[c] + xoff) * yc[c];
+                const int32_t r = (doubled ? dsmn_rq_doubled(prod, m, half, right)
+                                           : dsmn_mbqm(prod, m, sh)) + off;
+                o[c] = (int8_t)dsmn_clamp(r, lo, hi);
+            }
+        }
+    }
+    return 1;
+}
+
 /* One operand dense NHWC, the other one value per (batch, channel) (e.g. an attention scale):
  * per channel the output depends on one int8 value, so it is tabulated (256 entries) and the
  * pixels become lookups. Returns 0 when the shapes are not of this form. */
@@ -116,12 +149,16 @@ static int mul_per_channel(const dsmn_mul_params *p, const dsmn_broadcast *bc, c
             && (bc->stride1[3] == 1 || C == 1);
     chan2 = (bc->stride2[1] == 0 || bc->dims[1] == 1) && (bc->stride2[2] == 0 || bc->dims[2] == 1)
             && (bc->stride2[3] == 1 || C == 1);
-    if (hw < 512 || !((dense1 && chan2) || (dense2 && chan1))) {
+    if (!((dense1 && chan2) || (dense2 && chan1))) {
         return 0;
     }
     const int x_first = dense1 && chan2;
     const int8_t *x = x_first ? in1 : in2, *y = x_first ? in2 : in1;
     const int32_t ys0 = x_first ? bc->stride2[0] : bc->stride1[0];
+    if (hw < 512) {
+        /* too few pixels to pay for 256 table entries a channel (a band of a tiled plan) */
+        return C <= MUL_DIRECT_MAXC && mul_per_channel_direct(p, n, hw, C, x, x_first, y, ys0, out);
+    }
     int8_t lut[256];
     for (int32_t b = 0; b < n; b++) {
         for (int32_t c = 0; c < C; c++) {

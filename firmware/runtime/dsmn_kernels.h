@@ -46,11 +46,49 @@ void dsmn_conv2d_s8(const dsmn_conv_params *p, const dsmn_requant *q,
                     const dsmn_dims *filter_dims, const int8_t *filter, const int32_t *bias,
                     const dsmn_dims *out_dims, int8_t *out);
 
+/* A 1x1 CONV_2D without padding whose every output channel takes the fast requantisation
+ * (a right shift of 1..31, |bias + input_offset * sum(w)| + 128 * sum(|w|) < 2^29, at most 64
+ * channels a group), with the per-channel constant prepared by the code generator: what
+ * dsmn_conv2d_s8 derives from filter and bias on each call, less the weights themselves
+ * (doubled or packed per call from the int8 filter: int32 copies would cost 4 bytes of flash
+ * a weight). */
+typedef struct {
+    const int32_t *base2;      /* per output channel: 2 * (bias + input_offset * sum of weights) */
+    const int8_t *filter;      /* (out_c, 1, 1, gc) */
+    const int32_t *multiplier; /* the requantisation's */
+    const int32_t *shift;
+    int32_t gc;                /* input channels per group */
+} dsmn_conv1x1_prep;
+
+void dsmn_conv1x1_prep_s8(const dsmn_conv1x1_prep *pp, const dsmn_conv_params *p,
+                          const dsmn_dims *in_dims, const int8_t *in, const dsmn_dims *out_dims,
+                          int8_t *out);
+
 /* DEPTHWISE_CONV_2D; filter dims are (1, kh, kw, in_c * depth_multiplier). */
 void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p, const dsmn_requant *q,
                               const dsmn_dims *in_dims, const int8_t *in,
                               const dsmn_dims *filter_dims, const int8_t *filter,
                               const int32_t *bias, const dsmn_dims *out_dims, int8_t *out);
+
+/* The depthwise fast path's per-call setup, prepared by the code generator for a tiled
+ * plan's band calls (a few dozen pixels each): per chunk of DSMN_DW_CHUNK channels, the taps
+ * whose weight is non-zero in some channel of the chunk (`taps`: count, then DSMN_DW_MAXT
+ * filter tap indices); per channel four int32 (`ch`): 2 * (bias + input_offset * sum of
+ * weights), multiplier, right shift, 2^(right shift - 1). The tap weights are doubled from the
+ * int8 filter per call. Only for depth multiplier 1, stride 1, at most 9 taps, every channel
+ * with a right shift of 1..31 and |bias + input_offset * sum(w)| + 128 * sum(|w|) < 2^29. */
+#define DSMN_DW_CHUNK 16
+#define DSMN_DW_MAXT 9
+typedef struct {
+    const int32_t *ch;
+    const int32_t *taps;
+} dsmn_dw_prep;
+
+void dsmn_depthwise_conv2d_prep_s8(const dsmn_dw_prep *pp, const dsmn_conv_params *p,
+                                   const dsmn_requant *q, const dsmn_dims *in_dims,
+                                   const int8_t *in, const dsmn_dims *filter_dims,
+                                   const int8_t *filter, const int32_t *bias,
+                                   const dsmn_dims *out_dims, int8_t *out);
 
 /* The same for an output window narrower than its input (a mel strip): the depthwise fast
  * path for windows first, else dsmn_depthwise_conv2d_s8. */
@@ -261,6 +299,25 @@ void dsmn_conv2d_tile_s8(const dsmn_conv_params *p, const dsmn_requant *q, const
                          const int32_t *bias, const dsmn_dims *od, int32_t y0, int32_t rows,
                          int32_t x0, int32_t cols, int32_t in_x0, int32_t in_w, int32_t out_w,
                          int8_t *out);
+void dsmn_conv1x1_prep_rows_s8(const dsmn_conv1x1_prep *pp, const dsmn_conv_params *p,
+                               const dsmn_dims *id, const int8_t *in, const dsmn_dims *od,
+                               int32_t y0, int32_t rows, int8_t *out);
+void dsmn_conv1x1_prep_tile_s8(const dsmn_conv1x1_prep *pp, const dsmn_conv_params *p,
+                               const dsmn_dims *id, const int8_t *in, const dsmn_dims *od,
+                               int32_t y0, int32_t rows, int32_t x0, int32_t cols, int32_t in_x0,
+                               int32_t in_w, int32_t out_w, int8_t *out);
+void dsmn_depthwise_conv2d_prep_rows_s8(const dsmn_dw_prep *pp, const dsmn_conv_params *p,
+                                        const dsmn_requant *q, const dsmn_dims *id,
+                                        const int8_t *in, const dsmn_dims *fd,
+                                        const int8_t *filter, const int32_t *bias,
+                                        const dsmn_dims *od, int32_t y0, int32_t rows, int8_t *out);
+void dsmn_depthwise_conv2d_prep_tile_s8(const dsmn_dw_prep *pp, const dsmn_conv_params *p,
+                                        const dsmn_requant *q, const dsmn_dims *id,
+                                        const int8_t *in, const dsmn_dims *fd,
+                                        const int8_t *filter, const int32_t *bias,
+                                        const dsmn_dims *od, int32_t y0, int32_t rows, int32_t x0,
+                                        int32_t cols, int32_t in_x0, int32_t in_w, int32_t out_w,
+                                        int8_t *out);
 void dsmn_depthwise_conv2d_tile_s8(const dsmn_conv_params *p, const dsmn_requant *q,
                                    const dsmn_dims *id, const int8_t *in, const dsmn_dims *fd,
                                    const int8_t *filter, const int32_t *bias, const dsmn_dims *od,

@@ -32,6 +32,13 @@ void dsmn_conv2d_rows_s8(const dsmn_conv_params *p, const dsmn_requant *q, const
     WINDOW_BAND(dsmn_conv_params, dsmn_conv2d_s8(&pb, q, id, in, fd, filter, bias, &ob, out));
 }
 
+void dsmn_conv1x1_prep_rows_s8(const dsmn_conv1x1_prep *pp, const dsmn_conv_params *p,
+                               const dsmn_dims *id, const int8_t *in, const dsmn_dims *od,
+                               int32_t y0, int32_t rows, int8_t *out)
+{
+    WINDOW_BAND(dsmn_conv_params, dsmn_conv1x1_prep_s8(pp, &pb, id, in, &ob, out));
+}
+
 void dsmn_depthwise_conv2d_rows_s8(const dsmn_conv_params *p, const dsmn_requant *q,
                                    const dsmn_dims *id, const int8_t *in, const dsmn_dims *fd,
                                    const int8_t *filter, const int32_t *bias, const dsmn_dims *od,
@@ -39,6 +46,16 @@ void dsmn_depthwise_conv2d_rows_s8(const dsmn_conv_params *p, const dsmn_requant
 {
     WINDOW_BAND(dsmn_conv_params,
                 dsmn_depthwise_conv2d_s8(&pb, q, id, in, fd, filter, bias, &ob, out));
+}
+
+void dsmn_depthwise_conv2d_prep_rows_s8(const dsmn_dw_prep *pp, const dsmn_conv_params *p,
+                                        const dsmn_requant *q, const dsmn_dims *id,
+                                        const int8_t *in, const dsmn_dims *fd,
+                                        const int8_t *filter, const int32_t *bias,
+                                        const dsmn_dims *od, int32_t y0, int32_t rows, int8_t *out)
+{
+    WINDOW_BAND(dsmn_conv_params,
+                dsmn_depthwise_conv2d_prep_s8(pp, &pb, q, id, in, fd, filter, bias, &ob, out));
 }
 
 void dsmn_avg_pool_rows_s8(const dsmn_pool_params *p, const dsmn_dims *id, const int8_t *in,
@@ -106,6 +123,14 @@ void dsmn_conv2d_tile_s8(const dsmn_conv_params *p, const dsmn_requant *q, const
     WINDOW_TILE(dsmn_conv_params, dsmn_conv2d_s8(&pb, q, &ib, in, fd, filter, bias, &ob, o));
 }
 
+void dsmn_conv1x1_prep_tile_s8(const dsmn_conv1x1_prep *pp, const dsmn_conv_params *p,
+                               const dsmn_dims *id, const int8_t *in, const dsmn_dims *od,
+                               int32_t y0, int32_t rows, int32_t x0, int32_t cols, int32_t in_x0,
+                               int32_t in_w, int32_t out_w, int8_t *out)
+{
+    WINDOW_TILE(dsmn_conv_params, dsmn_conv1x1_prep_s8(pp, &pb, &ib, in, &ob, o));
+}
+
 void dsmn_depthwise_conv2d_tile_s8(const dsmn_conv_params *p, const dsmn_requant *q,
                                    const dsmn_dims *id, const int8_t *in, const dsmn_dims *fd,
                                    const int8_t *filter, const int32_t *bias, const dsmn_dims *od,
@@ -114,6 +139,18 @@ void dsmn_depthwise_conv2d_tile_s8(const dsmn_conv_params *p, const dsmn_requant
 {
     WINDOW_TILE(dsmn_conv_params,
                 dsmn_depthwise_conv2d_window_s8(&pb, q, &ib, in, fd, filter, bias, &ob, o));
+}
+
+void dsmn_depthwise_conv2d_prep_tile_s8(const dsmn_dw_prep *pp, const dsmn_conv_params *p,
+                                        const dsmn_requant *q, const dsmn_dims *id,
+                                        const int8_t *in, const dsmn_dims *fd,
+                                        const int8_t *filter, const int32_t *bias,
+                                        const dsmn_dims *od, int32_t y0, int32_t rows, int32_t x0,
+                                        int32_t cols, int32_t in_x0, int32_t in_w, int32_t out_w,
+                                        int8_t *out)
+{
+    WINDOW_TILE(dsmn_conv_params,
+                dsmn_depthwise_conv2d_prep_s8(pp, &pb, q, &ib, in, fd, filter, bias, &ob, o));
 }
 
 void dsmn_avg_pool_tile_s8(const dsmn_pool_params *p, const dsmn_dims *id, const int8_t *in,

@@ -15,12 +15,12 @@ from dsmn_host.compiler.fold import fold_shapes, resolve_reshape
 from dsmn_host.compiler.fuse import find_fusions
 from dsmn_host.compiler.ir import (IR, ColMap, RowBand, RowMap, Step, op_error as _err, rows_of,
                                    row_bytes)
-from dsmn_host.compiler.params import (MAX_TAIL, AddParams, AddTabledParams, Broadcast, ConvParams,
-                                       Dims, FcParams, GatherParams, LogisticParams, MeanParams, MulParams,
+from dsmn_host.compiler.params import (MAX_TAIL, AddParams, AddTabledParams, Broadcast, Conv1x1Prep,
+                                       ConvParams, Dims, DwPrep, FcParams, GatherParams, LogisticParams, MeanParams, MulParams,
                                        PadParams, PoolParams, Requant, RequantParams, SoftmaxParams,
                                        SparableParams, TailOp)
-from dsmn_host.compiler.qmath import (ACT_NAMES, activation_range, add_one, add_tables, dims4,
-                                      mul_one, quantize_multiplier, round_away, tflite_padding)
+from dsmn_host.compiler.qmath import (ACT_NAMES, activation_range, add_one, add_tables, conv1x1_prep,
+                                      dims4, dw_prep, mul_one, quantize_multiplier, round_away, tflite_padding)
 
 SUPPORTED_OPS = (
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN",
@@ -86,6 +86,22 @@ class Emitter:
         return pname, [(tdecl, tbytes), (pdecl, pbytes)]
 
 
+    def conv1x1_prep_consts(self, base2, filt, rq, gc, base):
+        """dsmn_conv1x1_prep of qmath.conv1x1_prep's base2 (the filter array already emitted)
+        as (name, [(C declaration, flash bytes)]), not registered: a RowBand's consts, like
+        add_table_consts."""
+        bn, bdecl, bbytes = self._array_decl("int32_t", base2, base + "b")
+        pname, pdecl, pbytes = self._struct_decl(Conv1x1Prep(bn, filt, rq.multiplier, rq.shift, gc), base)
+        return pname, [(bdecl, bbytes), (pdecl, pbytes)]
+
+    def dw_prep_consts(self, ch, taps, base):
+        """dsmn_dw_prep of qmath.dw_prep's arrays as (name, [(C declaration, flash bytes)])."""
+        cn, cdecl, cbytes = self._array_decl("int32_t", ch, base + "c")
+        tn, tdecl, tbytes = self._array_decl("int32_t", taps, base + "t")
+        pname, pdecl, pbytes = self._struct_decl(DwPrep(cn, tn), base)
+        return pname, [(cdecl, cbytes), (tdecl, tbytes), (pdecl, pbytes)]
+
+
 class Lowering(IR):
     def __init__(self, graph):
         super().__init__(graph)
@@ -111,6 +127,12 @@ class Lowering(IR):
         return self.e.struct(Dims(*dims4(shape)), "dims")
 
     def per_channel(self, op, in_idx, f_idx, out_idx, n_ch):
+        mult, shift = self.rq_values(op, in_idx, f_idx, out_idx, n_ch)
+        return (self.e.array("int32_t", mult, "mult", "requant"),
+                self.e.array("int32_t", shift, "shift", "requant"))
+
+    def rq_values(self, op, in_idx, f_idx, out_idx, n_ch):
+        """Per-output-channel (multipliers, shifts) of a conv's requantisation."""
         s_in, _ = self.qp(in_idx)
         s_out, _ = self.qp(out_idx)
         fs = self.t(f_idx).scale
@@ -121,8 +143,7 @@ class Lowering(IR):
             m, s = quantize_multiplier(float(s_in) * float(fs[c if len(fs) > 1 else 0]) / float(s_out))
             mult.append(m)
             shift.append(s)
-        return (self.e.array("int32_t", mult, "mult", "requant"),
-                self.e.array("int32_t", shift, "shift", "requant"))
+        return mult, shift
 
     def bias(self, op, idx):
         if idx < 0:
@@ -235,9 +256,25 @@ class Lowering(IR):
         if rows_of(c["ish"]) and rows_of(c["osh"]) and all(y0 == 0 for _, y0, _, _ in wins):
             cols = {t: {x: ColMap(c["stride"][1], c["cp"].pad_w, c["dil"][1], c["wsh"][2],
                                   c["ish"][2], x0)} for t, _, x0, _ in wins}
+            # band calls take per-call setup (weight sums, packing, tap lists) the generator
+            # prepared, emitted only by plans that band the step
+            bfn, bargs, consts = fn, args, []
+            if depthwise:
+                prep = self._dw_prep(op, c, layout)
+                if prep is not None:
+                    pname, consts = prep
+                    bfn = "dsmn_depthwise_conv2d_prep_s8"
+                    bargs = lambda p, do, xin: f"&{pname}, {args(p, do, xin)}"
+            else:
+                prep = self._conv1x1_prep(op, c, wd)
+                if prep is not None:
+                    pname, consts = prep
+                    bfn = "dsmn_conv1x1_prep_s8"
+                    bargs = lambda p, do, xin: f"&{pname}, &{p}, &{di}, {xin}, &{do}"
+            band_code = self._window_calls(bfn, x, calls, bargs)[1]
             band = RowBand({x: RowMap(c["stride"][0], c["pad_h"], c["dil"][0], c["wsh"][1],
                                       c["ish"][1])}, band_code, rows=c["osh"][1], cols=cols,
-                           tile=self._window_tile(fn, x, calls, args, cols))
+                           tile=self._window_tile(bfn, x, calls, bargs, cols), consts=consts)
         kind = ("channelwise" if channelwise else "depthwise") if depthwise else (
             "grouped" if c["ish"][3] != c["wsh"][3] else "conv")
         note = (f"{kind} {c['wsh'][1]}x{c['wsh'][2]} s{c['stride'][0]}x{c['stride'][1]} "
@@ -246,6 +283,36 @@ class Lowering(IR):
                                note=note, macs=self._macs(c), band=band, scratch_bytes=0,
                                scratch_calls=[f"{fn}_scratch_bytes(&{p}, &{di}, &{df}, &{do})"
                                               for _, p, do in calls]))
+
+    def _dw_prep(self, op, c, layout):
+        """(name, RowBand consts) of the dsmn_dw_prep a depthwise step's band calls take, or
+        None where the kernel's fast path would not run (dsmn_depthwise_fast.h's conditions)."""
+        w = self.t(c["w"]).data
+        if layout is not None:
+            w = w.transpose(layout)
+        n = int(c["osh"][3])
+        if (c["mult"] != 1 or tuple(c["stride"]) != (1, 1) or c["ish"][3] != n or n > 128
+                or w.shape[3] != n):
+            return None
+        bias = None if c["b"] < 0 else self.t(c["b"]).data
+        mult, shift = self.rq_values(op, c["x"], c["w"], c["y"], n)
+        prep = dw_prep(w.reshape(-1, n), bias, c["cp"].input_offset, mult, shift)
+        if prep is None:
+            return None
+        return self.e.dw_prep_consts(*prep, "dwp")
+
+    def _conv1x1_prep(self, op, c, filt):
+        """(name, RowBand consts) of the dsmn_conv1x1_prep a 1x1 unpadded CONV_2D's band calls
+        take, or None where the kernel would not take its fast path on every channel."""
+        wsh = c["wsh"]
+        if wsh[1] != 1 or wsh[2] != 1 or c["pad_h"] or c["cp"].pad_w:
+            return None
+        bias = None if c["b"] < 0 else self.t(c["b"]).data
+        mult, shift = self.rq_values(op, c["x"], c["w"], c["y"], c["osh"][3])
+        prep = conv1x1_prep(self.t(c["w"]).data, bias, c["cp"].input_offset, shift)
+        if prep is None:
+            return None
+        return self.e.conv1x1_prep_consts(prep, filt, c["q"], int(wsh[3]), "c1")
 
     @staticmethod
     def _window_calls(fn, x, calls, args):

@@ -222,6 +222,23 @@ class AddTabledParams(CStruct):
 
 
 @dataclass
+class Conv1x1Prep(CStruct):
+    CTYPE = "dsmn_conv1x1_prep"
+    base2: str
+    filter: str
+    multiplier: str
+    shift: str
+    gc: int
+
+
+@dataclass
+class DwPrep(CStruct):
+    CTYPE = "dsmn_dw_prep"
+    ch: str
+    taps: str
+
+
+@dataclass
 class TailOp(CStruct):
     CTYPE = "dsmn_tail_op"
     is_mul: int = 0
@@ -249,6 +266,6 @@ class SparableParams(CStruct):
     tail_lut: str = "NULL"
 
 
-STRUCTS = (Dims, Requant, ConvParams, FcParams, Broadcast, AddParams, AddTabledParams, MulParams,
+STRUCTS = (Dims, Requant, ConvParams, Conv1x1Prep, DwPrep, FcParams, Broadcast, AddParams, AddTabledParams, MulParams,
            RequantParams, MeanParams, PoolParams, GatherParams, LogisticParams, SoftmaxParams, PadParams, TailOp,
            SparableParams)

@@ -61,6 +61,45 @@ def add_tables(f):
     return doubled, [k * v for v in ta + tb]
 
 
+def conv1x1_prep(w, bias, input_offset, shifts):
+    """base2 of dsmn_conv1x1_prep for a 1x1 filter `w` (out channels x gc int8): per output
+    channel 2 * (bias + input_offset * sum of weights); None when some channel would leave
+    dsmn_conv1x1_s8's fast path (which the prepared kernel stands for): a left shift or a
+    right shift beyond 1..31, an accumulator bound of 2^29 or more, groups over 64 channels."""
+    w = np.asarray(w, dtype=np.int64).reshape(len(shifts), -1)
+    b = np.zeros(len(shifts), dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64)
+    base = b + int(input_offset) * w.sum(axis=1)
+    bound = np.abs(base) + 128 * np.abs(w).sum(axis=1)
+    if w.shape[1] > 64 or any(not -31 <= s <= -1 for s in shifts) or np.any(bound >= (1 << 29)):
+        return None
+    return [int(v) for v in 2 * base]
+
+
+DW_CHUNK, DW_MAXT = 16, 9   # DSMN_DW_CHUNK, DSMN_DW_MAXT
+
+
+def dw_prep(w, bias, input_offset, mults, shifts):
+    """(ch, taps) of dsmn_dw_prep for a depthwise filter `w` (taps x channels int8, depth
+    multiplier 1), or None when some channel would leave the kernel's fast path (which these
+    constants stand for): more than DW_MAXT taps, a shift outside -31..-1, an accumulator bound
+    of 2^29 or more. Per chunk of DW_CHUNK channels the taps non-zero in any of them; per
+    channel doubled base, multiplier, right shift and half."""
+    w = np.asarray(w, dtype=np.int64)
+    kt, n = w.shape
+    b = np.zeros(n, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64)
+    base = b + int(input_offset) * w.sum(axis=0)
+    bound = np.abs(base) + 128 * np.abs(w).sum(axis=0)
+    if kt > DW_MAXT or any(not -31 <= s <= -1 for s in shifts) or np.any(bound >= (1 << 29)):
+        return None
+    ch, taps = [], []
+    for c0 in range(0, n, DW_CHUNK):
+        used = [t for t in range(kt) if np.any(w[t, c0:c0 + DW_CHUNK] != 0)]
+        taps += [len(used)] + used + [0] * (DW_MAXT - len(used))
+    for c in range(n):
+        ch += [2 * int(base[c]), int(mults[c]), -int(shifts[c]), 1 << (-int(shifts[c]) - 1)]
+    return ch, taps
+
+
 def mul_one(f, a, b):
     o1, o2, oo, mo, so, lo, hi = f
     return min(max(mbqm((a + o1) * (b + o2), mo, so) + oo, lo), hi)

@@ -43,10 +43,11 @@ def _align(n):
 INSTR_PER_MAC = 3.0
 INSTR_PER_ELEM = 10.0
 INSTR_PER_CALL = 400.0
-# A kernel call on one band re-does its per-call setup and border handling; measured on
-# model1's first tiled unit (QEMU mps2-an386: 1.8 M extra instructions over 230 band calls).
-INSTR_PER_BAND_CALL = 7800.0
-INSTR_PER_MOVED_BYTE = 0.35
+# A kernel call on one band re-does its border handling and the setup the generator did not
+# prepare (RowBand.consts); measured on model1's min plan (QEMU mps2-an386: 5.3 M over 5,473
+# band calls once recompute, halo columns and line-buffer moves are taken off).
+INSTR_PER_BAND_CALL = 1000.0
+INSTR_PER_MOVED_BYTE = 0.7   # the min plan's 2.52 MB of line-buffer moves took 1.79 M
 # A banded Sparable runs the kernel's generic per-pixel path (its fast path needs the output
 # window to match the input rows); an estimate of the extra per MAC over the fast path.
 INSTR_PER_SPARABLE_BAND_MAC = 6.0

@@ -17,15 +17,17 @@ model). The conditions, from firmware/runtime/*.c:
     on DSP when % 4 == 0); a whole-image run at stride 1 and full width, rows otherwise;
     full int8 clamp or an activation range.
   depthwise: 1x1 pointwise per channel tabulated from 512 pixels; dw_fast (multiplier 1,
-    stride 1, same size, <= 128 channels, <= 9 taps, 16-channel chunks, all-zero taps of a
-    chunk left out, a 5-tap unrolled body, the same requantisation bound as conv1x1); tap
-    lists (multiplier 1, <= 25 taps); the generic loop.
+    stride 1 along mel and any along time, <= 128 channels, <= 9 taps, 16-channel chunks,
+    all-zero taps of a chunk left out, 5- and 2-tap unrolled bodies, the same requantisation
+    bound as conv1x1; whole rows, or any window: a SPLIT part); tap lists (multiplier 1,
+    <= 25 taps); the generic loop.
   Sparable (two 3-tap depthwise + ADD + constant tail): <= 64 channels, 16-channel chunks,
     a tabulated tail; generic otherwise.
   ADD/SUB same shapes from 1,024 elements: tabulated input rescaling, doubled fast
     requantisation when the output shift is a right shift (an output multiplier < 0.5) and
     the tables' sum < 2^29 (always, for int8 inputs and TFLite's left shift of 20).
-  MUL of a dense tensor by a per-channel one from 512 pixels: tabulated per channel.
+  MUL of a dense tensor by a per-channel one: tabulated per channel from 512 pixels, each
+    element computed below (doubled requantisation when the output shift is a right shift).
   AVERAGE_POOL_2D windows of 2 elements; MEAN with equal input/output quantisation.
 """
 
@@ -65,9 +67,11 @@ def _conv1x1(rng, hw, cin, cout, groups=1, stride=1, act=None, bias_std=0.3):
 
 
 def _dw(rng, hw, c, k, stride=1, padding="SAME", act=None, mult=1, zero_corners=False,
-        explicit_pad=0):
+        explicit_pad=0, kshape=None, strides=None):
+    """kshape (kh, kw) and strides (time, mel) override the square k and stride."""
     W = rs.Weights(int(rng.integers(1 << 30)))
-    f = np.array(W((k, k, c, mult), float(rng.uniform(0.2, 1.2))))
+    kh, kw = kshape or (k, k)
+    f = np.array(W((kh, kw, c, mult), float(rng.uniform(0.2, 1.2))))
     if zero_corners:
         for ky, kx in ((0, 0), (0, k - 1), (k - 1, 0), (k - 1, k - 1)):
             f[ky, kx] = 0.0
@@ -77,7 +81,8 @@ def _dw(rng, hw, c, k, stride=1, padding="SAME", act=None, mult=1, zero_corners=
         if explicit_pad:
             p = explicit_pad
             x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-        y = tf.nn.depthwise_conv2d(x, f, [1, stride, stride, 1], padding)
+        sh, sw = strides or (stride, stride)
+        y = tf.nn.depthwise_conv2d(x, f, [1, sh, sw, 1], padding)
         return rs.act(y + b, act)
     return fn, (hw[0], hw[1], c)
 
@@ -159,6 +164,14 @@ CASES = {
     "dw3x3_left_shift": (lambda r: _dw(r, (6, 6), 18, 3),
                          lambda b: rs.requantize_output(b, "DEPTHWISE_CONV_2D", 1 / 256),
                          ["DEPTHWISE_CONV_2D"]),
+    # dw_fast at a stride along time only: the 2-tap body (DSMN's 2x1 average pools), a
+    # padded 3x3; a stride along mel leaves it (tap lists)
+    "dw2x1_s2x1_c24": (lambda r: _dw(r, (9, 6), 24, 0, padding="VALID", kshape=(2, 1),
+                                     strides=(2, 1)), None, ["DEPTHWISE_CONV_2D"]),
+    "dw3x3_s2x1_c20_relu": (lambda r: _dw(r, (7, 6), 20, 3, act="relu", strides=(2, 1)), None,
+                            ["DEPTHWISE_CONV_2D"]),
+    "dw3x3_s1x2_taps": (lambda r: _dw(r, (6, 7), 8, 3, strides=(1, 2)), None,
+                        ["DEPTHWISE_CONV_2D"]),
     "dw5x5_taps": (lambda r: _dw(r, (7, 7), 6, 5), None, ["DEPTHWISE_CONV_2D"]),
     "dw7x7_generic": (lambda r: _dw(r, (8, 8), 4, 7), None, ["DEPTHWISE_CONV_2D"]),
     "dw3x3_mult2": (lambda r: _dw(r, (6, 6), 5, 3, mult=2), None, ["DEPTHWISE_CONV_2D"]),
@@ -179,8 +192,11 @@ CASES = {
         lambda r: _binary(r, (16, 16, 4), "add"),
         lambda b: rs.requantize_output(b, "ADD", scale_fn=lambda s: 2 * max(s) / (2 ** 20 * 0.75)),
         ["ADD"]),
-    # MUL by a per-channel gate: tabulated from 512 pixels, either operand order
+    # MUL by a per-channel gate: tabulated from 512 pixels, either operand order; below, each
+    # element on its own (doubled requantisation for a right shift, exact for a left one)
     "mul_gate_511px": (lambda r: _binary(r, (7, 73, 3), "mul", "channel"), None, ["MUL"]),
+    "mul_gate_20px_left_shift": (lambda r: _binary(r, (4, 5, 6), "mul", "channel_first"),
+                                 lambda b: rs.requantize_output(b, "MUL", 1 / 512), ["MUL"]),
     "mul_gate_512px": (lambda r: _binary(r, (16, 32, 3), "mul", "channel"), None, ["MUL"]),
     "mul_gate_first_512px": (lambda r: _binary(r, (16, 32, 3), "mul", "channel_first"), None,
                              ["MUL"]),

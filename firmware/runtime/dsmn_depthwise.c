@@ -86,6 +86,17 @@ static __attribute__((noinline)) void dwf_run5_full(const int8_t *const *tp, con
     dwf_body5(tp, ch, cn, off, -128, 127, o, 1);
 }
 
+/* Two taps (the blocks' 2x1 average pools, stride 2 along time), pointers in locals. */
+static __attribute__((noinline)) void dwf_run2(const int8_t *const *tp, const dwf_ch *ch, int32_t cn,
+                                               int32_t off, int32_t lo, int32_t hi, int8_t *o)
+{
+    const int8_t *x0 = tp[0], *x1 = tp[1];
+    for (int32_t j = 0; j < cn; j++, ch++) {
+        const int32_t acc = ch->base + x0[j] * ch->w[0] + x1[j] * ch->w[1];
+        o[j] = dwf_out(acc, ch, off, lo, hi, 0);
+    }
+}
+
 static __attribute__((noinline)) void dwf_run(const int8_t *const *tp, int32_t nt, const dwf_ch *ch,
                                               int32_t cn, int32_t off, int32_t lo, int32_t hi, int8_t *o)
 {
@@ -171,7 +182,9 @@ void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p_arg, const dsmn_requant 
         }
         return;
     }
-    if (dw_fast(NULL, p, q, id, in, fd, filter, bias, od, out)) {
+    /* whole rows first (the instance tuned for them), then any window (a SPLIT part) */
+    if (dw_fast(NULL, p, q, id, in, fd, filter, bias, od, out)
+        || dw_fast_window(NULL, p, q, id, in, fd, filter, bias, od, out)) {
         return;
     }
     if (mult == 1 && kh * kw <= DSMN_MAX_TAPS) {

@@ -10,8 +10,9 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
                   const int32_t *bias, const dsmn_dims *od, int8_t *out)
 {
     const int32_t C = od->c, kt = fd->h * fd->w;
-    /* any band of whole rows (out_y0, od->h) is fine: input rows are global */
-    if (p->depth_multiplier != 1 || p->stride_h != 1 || p->stride_w != 1 || id->c != C || C > DWF_MAXC
+    /* any band of whole rows (out_y0, od->h) is fine: input rows are global; any stride along
+     * time (the blocks' 2x1 average pools run as stride-2 depthwise convolutions) */
+    if (p->depth_multiplier != 1 || p->stride_h < 1 || p->stride_w != 1 || id->c != C || C > DWF_MAXC
 #if DWF_WINDOW
         || kt > DWF_MAXT || fd->c != C) {
 #else
@@ -88,13 +89,15 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
         /* Dims and window origin in locals: the output stores are int8 and may alias any
          * struct the compiler would otherwise reload for every tap. */
         const int32_t ih = id->h, iw = id->w, oh = od->h, ow = od->w, y0 = p->out_y0;
+        const int32_t sh = p->stride_h;
         for (int32_t b = 0; b < od->n; b++) {
             const int8_t *img = in + b * ih * iw * C + c0;
             for (int32_t oy = 0; oy < oh; oy++) {
+                const int32_t yb = (oy + y0) * sh;
                 for (int32_t ox = 0; ox < ow; ox++) {
                     const int8_t *tp[DWF_MAXT];
                     for (int32_t t = 0; t < nt; t++) {
-                        const int32_t iy = oy + y0 + dy[t], ix = ox + dx[t];
+                        const int32_t iy = yb + dy[t], ix = ox + dx[t];
                         tp[t] = (iy < 0 || iy >= ih || ix < 0 || ix >= iw) ? pad
                                 : img + (iy * iw + ix) * C;
                     }
@@ -103,6 +106,8 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
                         dwf_run5_full(tp, chp, cn, p->output_offset, o);
                     } else if (nt == 5) {
                         dwf_run5(tp, chp, cn, p->output_offset, p->act_min, p->act_max, o);
+                    } else if (nt == 2) {
+                        dwf_run2(tp, chp, cn, p->output_offset, p->act_min, p->act_max, o);
                     } else {
                         dwf_run(tp, nt, chp, cn, p->output_offset, p->act_min, p->act_max, o);
                     }

@@ -16,11 +16,12 @@ from dsmn_host.compiler.fuse import find_fusions
 from dsmn_host.compiler.ir import (IR, ColMap, RowBand, RowMap, Step, op_error as _err, rows_of,
                                    row_bytes)
 from dsmn_host.compiler.params import (MAX_TAIL, AddParams, AddTabledParams, Broadcast, Conv1x1Prep,
-                                       ConvParams, Dims, DwPrep, FcParams, GatherParams, LogisticParams, MeanParams, MulParams,
-                                       PadParams, PoolParams, Requant, RequantParams, SoftmaxParams,
-                                       SparableParams, TailOp)
+                                       ConvParams, Dims, DwPrep, FcParams, GatherParams,
+                                       LogisticParams, MeanParams, MulParams, PadParams, PoolParams,
+                                       Requant, RequantParams, SoftmaxParams, SparableParams, TailOp)
 from dsmn_host.compiler.qmath import (ACT_NAMES, activation_range, add_one, add_tables, conv1x1_prep,
-                                      dims4, dw_prep, mul_one, quantize_multiplier, round_away, tflite_padding)
+                                      dims4, dw_prep, mul_one, quantize_multiplier, round_away,
+                                      tflite_padding)
 
 SUPPORTED_OPS = (
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN",
@@ -85,13 +86,13 @@ class Emitter:
         pname, pdecl, pbytes = self._struct_decl(AddTabledParams(f, int(doubled), tname), base)
         return pname, [(tdecl, tbytes), (pdecl, pbytes)]
 
-
     def conv1x1_prep_consts(self, base2, filt, rq, gc, base):
         """dsmn_conv1x1_prep of qmath.conv1x1_prep's base2 (the filter array already emitted)
         as (name, [(C declaration, flash bytes)]), not registered: a RowBand's consts, like
         add_table_consts."""
         bn, bdecl, bbytes = self._array_decl("int32_t", base2, base + "b")
-        pname, pdecl, pbytes = self._struct_decl(Conv1x1Prep(bn, filt, rq.multiplier, rq.shift, gc), base)
+        pname, pdecl, pbytes = self._struct_decl(Conv1x1Prep(bn, filt, rq.multiplier, rq.shift, gc),
+                                                 base)
         return pname, [(bdecl, bbytes), (pdecl, pbytes)]
 
     def dw_prep_consts(self, ch, taps, base):
@@ -291,7 +292,7 @@ class Lowering(IR):
         if layout is not None:
             w = w.transpose(layout)
         n = int(c["osh"][3])
-        if (c["mult"] != 1 or tuple(c["stride"]) != (1, 1) or c["ish"][3] != n or n > 128
+        if (c["mult"] != 1 or c["stride"][1] != 1 or c["ish"][3] != n or n > 128
                 or w.shape[3] != n):
             return None
         bias = None if c["b"] < 0 else self.t(c["b"]).data

@@ -48,6 +48,9 @@ class FaultRelay:
         self._reset_after = reset_after_bytes
         self._burst = {True: [0, None], False: [0, None]}  # per direction: bytes left, kind
         self.stats = {"to_board": 0, "to_host": 0, "dropped": 0, "corrupted": 0, "resets": 0}
+        # after the reset: the board's first bytes as sent and which of them a fault hit, to
+        # tell whether its boot HELLO reached the host (boot_hello_hit)
+        self._boot = None
         self.baud = baud
         # per direction (True: to the board): bytes waiting for the paced line, its byte credit
         self._queue = {True: bytearray(), False: bytearray()}
@@ -84,10 +87,14 @@ class FaultRelay:
         burst = self._burst[to_board]
         start_p = self.rate / ((1 + self.max_burst) / 2)  # burst starts per byte, mean length (1+max)/2
         out = bytearray()
+        boot = self._boot if not to_board and self._boot is not None and len(self._boot[0]) < 4096 else None
         for b in data:
             if burst[0] == 0 and self._rng.random() < start_p:
                 burst[0] = self._rng.randint(1, self.max_burst)
                 burst[1] = self._rng.choice(("drop", "corrupt"))
+            if boot is not None:
+                boot[0].append(b)
+                boot[1].append(bool(burst[0]))
             if burst[0]:
                 burst[0] -= 1
                 if burst[1] == "drop":
@@ -98,8 +105,26 @@ class FaultRelay:
             out.append(b)
         return bytes(out)
 
+    @property
+    def boot_hello_hit(self):
+        """After the reset: whether a fault dropped or corrupted a byte of the board's boot HELLO
+        (the host cannot see that reset then), None if no boot HELLO came through yet."""
+        if self._boot is None:
+            return None
+        from dsmn_host.target import protocol
+
+        sent, hit = self._boot
+        parser = protocol.FrameParser()
+        for i in range(len(sent)):
+            for f in parser.feed(sent[i:i + 1]):
+                if f is not protocol.BAD and f.type == protocol.HELLO and f.msg_id == 0:
+                    start = i + 1 - len(protocol.encode_frame(f.type, 0, f.index, f.count, f.payload))
+                    return any(hit[start:i + 1])
+        return None
+
     def _do_reset(self):
         self.stats["resets"] += 1
+        self._boot = (bytearray(), [])
         new_url = self._reset()
         self._board.close()
         deadline = time.monotonic() + 10
@@ -291,7 +316,7 @@ def eval_through_faults(elf, out_dir, *, seed, reset_after_bytes, **eval_kwargs)
                         reset_after_bytes=reset_after_bytes) as relay:
             evaluate.run_eval([relay.port], out_dir=out_dir, baud=115200, log=logs.append, ack_timeout=0.5,
                               **eval_kwargs)
-            stats = dict(relay.stats, fraction=relay.fault_fraction)
+            stats = dict(relay.stats, fraction=relay.fault_fraction, boot_hello_hit=relay.boot_hello_hit)
     finally:
         emu.stop()
     print("relay", stats, *logs, sep="\n")

@@ -147,10 +147,14 @@ def test_faults_and_a_reset_give_identical_results(clean_run, fw, feature_cache_
                                       card_path=fw["card"])
     assert stats["resets"] == 1 and stats["dropped"] > 0 and stats["corrupted"] > 0
     assert 0.003 < stats["fraction"] < 0.03
-    assert any("reset" in m for m in logs)
     run = json.loads((tmp_path / "run.json").read_text())
     same_results(tmp_path / "results.jsonl", clean_dir / "results.jsonl", pipelined_counter_ticks(run))
-    assert run["boards"][0]["stats"]["resets"] == 1
+    # The host sees the reset through the board's boot HELLO, unless the faults hit that frame
+    # (the board's NAKs then restart the request: the same journal, above).
+    assert stats["boot_hello_hit"] is not None, stats
+    seen = not stats["boot_hello_hit"]
+    assert run["boards"][0]["stats"]["resets"] == int(seen), (run["boards"][0]["stats"], stats)
+    assert not seen or any("reset" in m for m in logs)
     assert run["boards"][0]["stats"]["sent_ahead_chunks"] > 0  # with pipelining on
 
 

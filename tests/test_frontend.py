@@ -324,4 +324,8 @@ def test_audio_eval_through_faults_and_a_reset_is_identical(audio_fw, audio_run,
                 r.pop(k, None)
         assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     run = json.loads((tmp_path / "run.json").read_text())
-    assert run["input"] == "audio" and run["boards"][0]["stats"]["resets"] == 1
+    # The host sees the reset through the board's boot HELLO; when the faults hit that frame it
+    # cannot, and the board's NAKs restart the request instead (the same journal, above).
+    assert stats["boot_hello_hit"] is not None, stats
+    seen = run["boards"][0]["stats"]["resets"]
+    assert run["input"] == "audio" and seen == (0 if stats["boot_hello_hit"] else 1), (seen, stats)

@@ -13,7 +13,7 @@ model). The conditions, from firmware/runtime/*.c:
   conv1x1 (CONV_2D 1x1, no padding): filter channels per group <= 64 (C1_MAXG) -> weight
     buffer, else a dot product; fast doubled-accumulator requantisation when the shift is a
     right shift of 1..31 bits and |bias + offset*sum(w)| + 128*sum|w| < 2^29; unrolled kinds
-    for 1, 2, 4, 8, 12, 16 channels per group, a generic loop otherwise (packed SMLAD pairs
+    for 1, 2, 4, 8, 12, 16, 24, 32 channels per group, a generic loop otherwise (packed SMLAD pairs
     on DSP when % 4 == 0); a whole-image run at stride 1 and full width, rows otherwise;
     full int8 clamp or an activation range.
   depthwise: 1x1 pointwise per channel tabulated from 512 pixels; dw_fast (multiplier 1,
@@ -133,7 +133,7 @@ def _conv(rng, hw, cin, cout, k, stride, explicit_pad, act="relu"):
 CASES = {
     # conv1x1: unrolled kinds and the generic loop (packed on DSP when gc % 4 == 0)
     **{f"conv1x1_gc{g}": (lambda r, g=g: _conv1x1(r, (9, 7), g, 6), None, ["CONV_2D"])
-       for g in (1, 2, 3, 4, 8, 12, 16, 20, 22)},
+       for g in (1, 2, 3, 4, 8, 12, 16, 20, 22, 24, 32)},
     # the weight buffer holds 64 channels per group; 65 takes the dot-product path
     "conv1x1_gc64": (lambda r: _conv1x1(r, (5, 6), 64, 5, act="relu"), None, ["CONV_2D"]),
     "conv1x1_gc65": (lambda r: _conv1x1(r, (5, 6), 65, 5, act="relu"), None, ["CONV_2D"]),

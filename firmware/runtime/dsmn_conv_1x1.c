@@ -47,7 +47,7 @@ typedef struct {
     int32_t gc, base, mult, right, half, off, lo, hi, sx, so;
 } c1_args;
 
-enum { C1_G1, C1_G2, C1_G4, C1_G8, C1_G12, C1_G16, C1_GN };
+enum { C1_G1, C1_G2, C1_G4, C1_G8, C1_G12, C1_G16, C1_G24, C1_G32, C1_GN };
 
 
 /* 4 input channels at ip[i..i+3] against packed weight words w[0], w[1] (DSP). */
@@ -80,7 +80,7 @@ static inline void c1_body(const c1_args *a, const int8_t *ip, int8_t *o, int32_
         } else {
 #if DSMN_CONV_DSP
             const int32_t g = kind == C1_G4 ? 4 : kind == C1_G8 ? 8 : kind == C1_G12 ? 12
-                              : kind == C1_G16 ? 16 : gc;
+                              : kind == C1_G16 ? 16 : kind == C1_G24 ? 24 : kind == C1_G32 ? 32 : gc;
             if (kind == C1_GN) {
                 for (int32_t i = 0; i < g; i += 4) {
                     C1_DOT4(acc, ip + i, wp + i / 2);
@@ -97,10 +97,18 @@ static inline void c1_body(const c1_args *a, const int8_t *ip, int8_t *o, int32_
                 if (g >= 16) {
                     C1_DOT4(acc, ip + 12, wp + 6);
                 }
+                if (g >= 24) {
+                    C1_DOT4(acc, ip + 16, wp + 8);
+                    C1_DOT4(acc, ip + 20, wp + 10);
+                }
+                if (g >= 32) {
+                    C1_DOT4(acc, ip + 24, wp + 12);
+                    C1_DOT4(acc, ip + 28, wp + 14);
+                }
             }
 #else
             const int32_t g = kind == C1_G4 ? 4 : kind == C1_G8 ? 8 : kind == C1_G12 ? 12
-                              : kind == C1_G16 ? 16 : gc;
+                              : kind == C1_G16 ? 16 : kind == C1_G24 ? 24 : kind == C1_G32 ? 32 : gc;
             for (int32_t i = 0; i < g; i++) {
                 acc += ip[i] * wd[i];
             }
@@ -130,17 +138,21 @@ C1_WRAP(C1_G4)
 C1_WRAP(C1_G8)
 C1_WRAP(C1_G12)
 C1_WRAP(C1_G16)
+C1_WRAP(C1_G24)
+C1_WRAP(C1_G32)
 C1_WRAP(C1_GN)
 
-static const c1_fn c1_table[2][7] = {
-    {c1_C1_G1_0, c1_C1_G2_0, c1_C1_G4_0, c1_C1_G8_0, c1_C1_G12_0, c1_C1_G16_0, c1_C1_GN_0},
-    {c1_C1_G1_1, c1_C1_G2_1, c1_C1_G4_1, c1_C1_G8_1, c1_C1_G12_1, c1_C1_G16_1, c1_C1_GN_1},
+static const c1_fn c1_table[2][9] = {
+    {c1_C1_G1_0, c1_C1_G2_0, c1_C1_G4_0, c1_C1_G8_0, c1_C1_G12_0, c1_C1_G16_0, c1_C1_G24_0,
+     c1_C1_G32_0, c1_C1_GN_0},
+    {c1_C1_G1_1, c1_C1_G2_1, c1_C1_G4_1, c1_C1_G8_1, c1_C1_G12_1, c1_C1_G16_1, c1_C1_G24_1,
+     c1_C1_G32_1, c1_C1_GN_1},
 };
 
 static int c1_kind(int32_t gc)
 {
     return gc == 1 ? C1_G1 : gc == 2 ? C1_G2 : gc == 4 ? C1_G4 : gc == 8 ? C1_G8
-           : gc == 12 ? C1_G12 : gc == 16 ? C1_G16 : C1_GN;
+           : gc == 12 ? C1_G12 : gc == 16 ? C1_G16 : gc == 24 ? C1_G24 : gc == 32 ? C1_G32 : C1_GN;
 }
 
 /* How a call's output window maps to runs of pixels, the same for every output channel:

@@ -42,9 +42,6 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
                 ch[j].mult = cc[1];
                 ch[j].right = cc[2];
                 ch[j].half = cc[3];
-                for (int32_t t = 0; t < nt; t++) {
-                    ch[j].w[t] = filter[tap[t] * C + c0 + j] * 2;
-                }
             }
         } else {
             for (int32_t t = 0; t < kt; t++) {
@@ -68,13 +65,15 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
                 if ((base < 0 ? -base : base) + 128ll * wabs >= (1ll << 29) || q->shift[c] >= 0 || q->shift[c] < -31) {
                     return 0; /* the caller's generic kernel then writes every output */
                 }
-                for (int32_t t = 0; t < nt; t++) {
-                    ch[j].w[t] = filter[tap[t] * C + c] * 2;
-                }
                 ch[j].base = (int32_t)base * 2;
                 ch[j].mult = q->multiplier[c];
                 ch[j].right = -q->shift[c];
                 ch[j].half = 1 << (-q->shift[c] - 1);
+            }
+        }
+        for (int32_t j = 0; j < cn; j++) {
+            for (int32_t t = 0; t < nt; t++) {
+                ch[j].w[t] = filter[tap[t] * C + c0 + j] * 2;
             }
         }
         for (int32_t t = 0; t < nt; t++) {
@@ -85,7 +84,6 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
             dx[t] = (tap[t] % fd->w) * p->dilation_w - p->pad_w;
 #endif
         }
-        const dwf_ch *chp = ch;
         /* Dims and window origin in locals: the output stores are int8 and may alias any
          * struct the compiler would otherwise reload for every tap. */
         const int32_t ih = id->h, iw = id->w, oh = od->h, ow = od->w, y0 = p->out_y0;
@@ -103,13 +101,13 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
                     }
                     int8_t *o = out + (((b * oh) + oy) * ow + ox) * C + c0;
                     if (nt == 5 && full) {
-                        dwf_run5_full(tp, chp, cn, p->output_offset, o);
+                        dwf_run5_full(tp, ch, cn, p->output_offset, o);
                     } else if (nt == 5) {
-                        dwf_run5(tp, chp, cn, p->output_offset, p->act_min, p->act_max, o);
+                        dwf_run5(tp, ch, cn, p->output_offset, p->act_min, p->act_max, o);
                     } else if (nt == 2) {
-                        dwf_run2(tp, chp, cn, p->output_offset, p->act_min, p->act_max, o);
+                        dwf_run2(tp, ch, cn, p->output_offset, p->act_min, p->act_max, o);
                     } else {
-                        dwf_run(tp, nt, chp, cn, p->output_offset, p->act_min, p->act_max, o);
+                        dwf_run(tp, nt, ch, cn, p->output_offset, p->act_min, p->act_max, o);
                     }
                 }
             }

@@ -75,8 +75,9 @@ void dsmn_depthwise_conv2d_s8(const dsmn_conv_params *p, const dsmn_requant *q,
  * whose weight is non-zero in some channel of the chunk (`taps`: count, then DSMN_DW_MAXT
  * filter tap indices); per channel four int32 (`ch`): 2 * (bias + input_offset * sum of
  * weights), multiplier, right shift, 2^(right shift - 1). The tap weights are doubled from the
- * int8 filter per call. Only for depth multiplier 1, stride 1, at most 9 taps, every channel
- * with a right shift of 1..31 and |bias + input_offset * sum(w)| + 128 * sum(|w|) < 2^29. */
+ * int8 filter per call. Only for depth multiplier 1, stride 1 along mel (any along time), at
+ * most 9 taps, every channel with a right shift of 1..31 and |bias + input_offset * sum(w)| +
+ * 128 * sum(|w|) < 2^29. */
 #define DSMN_DW_CHUNK 16
 #define DSMN_DW_MAXT 9
 typedef struct {

@@ -128,7 +128,9 @@ class Lowering(IR):
         return self.e.struct(Dims(*dims4(shape)), "dims")
 
     def per_channel(self, op, in_idx, f_idx, out_idx, n_ch):
-        mult, shift = self.rq_values(op, in_idx, f_idx, out_idx, n_ch)
+        return self.requant_arrays(*self.rq_values(op, in_idx, f_idx, out_idx, n_ch))
+
+    def requant_arrays(self, mult, shift):
         return (self.e.array("int32_t", mult, "mult", "requant"),
                 self.e.array("int32_t", shift, "shift", "requant"))
 
@@ -216,8 +218,9 @@ class Lowering(IR):
                 raise _err(op, f"input channels {ish[3]} / filter channels {wsh[3]} do not form "
                                "whole groups")
         cp = ConvParams(-zin, zout, o.strideH, o.strideW, dil_h, dil_w, pad_h, pad_w, amin, amax, mult)
+        rq_values = self.rq_values(op, x, w, y, n_ch)   # (multipliers, shifts): the preps read them
         return dict(x=x, y=y, w=w, b=b, ish=ish, wsh=wsh, osh=osh, cp=cp,
-                    q=Requant(*self.per_channel(op, x, w, y, n_ch)), pad_h=pad_h,
+                    q=Requant(*self.requant_arrays(*rq_values)), rq_values=rq_values, pad_h=pad_h,
                     dil=(dil_h, dil_w), stride=(o.strideH, o.strideW), mult=mult)
 
     def _windows(self, y, osh):
@@ -296,7 +299,7 @@ class Lowering(IR):
                 or w.shape[3] != n):
             return None
         bias = None if c["b"] < 0 else self.t(c["b"]).data
-        mult, shift = self.rq_values(op, c["x"], c["w"], c["y"], n)
+        mult, shift = c["rq_values"]
         prep = dw_prep(w.reshape(-1, n), bias, c["cp"].input_offset, mult, shift)
         if prep is None:
             return None
@@ -309,8 +312,7 @@ class Lowering(IR):
         if wsh[1] != 1 or wsh[2] != 1 or c["pad_h"] or c["cp"].pad_w:
             return None
         bias = None if c["b"] < 0 else self.t(c["b"]).data
-        mult, shift = self.rq_values(op, c["x"], c["w"], c["y"], c["osh"][3])
-        prep = conv1x1_prep(self.t(c["w"]).data, bias, c["cp"].input_offset, shift)
+        prep = conv1x1_prep(self.t(c["w"]).data, bias, c["cp"].input_offset, c["rq_values"][1])
         if prep is None:
             return None
         return self.e.conv1x1_prep_consts(prep, filt, c["q"], int(wsh[3]), "c1")

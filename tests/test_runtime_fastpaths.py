@@ -18,7 +18,8 @@ model). The conditions, from firmware/runtime/*.c:
     full int8 clamp or an activation range.
   depthwise: 1x1 pointwise per channel tabulated from 512 pixels; dw_fast (multiplier 1,
     stride 1 along mel and any along time, <= 128 channels, <= 9 taps, 16-channel chunks,
-    all-zero taps of a chunk left out, 5- and 2-tap unrolled bodies, the same requantisation
+    all-zero taps of a chunk left out, 5- and 2-tap unrolled bodies, a row's interior run of
+    >= 4 pixels channel by channel (5- and 2-tap spans), the same requantisation
     bound as conv1x1; whole rows, or any window: a SPLIT part); tap lists (multiplier 1,
     <= 25 taps); the generic loop.
   Sparable (two 3-tap depthwise + ADD + constant tail): <= 64 channels, 16-channel chunks,
@@ -67,7 +68,7 @@ def _conv1x1(rng, hw, cin, cout, groups=1, stride=1, act=None, bias_std=0.3):
 
 
 def _dw(rng, hw, c, k, stride=1, padding="SAME", act=None, mult=1, zero_corners=False,
-        explicit_pad=0, kshape=None, strides=None):
+        explicit_pad=0, kshape=None, strides=None, dilation=1):
     """kshape (kh, kw) and strides (time, mel) override the square k and stride."""
     W = rs.Weights(int(rng.integers(1 << 30)))
     kh, kw = kshape or (k, k)
@@ -82,7 +83,7 @@ def _dw(rng, hw, c, k, stride=1, padding="SAME", act=None, mult=1, zero_corners=
             p = explicit_pad
             x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
         sh, sw = strides or (stride, stride)
-        y = tf.nn.depthwise_conv2d(x, f, [1, sh, sw, 1], padding)
+        y = tf.nn.depthwise_conv2d(x, f, [1, sh, sw, 1], padding, dilations=[dilation, dilation])
         return rs.act(y + b, act)
     return fn, (hw[0], hw[1], c)
 
@@ -160,6 +161,23 @@ CASES = {
     "dw3x3_cross_c20": (lambda r: _dw(r, (6, 6), 20, 3, zero_corners=True), None,
                         ["DEPTHWISE_CONV_2D"]),
     "dw3x3_cross_c20_relu": (lambda r: _dw(r, (6, 6), 20, 3, zero_corners=True, act="relu"),
+                             None, ["DEPTHWISE_CONV_2D"]),
+    # DSMN's dilated cross: interior runs of a row go channel by channel (dwf_span5), from
+    # DWF_SPAN_MIN = 4 columns; 3 interior columns stay on the per-pixel body
+    "dw3x3_cross_d2_span16": (lambda r: _dw(r, (6, 20), 24, 3, zero_corners=True, dilation=2),
+                              None, ["DEPTHWISE_CONV_2D"]),
+    "dw3x3_cross_d2_span16_relu": (lambda r: _dw(r, (6, 20), 24, 3, zero_corners=True,
+                                                 dilation=2, act="relu"),
+                                   None, ["DEPTHWISE_CONV_2D"]),
+    # a right shift over 23 bits: the output offset cannot ride in the rounding constant,
+    # so the chunk stays on the per-pixel body
+    "dw3x3_cross_d2_span16_shift_over_23": (
+        lambda r: _dw(r, (6, 20), 16, 3, zero_corners=True, dilation=2),
+        lambda b: rs.requantize_output(b, "DEPTHWISE_CONV_2D", 2.0 ** 18, zero_point=100),
+        ["DEPTHWISE_CONV_2D"]),
+    "dw3x3_cross_d2_span4": (lambda r: _dw(r, (6, 8), 8, 3, zero_corners=True, dilation=2),
+                             None, ["DEPTHWISE_CONV_2D"]),
+    "dw3x3_cross_d2_span3": (lambda r: _dw(r, (6, 7), 8, 3, zero_corners=True, dilation=2),
                              None, ["DEPTHWISE_CONV_2D"]),
     "dw3x3_left_shift": (lambda r: _dw(r, (6, 6), 18, 3),
                          lambda b: rs.requantize_output(b, "DEPTHWISE_CONV_2D", 1 / 256),

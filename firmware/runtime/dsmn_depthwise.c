@@ -35,6 +35,9 @@ static void dw_taps(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg, co
 #define DWF_CHUNK DSMN_DW_CHUNK
 #define DWF_MAXT DSMN_DW_MAXT
 #define DWF_MAXC 128
+/* interior runs shorter than this stay on the per-pixel bodies (the span setup costs more) */
+#define DWF_SPAN_MIN 4
+#define DWF_SPAN_MAXRIGHT 23
 
 /* One channel's constants (the first four as in dsmn_dw_prep's `ch`) and doubled tap weights. */
 typedef struct {
@@ -101,6 +104,74 @@ static __attribute__((noinline)) void dwf_run(const int8_t *const *tp, int32_t n
                                               int32_t cn, int32_t off, int32_t lo, int32_t hi, int8_t *o)
 {
     dwf_body(tp, nt, ch, cn, off, lo, hi, o, 0);
+}
+
+/* A run of n interior pixels along a row (every tap inside the image), channel by channel:
+ * the channel's weights and requantisation constants stay in registers across the run,
+ * where the per-pixel bodies above reload them for every output. Input and output pixels
+ * are both C bytes apart (stride 1 along mel, id->c == od->c). NT taps, compile-time. The
+ * output offset rides in the rounding constant, (h + half + (off << right)) >> right ==
+ * ((h + half) >> right) + off, while off << right cannot overflow (right <= 23: |h| < 2^29;
+ * the caller keeps chunks with a longer shift on the per-pixel bodies); on DSP two doubled weights share a register (smlabb/smlabt), so the loop needs no spills. */
+static inline void dwf_span_body(const int8_t *const *tp, const int NT, const dwf_ch *ch,
+                                 int32_t cn, int32_t n, int32_t C, int32_t off, int32_t lo,
+                                 int32_t hi, int8_t *o, const int full)
+{
+    const int32_t end = n * C;
+    for (int32_t j = 0; j < cn; j++, ch++) {
+        const int8_t *x0 = tp[0] + j, *x1 = tp[1] + j;
+        const int8_t *x2 = NT > 2 ? tp[2] + j : x0, *x3 = NT > 2 ? tp[3] + j : x0;
+        const int8_t *x4 = NT > 2 ? tp[4] + j : x0;
+        const int32_t base = ch->base, mult = ch->mult, right = ch->right;
+        const int32_t half = ch->half + (int32_t)((uint32_t)off << right);
+#if DSMN_CONV_DSP
+        const int32_t w01 = (int32_t)(((uint32_t)ch->w[0] & 0xffffu) | ((uint32_t)ch->w[1] << 16));
+        const int32_t w23 = NT > 2 ? (int32_t)(((uint32_t)ch->w[2] & 0xffffu) | ((uint32_t)ch->w[3] << 16)) : 0;
+        const int32_t w4 = NT > 2 ? ch->w[4] : 0;
+#else
+        const int32_t w0 = ch->w[0], w1 = ch->w[1], w2 = NT > 2 ? ch->w[2] : 0;
+        const int32_t w3 = NT > 2 ? ch->w[3] : 0, w4 = NT > 2 ? ch->w[4] : 0;
+#endif
+        int8_t *y = o + j;
+        for (int32_t i = 0; i < end; i += C) {
+#if DSMN_CONV_DSP
+            int32_t acc = __smlabt(x1[i], w01, __smlabb(x0[i], w01, base));
+            if (NT > 2) {
+                acc = __smlabb(x2[i], w23, acc);
+                acc = __smlabt(x3[i], w23, acc);
+                acc += x4[i] * w4;
+            }
+#else
+            int32_t acc = base + x0[i] * w0 + x1[i] * w1;
+            if (NT > 2) {
+                acc += x2[i] * w2 + x3[i] * w3 + x4[i] * w4;
+            }
+#endif
+            const int32_t u = dsmn_rq_doubled(acc, mult, half, right);
+            y[i] = (int8_t)(full ? SSAT8(u) : dsmn_clamp(u, lo, hi));
+        }
+    }
+}
+
+static __attribute__((noinline)) void dwf_span5(const int8_t *const *tp, const dwf_ch *ch,
+                                                int32_t cn, int32_t n, int32_t C, int32_t off,
+                                                int32_t lo, int32_t hi, int8_t *o)
+{
+    dwf_span_body(tp, 5, ch, cn, n, C, off, lo, hi, o, 0);
+}
+
+static __attribute__((noinline)) void dwf_span5_full(const int8_t *const *tp, const dwf_ch *ch,
+                                                     int32_t cn, int32_t n, int32_t C,
+                                                     int32_t off, int8_t *o)
+{
+    dwf_span_body(tp, 5, ch, cn, n, C, off, -128, 127, o, 1);
+}
+
+static __attribute__((noinline)) void dwf_span2(const int8_t *const *tp, const dwf_ch *ch,
+                                                int32_t cn, int32_t n, int32_t C, int32_t off,
+                                                int32_t lo, int32_t hi, int8_t *o)
+{
+    dwf_span_body(tp, 2, ch, cn, n, C, off, lo, hi, o, 0);
 }
 
 #define DWF_FN dw_fast

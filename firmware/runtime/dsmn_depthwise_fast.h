@@ -84,6 +84,12 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
             dx[t] = (tap[t] % fd->w) * p->dilation_w - p->pad_w;
 #endif
         }
+        /* interior runs go channel by channel for the 5- and 2-tap bodies, while every
+         * channel's shift lets the output offset ride in the rounding constant */
+        int span_ok = nt == 5 || nt == 2;
+        for (int32_t j = 0; j < cn; j++) {
+            span_ok &= ch[j].right <= DWF_SPAN_MAXRIGHT;
+        }
         /* Dims and window origin in locals: the output stores are int8 and may alias any
          * struct the compiler would otherwise reload for every tap. */
         const int32_t ih = id->h, iw = id->w, oh = od->h, ow = od->w, y0 = p->out_y0;
@@ -92,7 +98,38 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
             const int8_t *img = in + b * ih * iw * C + c0;
             for (int32_t oy = 0; oy < oh; oy++) {
                 const int32_t yb = (oy + y0) * sh;
+                /* the interior [xa, xb) of the row: every tap inside the image */
+                int32_t xa = 0, xb = ow;
+                for (int32_t t = 0; t < nt; t++) {
+                    const int32_t iy = yb + dy[t];
+                    if (iy < 0 || iy >= ih) {
+                        xb = 0;
+                    }
+                    xa = -dx[t] > xa ? -dx[t] : xa;
+                    xb = iw - dx[t] < xb ? iw - dx[t] : xb;
+                }
+                if (xb - xa < DWF_SPAN_MIN || !span_ok) {
+                    xa = xb = ow;
+                }
                 for (int32_t ox = 0; ox < ow; ox++) {
+                    if (ox == xa) {
+                        const int8_t *tp[DWF_MAXT];
+                        for (int32_t t = 0; t < nt; t++) {
+                            tp[t] = img + ((yb + dy[t]) * iw + ox + dx[t]) * C;
+                        }
+                        int8_t *o = out + (((b * oh) + oy) * ow + ox) * C + c0;
+                        if (nt == 5 && full) {
+                            dwf_span5_full(tp, ch, cn, xb - xa, C, p->output_offset, o);
+                        } else if (nt == 5) {
+                            dwf_span5(tp, ch, cn, xb - xa, C, p->output_offset, p->act_min,
+                                      p->act_max, o);
+                        } else {
+                            dwf_span2(tp, ch, cn, xb - xa, C, p->output_offset, p->act_min,
+                                      p->act_max, o);
+                        }
+                        ox = xb - 1;
+                        continue;
+                    }
                     const int8_t *tp[DWF_MAXT];
                     for (int32_t t = 0; t < nt; t++) {
                         const int32_t iy = yb + dy[t], ix = ox + dx[t];

@@ -72,7 +72,11 @@ def build_report(graph, tp, flash, path, plans, plan_name, budget, marks, folded
                    "steps": [st.op_index for st in u.steps],
                    "band_buffer_bytes": u.scratch_bytes if u.tiled else 0,
                    "calls": u.calls, "call_statements": statements.get(ui, 1),
-                   "moved_bytes": u.moved_bytes} for ui, u in enumerate(units)],
+                   "moved_bytes": u.moved_bytes,
+                   # per step: columns computed over the tensor's width (> 1: halo columns
+                   # recomputed in neighbouring mel strips)
+                   "columns_computed": ([round(c, 4) for c in u.computed] if u.tiled and u.strips > 1
+                                        else [1.0] * len(u.steps))} for ui, u in enumerate(units)],
         "marks": marks,
         "scratch_checks": len(scratch_checks(tp)),
         "ops": per_op,

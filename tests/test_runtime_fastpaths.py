@@ -15,7 +15,8 @@ model). The conditions, from firmware/runtime/*.c:
     right shift of 1..31 bits and |bias + offset*sum(w)| + 128*sum|w| < 2^29; unrolled kinds
     for 1, 2, 4, 8, 12, 16, 24, 32 channels per group, a generic loop otherwise (packed SMLAD pairs
     on DSP when % 4 == 0); a whole-image run at stride 1 and full width, rows otherwise;
-    full int8 clamp or an activation range.
+    full int8 clamp (the output offset folded into the rounding constant for right shifts of
+    <= 23 bits) or an activation range.
   depthwise: 1x1 pointwise per channel tabulated from 512 pixels; dw_fast (multiplier 1,
     stride 1 along mel and any along time, <= 128 channels, <= 9 taps, 16-channel chunks,
     all-zero taps of a chunk left out, 5- and 2-tap unrolled bodies, a row's interior run of
@@ -148,6 +149,11 @@ CASES = {
                            lambda b: rs.requantize_output(b, "CONV_2D", 1 / 256), ["CONV_2D"]),
     "conv1x1_gc65_left_shift": (lambda r: _conv1x1(r, (4, 4), 65, 5),
                                 lambda b: rs.requantize_output(b, "CONV_2D", 1 / 256), ["CONV_2D"]),
+    # a full int8 clamp folds the output offset into the rounding constant up to a right
+    # shift of 23 bits (C1_FOLD_MAXRIGHT); beyond, the body that adds it
+    "conv1x1_gc8_shift_over_23": (lambda r: _conv1x1(r, (6, 6), 8, 6),
+                                  lambda b: rs.requantize_output(b, "CONV_2D", 2.0 ** 18,
+                                                                 zero_point=100), ["CONV_2D"]),
     # |bias| beyond the fast path's 2^29 accumulator bound
     "conv1x1_huge_bias": (lambda r: _conv1x1(r, (6, 6), 8, 6, bias_std=3e5), None, ["CONV_2D"]),
     # depthwise 1x1 pointwise: tabulated from 512 pixels

@@ -114,7 +114,8 @@ static inline void c1_body(const c1_args *a, const int8_t *ip, int8_t *o, int32_
             }
 #endif
         }
-        const int32_t v = dsmn_rq_doubled(acc, mult, half, right) + off;
+        /* full: the output offset rides in `half` (c1_fold), so only the saturation is left */
+        const int32_t v = dsmn_rq_doubled(acc, mult, half, right) + (full ? 0 : off);
         *o = (int8_t)(full ? SSAT8(v) : (v < lo ? lo : (v > hi ? hi : v)));
     }
 }
@@ -161,9 +162,12 @@ typedef struct {
     int32_t n, rows, run;      /* batches, runs a batch, pixels a run */
     int32_t in_batch, in_row;  /* input bytes between batches and between runs */
     const int8_t *in0;         /* the first run's input (channel 0) */
-    int kind;
-    c1_fn fn;
+    int kind, full;
 } c1_shape;
+
+/* Right shifts up to this keep (off << right) + half + |h| below 2^31 (|h| < 2^29 on the fast
+ * path), so the output offset can ride in the rounding constant. */
+#define C1_FOLD_MAXRIGHT 23
 
 static void c1_shape_of(c1_shape *sh, const dsmn_conv_params *p, const dsmn_dims *id,
                         const dsmn_dims *od, const int8_t *in, int32_t gc, int full)
@@ -177,7 +181,7 @@ static void c1_shape_of(c1_shape *sh, const dsmn_conv_params *p, const dsmn_dims
     sh->in_row = p->stride_h * id->w * in_c;
     sh->in0 = in + (p->out_y0 * p->stride_h * id->w + p->out_x0 * p->stride_w) * in_c;
     sh->kind = c1_kind(gc);
-    sh->fn = c1_table[full][sh->kind];
+    sh->full = full;
 }
 
 /* The fast path's runs of output channel `oc` (its group's inputs from channel goff), `ca`
@@ -192,12 +196,20 @@ static void c1_channel(c1_args *ca, const c1_shape *sh, const dsmn_dims *od, int
     }
 #endif
     const int32_t *wd = ca->wd;
+    /* a full int8 clamp with a short enough shift: the body without the offset add, its
+     * offset folded into the rounding constant, (h + half + (off << r)) >> r */
+    const int fast_fn = ca->wp || !DSMN_CONV_DSP || sh->kind <= C1_G2;
+    const int fold = fast_fn && sh->full && ca->right <= C1_FOLD_MAXRIGHT;
+    const c1_fn fn = c1_table[fold][sh->kind];
+    if (fold) {
+        ca->half += (int32_t)((uint32_t)ca->off << ca->right);
+    }
     int8_t *o = out + oc;
     for (int32_t b = 0; b < sh->n; b++) {
         const int8_t *ip = sh->in0 + b * sh->in_batch + goff;
         for (int32_t r = 0; r < sh->rows; r++, ip += sh->in_row, o += out_run) {
-            if (ca->wp || !DSMN_CONV_DSP || sh->kind <= C1_G2) {
-                sh->fn(ca, ip, o, run);
+            if (fast_fn) {
+                fn(ca, ip, o, run);
                 continue;
             }
             const int8_t *x = ip;

@@ -184,6 +184,21 @@ static void c1_shape_of(c1_shape *sh, const dsmn_conv_params *p, const dsmn_dims
     sh->full = full;
 }
 
+/* The body for channel constants `ca` (NULL: the scalar loop, for a generic group size without
+ * packed weights on DSP). A full int8 clamp with a short enough shift takes the body without
+ * the offset add, its offset folded into ca->half: (h + half + (off << r)) >> r. */
+static c1_fn c1_pick(c1_args *ca, const c1_shape *sh)
+{
+    if (!(ca->wp || !DSMN_CONV_DSP || sh->kind <= C1_G2)) {
+        return NULL;
+    }
+    const int fold = sh->full && ca->right <= C1_FOLD_MAXRIGHT;
+    if (fold) {
+        ca->half += (int32_t)((uint32_t)ca->off << ca->right);
+    }
+    return c1_table[fold][sh->kind];
+}
+
 /* The fast path's runs of output channel `oc` (its group's inputs from channel goff), `ca`
  * its constants. */
 static void c1_channel(c1_args *ca, const c1_shape *sh, const dsmn_dims *od, int8_t *out,
@@ -196,19 +211,12 @@ static void c1_channel(c1_args *ca, const c1_shape *sh, const dsmn_dims *od, int
     }
 #endif
     const int32_t *wd = ca->wd;
-    /* a full int8 clamp with a short enough shift: the body without the offset add, its
-     * offset folded into the rounding constant, (h + half + (off << r)) >> r */
-    const int fast_fn = ca->wp || !DSMN_CONV_DSP || sh->kind <= C1_G2;
-    const int fold = fast_fn && sh->full && ca->right <= C1_FOLD_MAXRIGHT;
-    const c1_fn fn = c1_table[fold][sh->kind];
-    if (fold) {
-        ca->half += (int32_t)((uint32_t)ca->off << ca->right);
-    }
+    const c1_fn fn = c1_pick(ca, sh);
     int8_t *o = out + oc;
     for (int32_t b = 0; b < sh->n; b++) {
         const int8_t *ip = sh->in0 + b * sh->in_batch + goff;
         for (int32_t r = 0; r < sh->rows; r++, ip += sh->in_row, o += out_run) {
-            if (fast_fn) {
+            if (fn) {
                 fn(ca, ip, o, run);
                 continue;
             }
@@ -343,6 +351,7 @@ void dsmn_conv1x1_prep_s8(const dsmn_conv1x1_prep *pp, const dsmn_conv_params *p
     c1_shape_of(&sh, p, id, od, in, gc, p->act_min == -128 && p->act_max == 127);
     c1_args ca = {wd, NULL, gc, 0, 0, 0, 0, p->output_offset, p->act_min, p->act_max,
                   p->stride_w * id->c, od->c};
+    const int one_run = sh.n == 1 && sh.rows == 1;
     for (int32_t oc = 0; oc < od->c; oc++) {
         const int32_t right = -pp->shift[oc];
         ca.wp = c1_weights(pp->filter + oc * gc, gc, 2, wd, wpk);
@@ -350,6 +359,14 @@ void dsmn_conv1x1_prep_s8(const dsmn_conv1x1_prep *pp, const dsmn_conv_params *p
         ca.mult = pp->multiplier[oc];
         ca.right = right;
         ca.half = 1 << (right - 1);
+        if (one_run) {
+            /* a band call's one run (one row of a strip): the body straight away */
+            const c1_fn fn = c1_pick(&ca, &sh);
+            if (fn) {
+                fn(&ca, sh.in0 + (oc / out_per_group) * gc, out + oc, sh.run);
+                continue;
+            }
+        }
         c1_channel(&ca, &sh, od, out, oc, (oc / out_per_group) * gc);
     }
 }

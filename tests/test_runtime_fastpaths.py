@@ -29,7 +29,8 @@ model). The conditions, from firmware/runtime/*.c:
     requantisation when the output shift is a right shift (an output multiplier < 0.5) and
     the tables' sum < 2^29 (always, for int8 inputs and TFLite's left shift of 20).
   MUL of a dense tensor by a per-channel one: tabulated per channel from 512 pixels, each
-    element computed below (doubled requantisation when the output shift is a right shift).
+    element computed below, channel by channel (doubled requantisation when the output shift
+    is a right shift, the output offset folded into it for a full clamp and <= 23 bits).
   AVERAGE_POOL_2D windows of 2 elements; MEAN with equal input/output quantisation.
 """
 
@@ -102,9 +103,9 @@ def _sparable(rng, hw, c):
     return fn, (hw[0], hw[1], c)
 
 
-def _binary(rng, shape, kind, other="same"):
+def _binary(rng, shape, kind, other="same", act=None):
     """x (op) y where y = 1x1 conv of x (a real second activation with its own scale),
-    reduced to one value per channel for `other == "channel"`."""
+    reduced to one value per channel for `other == "channel"`; `act` fused after a MUL."""
     c = shape[2]
     k = rs.Weights(int(rng.integers(1 << 30)))((1, 1, c, c), float(rng.uniform(0.3, 3.0)))
 
@@ -116,7 +117,7 @@ def _binary(rng, shape, kind, other="same"):
             return x + y
         if kind == "sub":
             return x - y
-        return x * y if other != "channel_first" else y * x
+        return rs.act(x * y if other != "channel_first" else y * x, act)
     return fn, tuple(shape)
 
 
@@ -221,6 +222,14 @@ CASES = {
     "mul_gate_511px": (lambda r: _binary(r, (7, 73, 3), "mul", "channel"), None, ["MUL"]),
     "mul_gate_20px_left_shift": (lambda r: _binary(r, (4, 5, 6), "mul", "channel_first"),
                                  lambda b: rs.requantize_output(b, "MUL", 1 / 512), ["MUL"]),
+    # below 512 pixels channel by channel: the output offset folded into the rounding for a
+    # full clamp and a right shift <= 23 bits, added otherwise (an activation range, a longer
+    # shift)
+    "mul_gate_20px_relu6_range": (lambda r: _binary(r, (4, 5, 6), "mul", "channel", act="relu6"),
+                                  lambda b: rs.requantize_output(b, "MUL", 4.0), ["MUL"]),
+    "mul_gate_20px_shift_over_23": (lambda r: _binary(r, (4, 5, 6), "mul", "channel"),
+                                    lambda b: rs.requantize_output(b, "MUL", 2.0 ** 18,
+                                                                   zero_point=100), ["MUL"]),
     "mul_gate_512px": (lambda r: _binary(r, (16, 32, 3), "mul", "channel"), None, ["MUL"]),
     "mul_gate_first_512px": (lambda r: _binary(r, (16, 32, 3), "mul", "channel_first"), None,
                              ["MUL"]),

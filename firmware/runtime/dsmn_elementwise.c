@@ -2,6 +2,13 @@
 #include "dsmn_kernels.h"
 #include "dsmn_fixedpoint.h"
 
+#if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
+#include <arm_acle.h>
+#define EW_SSAT8(x) __ssat((x), 8)
+#else
+#define EW_SSAT8(x) dsmn_clamp((x), -128, 127)
+#endif
+
 /* The broadcast walk is written once as a macro so ADD and MUL share it without a function
  * pointer call per element. */
 #define DSMN_BROADCAST_LOOP(ONE)                                                           \
@@ -97,10 +104,38 @@ void dsmn_add_tabled_s8(const dsmn_add_tabled_params *t, int32_t count, const in
     add_tabulated(&p_local, t->table + 128, t->table + 384, t->doubled, count, in1, in2, out);
 }
 
-#define MUL_DIRECT_MAXC 256
+/* One channel of mul_per_channel_direct over n pixels C bytes apart, doubled requantisation;
+ * FOLD: a full int8 clamp, the output offset folded into `half` (exact for shifts <= 23). */
+static inline void mul_channel_doubled(const int8_t *x, int8_t *o, int32_t n, int32_t C,
+                                       int32_t xoff, int32_t y2, int32_t m, int32_t half,
+                                       int32_t right, int32_t off, int32_t lo, int32_t hi,
+                                       const int FOLD)
+{
+    for (const int8_t *end = x + n * C; x != end; x += C, o += C) {
+        const int32_t r = dsmn_rq_doubled((*x + xoff) * y2, m, half, right);
+        *o = (int8_t)(FOLD ? EW_SSAT8(r) : dsmn_clamp(r + off, lo, hi));
+    }
+}
 
-/* mul_per_channel's pixels computed one by one: (x + x offset) * (y_c + y offset) fits 17 bits,
- * so a right-shift requantisation takes the doubled form (one smmulr, an add-half shift). */
+static __attribute__((noinline)) void mul_channel_fold(const int8_t *x, int8_t *o, int32_t n,
+                                                       int32_t C, int32_t xoff, int32_t y2,
+                                                       int32_t m, int32_t half, int32_t right)
+{
+    mul_channel_doubled(x, o, n, C, xoff, y2, m, half, right, 0, -128, 127, 1);
+}
+
+static __attribute__((noinline)) void mul_channel_clamp(const int8_t *x, int8_t *o, int32_t n,
+                                                        int32_t C, int32_t xoff, int32_t y2,
+                                                        int32_t m, int32_t half, int32_t right,
+                                                        int32_t off, int32_t lo, int32_t hi)
+{
+    mul_channel_doubled(x, o, n, C, xoff, y2, m, half, right, off, lo, hi, 0);
+}
+
+/* mul_per_channel's pixels computed one by one, channel by channel (the channel's scale and
+ * the requantisation constants stay in registers over its pixels): (x + x offset) * (y_c +
+ * y offset) fits 17 bits, so a right-shift requantisation takes the doubled form (one smmulr,
+ * an add-half shift); a left shift takes the exact form. */
 static int mul_per_channel_direct(const dsmn_mul_params *p, int32_t n, int32_t hw, int32_t C,
                                   const int8_t *x, int x_first, const int8_t *y, int32_t ys0,
                                   int8_t *out)
@@ -111,19 +146,22 @@ static int mul_per_channel_direct(const dsmn_mul_params *p, int32_t n, int32_t h
     const int32_t lo = p->act_min, hi = p->act_max;
     const int doubled = sh <= -1 && sh >= -31;
     const int32_t right = -sh, half = doubled ? 1 << (right - 1) : 0;
-    int32_t yc[MUL_DIRECT_MAXC];
+    const int fold = doubled && lo == -128 && hi == 127 && right <= 23;
+    const int32_t half_fold = fold ? half + (int32_t)((uint32_t)off << right) : half;
     for (int32_t b = 0; b < n; b++) {
         for (int32_t c = 0; c < C; c++) {
-            yc[c] = (y[b * ys0 + c] + yoff) * (doubled ? 2 : 1);
-        }
-        const int8_t *xp = x + b * hw * C;
-        int8_t *o = out + b * hw * C;
-        for (int32_t k = 0; k < hw; k++, xp += C, o += C) {
-            for (int32_t c = 0; c < C; c++) {
-                const int32_t prod = (xp[c] + xoff) * yc[c];
-                const int32_t r = (doubled ? dsmn_rq_doubled(prod, m, half, right)
-                                           : dsmn_mbqm(prod, m, sh)) + off;
-                o[c] = (int8_t)dsmn_clamp(r, lo, hi);
+            const int32_t yc = y[b * ys0 + c] + yoff;
+            const int8_t *xp = x + b * hw * C + c;
+            int8_t *o = out + b * hw * C + c;
+            if (fold) {
+                mul_channel_fold(xp, o, hw, C, xoff, yc * 2, m, half_fold, right);
+            } else if (doubled) {
+                mul_channel_clamp(xp, o, hw, C, xoff, yc * 2, m, half, right, off, lo, hi);
+            } else {
+                for (int32_t k = 0; k < hw; k++, xp += C, o += C) {
+                    const int32_t r = dsmn_mbqm((*xp + xoff) * yc, m, sh) + off;
+                    *o = (int8_t)dsmn_clamp(r, lo, hi);
+                }
             }
         }
     }
@@ -157,7 +195,7 @@ static int mul_per_channel(const dsmn_mul_params *p, const dsmn_broadcast *bc, c
     const int32_t ys0 = x_first ? bc->stride2[0] : bc->stride1[0];
     if (hw < 512) {
         /* too few pixels to pay for 256 table entries a channel (a band of a tiled plan) */
-        return C <= MUL_DIRECT_MAXC && mul_per_channel_direct(p, n, hw, C, x, x_first, y, ys0, out);
+        return mul_per_channel_direct(p, n, hw, C, x, x_first, y, ys0, out);
     }
     int8_t lut[256];
     for (int32_t b = 0; b < n; b++) {

@@ -27,7 +27,8 @@ model). The conditions, from firmware/runtime/*.c:
     a tabulated tail; generic otherwise.
   ADD/SUB same shapes from 1,024 elements: tabulated input rescaling, doubled fast
     requantisation when the output shift is a right shift (an output multiplier < 0.5) and
-    the tables' sum < 2^29 (always, for int8 inputs and TFLite's left shift of 20).
+    the tables' sum < 2^29 (always, for int8 inputs and TFLite's left shift of 20), the
+    output offset folded into it for a full clamp and a right shift <= 23 bits.
   MUL of a dense tensor by a per-channel one: tabulated per channel from 512 pixels, each
     element computed below, channel by channel (doubled requantisation when the output shift
     is a right shift, the output offset folded into it for a full clamp and <= 23 bits).
@@ -105,7 +106,7 @@ def _sparable(rng, hw, c):
 
 def _binary(rng, shape, kind, other="same", act=None):
     """x (op) y where y = 1x1 conv of x (a real second activation with its own scale),
-    reduced to one value per channel for `other == "channel"`; `act` fused after a MUL."""
+    reduced to one value per channel for `other == "channel"`; `act` fused after an ADD or MUL."""
     c = shape[2]
     k = rs.Weights(int(rng.integers(1 << 30)))((1, 1, c, c), float(rng.uniform(0.3, 3.0)))
 
@@ -114,7 +115,7 @@ def _binary(rng, shape, kind, other="same", act=None):
         if other == "channel":
             y = tf.math.sigmoid(tf.reduce_mean(y, axis=[1, 2], keepdims=True))
         if kind == "add":
-            return x + y
+            return rs.act(x + y, act)
         if kind == "sub":
             return x - y
         return rs.act(x * y if other != "channel_first" else y * x, act)
@@ -211,6 +212,13 @@ CASES = {
     "add_1023": (lambda r: _binary(r, (11, 31, 3), "add"), None, ["ADD"]),
     "add_1024": (lambda r: _binary(r, (16, 16, 4), "add"), None, ["ADD"]),
     "sub_1024": (lambda r: _binary(r, (8, 32, 4), "sub"), None, ["SUB"]),
+    # the doubled requantisation folds the output offset into its rounding for a full clamp
+    # and a right shift <= 23 bits; an activation range or a longer shift adds it
+    "add_1024_relu6_range": (lambda r: _binary(r, (16, 16, 4), "add", act="relu6"),
+                             lambda b: rs.requantize_output(b, "ADD", 4.0), ["ADD"]),
+    "add_1024_shift_over_23": (lambda r: _binary(r, (16, 16, 4), "add"),
+                               lambda b: rs.requantize_output(b, "ADD", 2.0 ** 7, zero_point=100),
+                               ["ADD"]),
     # output multiplier 0.75 (no right shift; TFLM refuses ADDs whose output multiplier is
     # >= 1, so this is the edge of the valid range)
     "add_1024_no_right_shift": (

@@ -47,6 +47,15 @@ static void add_tabulated(const dsmn_add_params *p, const int32_t *pa, const int
     const int32_t off = p->output_offset, lo = p->act_min, hi = p->act_max;
     if (doubled) {
         const int32_t half = 1 << (right - 1);
+        if (lo == -128 && hi == 127 && right <= 23) {
+            /* a full clamp: the output offset rides in the rounding constant, exact while
+             * off << right stays below 2^30 (|h| < 2^29 for these sums) */
+            const int32_t half_off = half + (int32_t)((uint32_t)off << right);
+            for (int32_t i = 0; i < count; i++) {
+                out[i] = (int8_t)EW_SSAT8(dsmn_rq_doubled(pa[in1[i]] + pb[in2[i]], m, half_off, right));
+            }
+            return;
+        }
         for (int32_t i = 0; i < count; i++) {
             const int32_t r = dsmn_rq_doubled(pa[in1[i]] + pb[in2[i]], m, half, right) + off;
             out[i] = (int8_t)dsmn_clamp(r, lo, hi);

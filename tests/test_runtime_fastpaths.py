@@ -152,7 +152,7 @@ CASES = {
     "conv1x1_gc65_left_shift": (lambda r: _conv1x1(r, (4, 4), 65, 5),
                                 lambda b: rs.requantize_output(b, "CONV_2D", 1 / 256), ["CONV_2D"]),
     # a full int8 clamp folds the output offset into the rounding constant up to a right
-    # shift of 23 bits (C1_FOLD_MAXRIGHT); beyond, the body that adds it
+    # shift of 23 bits (DSMN_FOLD_MAXRIGHT); beyond, the body that adds it
     "conv1x1_gc8_shift_over_23": (lambda r: _conv1x1(r, (6, 6), 8, 6),
                                   lambda b: rs.requantize_output(b, "CONV_2D", 2.0 ** 18,
                                                                  zero_point=100), ["CONV_2D"]),

@@ -165,10 +165,6 @@ typedef struct {
     int kind, full;
 } c1_shape;
 
-/* Right shifts up to this keep (off << right) + half + |h| below 2^31 (|h| < 2^29 on the fast
- * path), so the output offset can ride in the rounding constant. */
-#define C1_FOLD_MAXRIGHT 23
-
 static void c1_shape_of(c1_shape *sh, const dsmn_conv_params *p, const dsmn_dims *id,
                         const dsmn_dims *od, const int8_t *in, int32_t gc, int full)
 {
@@ -186,15 +182,15 @@ static void c1_shape_of(c1_shape *sh, const dsmn_conv_params *p, const dsmn_dims
 
 /* The body for channel constants `ca` (NULL: the scalar loop, for a generic group size without
  * packed weights on DSP). A full int8 clamp with a short enough shift takes the body without
- * the offset add, its offset folded into ca->half: (h + half + (off << r)) >> r. */
+ * the offset add, its offset folded into ca->half (dsmn_half_with_offset). */
 static c1_fn c1_pick(c1_args *ca, const c1_shape *sh)
 {
     if (!(ca->wp || !DSMN_CONV_DSP || sh->kind <= C1_G2)) {
         return NULL;
     }
-    const int fold = sh->full && ca->right <= C1_FOLD_MAXRIGHT;
+    const int fold = sh->full && ca->right <= DSMN_FOLD_MAXRIGHT;
     if (fold) {
-        ca->half += (int32_t)((uint32_t)ca->off << ca->right);
+        ca->half = dsmn_half_with_offset(ca->half, ca->off, ca->right);
     }
     return c1_table[fold][sh->kind];
 }

@@ -37,7 +37,6 @@ static void dw_taps(const dsmn_conv_params *p_arg, const dsmn_requant *q_arg, co
 #define DWF_MAXC 128
 /* interior runs shorter than this stay on the per-pixel bodies (the span setup costs more) */
 #define DWF_SPAN_MIN 4
-#define DWF_SPAN_MAXRIGHT 23
 
 /* One channel's constants (the first four as in dsmn_dw_prep's `ch`) and doubled tap weights. */
 typedef struct {
@@ -110,9 +109,9 @@ static __attribute__((noinline)) void dwf_run(const int8_t *const *tp, int32_t n
  * the channel's weights and requantisation constants stay in registers across the run,
  * where the per-pixel bodies above reload them for every output. Input and output pixels
  * are both C bytes apart (stride 1 along mel, id->c == od->c). NT taps, compile-time. The
- * output offset rides in the rounding constant, (h + half + (off << right)) >> right ==
- * ((h + half) >> right) + off, while off << right cannot overflow (right <= 23: |h| < 2^29;
- * the caller keeps chunks with a longer shift on the per-pixel bodies); on DSP two doubled weights share a register (smlabb/smlabt), so the loop needs no spills. */
+ * output offset rides in the rounding constant (dsmn_half_with_offset; the caller keeps
+ * chunks with a shift over DSMN_FOLD_MAXRIGHT on the per-pixel bodies); on DSP two doubled
+ * weights share a register (smlabb/smlabt), so the loop needs no spills. */
 static inline void dwf_span_body(const int8_t *const *tp, const int NT, const dwf_ch *ch,
                                  int32_t cn, int32_t n, int32_t C, int32_t off, int32_t lo,
                                  int32_t hi, int8_t *o, const int full)
@@ -123,7 +122,7 @@ static inline void dwf_span_body(const int8_t *const *tp, const int NT, const dw
         const int8_t *x2 = NT > 2 ? tp[2] + j : x0, *x3 = NT > 2 ? tp[3] + j : x0;
         const int8_t *x4 = NT > 2 ? tp[4] + j : x0;
         const int32_t base = ch->base, mult = ch->mult, right = ch->right;
-        const int32_t half = ch->half + (int32_t)((uint32_t)off << right);
+        const int32_t half = dsmn_half_with_offset(ch->half, off, right);
 #if DSMN_CONV_DSP
         const int32_t w01 = (int32_t)(((uint32_t)ch->w[0] & 0xffffu) | ((uint32_t)ch->w[1] << 16));
         const int32_t w23 = NT > 2 ? (int32_t)(((uint32_t)ch->w[2] & 0xffffu) | ((uint32_t)ch->w[3] << 16)) : 0;

@@ -88,7 +88,7 @@ static int DWF_FN(const dsmn_dw_prep *pp, const dsmn_conv_params *p, const dsmn_
          * channel's shift lets the output offset ride in the rounding constant */
         int span_ok = nt == 5 || nt == 2;
         for (int32_t j = 0; j < cn; j++) {
-            span_ok &= ch[j].right <= DWF_SPAN_MAXRIGHT;
+            span_ok &= ch[j].right <= DSMN_FOLD_MAXRIGHT;
         }
         /* Dims and window origin in locals: the output stores are int8 and may alias any
          * struct the compiler would otherwise reload for every tap. */

@@ -47,10 +47,10 @@ static void add_tabulated(const dsmn_add_params *p, const int32_t *pa, const int
     const int32_t off = p->output_offset, lo = p->act_min, hi = p->act_max;
     if (doubled) {
         const int32_t half = 1 << (right - 1);
-        if (lo == -128 && hi == 127 && right <= 23) {
-            /* a full clamp: the output offset rides in the rounding constant, exact while
-             * off << right stays below 2^30 (|h| < 2^29 for these sums) */
-            const int32_t half_off = half + (int32_t)((uint32_t)off << right);
+        if (lo == -128 && hi == 127 && right <= DSMN_FOLD_MAXRIGHT) {
+            /* a full clamp: the output offset rides in the rounding constant (|h| < 2^29 for
+             * these sums) */
+            const int32_t half_off = dsmn_half_with_offset(half, off, right);
             for (int32_t i = 0; i < count; i++) {
                 out[i] = (int8_t)EW_SSAT8(dsmn_rq_doubled(pa[in1[i]] + pb[in2[i]], m, half_off, right));
             }
@@ -114,7 +114,7 @@ void dsmn_add_tabled_s8(const dsmn_add_tabled_params *t, int32_t count, const in
 }
 
 /* One channel of mul_per_channel_direct over n pixels C bytes apart, doubled requantisation;
- * FOLD: a full int8 clamp, the output offset folded into `half` (exact for shifts <= 23). */
+ * FOLD: a full int8 clamp, the output offset folded into `half` (dsmn_half_with_offset). */
 static inline void mul_channel_doubled(const int8_t *x, int8_t *o, int32_t n, int32_t C,
                                        int32_t xoff, int32_t y2, int32_t m, int32_t half,
                                        int32_t right, int32_t off, int32_t lo, int32_t hi,
@@ -155,8 +155,8 @@ static int mul_per_channel_direct(const dsmn_mul_params *p, int32_t n, int32_t h
     const int32_t lo = p->act_min, hi = p->act_max;
     const int doubled = sh <= -1 && sh >= -31;
     const int32_t right = -sh, half = doubled ? 1 << (right - 1) : 0;
-    const int fold = doubled && lo == -128 && hi == 127 && right <= 23;
-    const int32_t half_fold = fold ? half + (int32_t)((uint32_t)off << right) : half;
+    const int fold = doubled && lo == -128 && hi == 127 && right <= DSMN_FOLD_MAXRIGHT;
+    const int32_t half_fold = fold ? dsmn_half_with_offset(half, off, right) : half;
     for (int32_t b = 0; b < n; b++) {
         for (int32_t c = 0; c < C; c++) {
             const int32_t yc = y[b * ys0 + c] + yoff;

@@ -76,6 +76,16 @@ static inline int32_t dsmn_rq_doubled(int32_t acc2, int32_t multiplier, int32_t 
     return (h + half + (h >> 31)) >> right;
 }
 
+/* dsmn_rq_doubled's rounding constant with the output offset folded in: (h + half + (off <<
+ * right)) >> right == ((h + half) >> right) + off, as off << right is a multiple of 2^right.
+ * Exact while the sum stays below 2^31, which |h| < 2^29, |off| <= 128 and right <=
+ * DSMN_FOLD_MAXRIGHT guarantee; a kernel with a full int8 clamp then only saturates. */
+#define DSMN_FOLD_MAXRIGHT 23
+static inline int32_t dsmn_half_with_offset(int32_t half, int32_t off, int32_t right)
+{
+    return half + (int32_t)((uint32_t)off << right);
+}
+
 static inline int32_t dsmn_clamp(int32_t x, int32_t lo, int32_t hi)
 {
     return x < lo ? lo : (x > hi ? hi : x);

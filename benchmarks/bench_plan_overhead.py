@@ -1,7 +1,8 @@
-"""Where the tiled plans' extra instructions go: model1's fast plan, its min plan and the
-cheapest plan within a 64 KiB arena profiled per step on QEMU mps2-an386 (-DDSMN_PROFILE: one
-mark per untiled step, one per tiled unit), each tiled unit set against the fast plan's
-instructions for the same ops.
+"""Where the tiled plans' extra instructions go, against the fast plan, measured on QEMU.
+
+model1's fast plan, its min plan and the cheapest plan within a 64 KiB arena are profiled per
+step on QEMU mps2-an386 (-DDSMN_PROFILE: one mark per untiled step, one per tiled unit), each
+tiled unit set against the fast plan's instructions for the same ops.
 
     python3 benchmarks/bench_plan_overhead.py [--tflite M] [--budget BYTES] [--out F.json]
 
